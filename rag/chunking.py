@@ -1,0 +1,76 @@
+"""Split abstracts into token-counted chunks (llama-index's SentenceSplitter + tiktoken) and sentences."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+
+from rag.records import Chunk, Paper
+
+
+@lru_cache(maxsize=4)
+def encoding(name: str = "cl100k_base"):
+    """The tiktoken encoding; `rag._env` points tiktoken at llama-index's bundled cache first."""
+    import tiktoken
+
+    return tiktoken.get_encoding(name)
+
+
+def count_tokens(text: str, name: str = "cl100k_base") -> int:
+    return len(encoding(name).encode(text, disallowed_special=()))
+
+
+class Chunker:
+    """Title-carrying chunks small enough for MiniLM's 256-wordpiece window."""
+
+    def __init__(self, chunk_size: int, chunk_overlap: int, tokenizer: str = "cl100k_base"):
+        from llama_index.core.node_parser import SentenceSplitter
+
+        enc = encoding(tokenizer)
+        self.params = {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "tokenizer": tokenizer}
+        self._splitter = SentenceSplitter(
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            tokenizer=lambda t: enc.encode(t, disallowed_special=()),
+        )
+
+    def chunk(self, paper: Paper) -> list[Chunk]:
+        bodies = self._splitter.split_text(paper.abstract) or [paper.abstract]
+        return [
+            Chunk(
+                chunk_id=f"{paper.paper_id}:{no}",
+                paper_id=paper.paper_id,
+                title=paper.title,
+                chunk_no=no,
+                text=f"{paper.title}\n{body}",
+                body=body,
+                sources=paper.sources,
+            )
+            for no, body in enumerate(bodies)
+        ]
+
+    def chunk_all(self, papers: Iterable[Paper]) -> list[Chunk]:
+        return [c for p in papers for c in self.chunk(p)]
+
+
+# Abbreviations that end with a period but do not end a sentence.
+_ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Eq|approx|resp|w\.r\.t|a\.k\.a)\.|\b[A-Z]\.)$")
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences as verbatim substrings of `text` (needed for quote-exact extractive answers)."""
+    sentences: list[str] = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        candidate = text[start : match.start()].rstrip()
+        if _ABBREV.search(candidate):
+            continue
+        if candidate:
+            sentences.append(text[start : match.start()].strip())
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences

@@ -1,0 +1,279 @@
+"""The `rag` command line. Errors become one line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rag.errors import ConfigError, RagError
+
+log = logging.getLogger("rag")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1 or value > 200:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 200, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other error here
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rag", description="Question answering over ML paper abstracts, with cited paper titles.")
+    p.add_argument("--data-dir", help="index location (env RAG_DATA_DIR, default .rag)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("ingest", help="parse the corpus and build or update the index")
+    s.add_argument("--corpus", action="append", type=Path, help="corpus file or directory (repeatable)")
+    s.add_argument("--jsonl", action="append", type=Path, help="a JSONL paper file to ingest (repeatable)")
+    s.add_argument("--strict", action="store_true", help="fail on the first unparseable line")
+    s.add_argument("--rebuild", action="store_true", help="drop the index and build it from scratch")
+    s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
+
+    s = sub.add_parser("search", help="find the papers most relevant to a question")
+    s.add_argument("question", nargs="?", help="the question (or use --questions FILE)")
+    s.add_argument("--questions", type=Path, help="JSONL file of {question, id?}: one JSON line out per question")
+    s.add_argument("--top-k", type=_positive_int, help="papers to return (default 10)")
+    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode (default hybrid)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("ask", help="answer a question with cited paper titles")
+    s.add_argument("question", nargs="?", help="the question (or use --questions FILE)")
+    s.add_argument("--questions", type=Path, help="JSONL file of {question, id?}: one JSON answer per line")
+    s.add_argument("--top-k", type=_positive_int, help="papers given to the answerer (default 6)")
+    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode (default hybrid)")
+    s.add_argument("--extractive", action="store_true", help="answer with quoted sentences, no LLM")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = sub.add_parser("chat", help="interactive conversation with follow-up questions")
+    s.add_argument("--extractive", action="store_true", help="answer with quoted sentences, no LLM")
+    s.add_argument("--top-k", type=_positive_int)
+    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"])
+
+    s = sub.add_parser("ui", help="start the Gradio web UI")
+    s.add_argument("--host", help="bind address (default 127.0.0.1; anything wider must be explicit)")
+    s.add_argument("--port", type=int, help="port (default 7860)")
+    s.add_argument("--auth", help="'user:password' for basic auth (env RAG_UI_AUTH)")
+
+    from eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+    return p
+
+
+def _settings(args, **extra):
+    from rag.settings import load_settings
+
+    return load_settings(data_dir=getattr(args, "data_dir", None), **extra)
+
+
+def _read_questions(path: Path) -> list[dict]:
+    """JSONL of objects with `question` (and optional `id`); bad lines are reported and skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read questions file {path}: {exc}") from None
+    out = []
+    for no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict) or not isinstance(obj.get("question"), str):
+                raise ValueError("needs a 'question' string")
+        except ValueError as exc:
+            print(f"warning: {path}:{no}: {exc}: skipped", file=sys.stderr)
+            continue
+        out.append({"id": obj.get("id", str(no)), "question": obj["question"]})
+    return out
+
+
+def cmd_ingest(args) -> int:
+    from rag.index import ingest
+
+    settings = _settings(args)
+    paths = (args.corpus or []) + (args.jsonl or [])
+    report = ingest(settings, paths or None, strict=args.strict, rebuild=args.rebuild, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        for issue in report.issues[:20]:
+            print(f"warning: {issue}", file=sys.stderr)
+        print(
+            f"{report.papers} papers ({report.entries} entries, {report.duplicates} duplicates), "
+            f"{report.chunks} chunks; added {report.added}, changed {report.changed}, "
+            f"removed {report.removed}, unchanged {report.unchanged}; embedded {report.embedded} texts "
+            f"in {report.seconds:.1f}s ({report.reason or 'updated'}; Chroma {report.chroma_mode})"
+        )
+    return 0
+
+
+def _print_table(hits) -> None:
+    if not hits:
+        print("no matching papers")
+        return
+    width = min(max(len(h.title) for h in hits), 90)
+    for h in hits:
+        title = h.title if len(h.title) <= width else h.title[: width - 1] + "…"
+        print(f"{h.rank:>3}  {h.score:8.4f}  {title}")
+        print(f"     {h.snippet[:160]}")
+
+
+def cmd_search(args) -> int:
+    from rag.retrieve import Retriever
+
+    settings = _settings(args)
+    if not args.question and not args.questions:
+        raise ConfigError("give a QUESTION or --questions FILE")
+    retriever = Retriever(settings)
+    if args.questions:
+        for item in _read_questions(args.questions):
+            hits = retriever.search(_check_question(item["question"], settings), args.top_k, args.mode)
+            print(json.dumps({"id": item["id"], "question": item["question"], "hits": [h.public() for h in hits]}), flush=True)
+        return 0
+    hits = retriever.search(_check_question(args.question, settings), args.top_k, args.mode)
+    if args.json:
+        print(json.dumps([h.public() for h in hits]))
+    else:
+        _print_table(hits)
+    return 0
+
+
+def _check_question(question: str, settings) -> str:
+    from rag.answer import check_question
+
+    return check_question(question, settings.max_question_chars)
+
+
+def cmd_ask(args) -> int:
+    from rag.answer import Assistant
+
+    settings = _settings(args)
+    if not args.question and not args.questions:
+        raise ConfigError("give a QUESTION or --questions FILE")
+    assistant = Assistant.from_settings(settings)
+    kw = {"top_k": args.top_k, "mode": args.mode, "extractive": args.extractive}
+    if args.questions:
+        for item in _read_questions(args.questions):
+            try:
+                record = assistant.ask(item["question"], **kw).to_dict()
+            except RagError as exc:  # one bad question must not stop the batch
+                record = {"question": item["question"], "error": str(exc)}
+            print(json.dumps({"id": item["id"], **record}), flush=True)
+        return 0
+    answer = assistant.ask(args.question, **kw)
+    if args.json:
+        print(json.dumps(answer.to_dict()))
+    else:
+        _print_answer(answer)
+    return 0
+
+
+def _print_answer(answer) -> None:
+    print(answer.answer)
+    if answer.sources and not answer.abstained:
+        print("\nSources:")
+        cited = {c["n"] for c in answer.citations}
+        for s in answer.sources:
+            if s.n in cited:
+                print(f"  [{s.n}] {s.title}")
+    if answer.possibly_related:
+        print("\nPossibly related:")
+        for p in answer.possibly_related:
+            print(f"  - {p['title']}")
+    if answer.notice:
+        print(f"\n({answer.notice})")
+
+
+def cmd_chat(args) -> int:
+    from rag.answer import Assistant
+
+    settings = _settings(args)
+    assistant = Assistant.from_settings(settings)
+    history: list[dict] = []
+    mode = "extractive" if args.extractive or not settings.llm_configured else f"LLM {settings.llm_model}"
+    print(f"Paper RAG chat ({assistant.retriever.state.papers} papers, {mode}). Empty line or Ctrl-D to quit.")
+    while True:
+        try:
+            question = input("\n> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not question:
+            return 0
+        try:
+            answer = None
+            for event in assistant.ask_stream(question, history=history, top_k=args.top_k, mode=args.mode, extractive=args.extractive):
+                if event.kind == "token":
+                    print(event.text, end="", flush=True)
+                elif event.kind == "final":
+                    answer = event.answer
+            print()
+            if answer is not None:
+                _print_answer_footer(answer)
+                history.extend([{"role": "user", "content": question}, {"role": "assistant", "content": answer.answer}])
+        except RagError as exc:
+            print(f"error: {exc}")
+
+
+def _print_answer_footer(answer) -> None:
+    cited = {c["n"] for c in answer.citations}
+    for s in answer.sources:
+        if s.n in cited:
+            print(f"  [{s.n}] {s.title}")
+    for p in answer.possibly_related:
+        print(f"  possibly related: {p['title']}")
+    if answer.notice:
+        print(f"  ({answer.notice})")
+
+
+def cmd_ui(args) -> int:
+    from ui.app import launch
+
+    settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth=args.auth)
+    launch(settings)
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "chromadb", "sentence_transformers", "bm25s", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args) or 0
+    except RagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; run the command again to continue (ingest resumes where it stopped)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the edge: never a traceback for the user
+        if os.environ.get("RAG_DEBUG"):
+            raise
+        print(f"error: unexpected {exc.__class__.__name__}: {exc} (set RAG_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Parse corpus files into deduplicated `Paper` records.
+
+Two formats: scraped listing pages (`.txt`: boilerplate, then title line / abstract line pairs)
+and JSONL (`{"title", "abstract"}` plus optional `id`, `authors`, `categories`, `date`, `url`,
+the arXiv metadata snapshot's shape). Unparseable lines are reported with file and line and
+skipped; `strict=True` makes the first one fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.errors import CorpusError, ParseError
+from rag.records import Paper
+
+log = logging.getLogger(__name__)
+
+BOILERPLATE = {
+    "new",
+    "subscribe",
+    "get trending papers in your email inbox!",
+    "get trending papers in your email inbox once a day!",
+    "byak and the research community",
+}
+_DATE = re.compile(r"^(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{1,2}(, \d{4})?$", re.I)
+# "Subscribe" glued to the first title by the scrape, but not words like "Subscribers".
+_GLUED = re.compile(r"^Subscribe(?!(?:rs?|d|s)\b)(?=\S)")
+_LATEX_ESCAPE = re.compile(r"\\([%_&#$])")
+_LATEX_CMD = re.compile(r"\\(?:emph|textbf|textit|texttt|mathrm|mathbf|text)\{([^{}]*)\}")
+_LATEX_SYMBOL = {"\\times": "×", "\\sim": "~", "\\(": "", "\\)": "", "\\uparrow": "↑", "\\downarrow": "↓"}
+_URL = re.compile(r"(?:https?://|www\.|github\.com/)[^\s<>\"')\]}]+", re.I)
+_MAX_TITLE_CHARS = 400
+_MAX_ABSTRACT_CHARS = 20_000
+CORPUS_SUFFIXES = (".txt", ".jsonl")
+
+
+@dataclass(frozen=True)
+class ParseIssue:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass
+class CorpusLoad:
+    papers: list[Paper]
+    issues: list[ParseIssue] = field(default_factory=list)
+    entries: int = 0
+    duplicates: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def clean_text(text: str) -> str:
+    """Unicode-normalise, drop LaTeX escapes such as `\\%`, collapse whitespace."""
+    text = unicodedata.normalize("NFKC", text)
+    text = _LATEX_ESCAPE.sub(r"\1", text)
+    text = _LATEX_CMD.sub(r"\1", text)
+    for macro, plain in _LATEX_SYMBOL.items():
+        text = text.replace(macro, plain)
+    return " ".join(text.split())
+
+
+def normalise_title(title: str) -> str:
+    text = unicodedata.normalize("NFKC", title).casefold()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def paper_id_for(title: str) -> str:
+    """Stable id from the normalised title."""
+    return hashlib.sha1(normalise_title(title).encode()).hexdigest()[:16]
+
+
+def content_hash(paper: Paper) -> str:
+    return hashlib.sha1(f"{paper.title}\n{paper.abstract}".encode()).hexdigest()
+
+
+def find_code_urls(text: str) -> tuple[str, ...]:
+    urls = []
+    for match in _URL.findall(text):
+        url = match.rstrip(".,;:")
+        if not url.lower().startswith("http"):
+            url = "https://" + url
+        if url not in urls:
+            urls.append(url)
+    return tuple(urls)
+
+
+def corpus_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand directories into their .txt/.jsonl files; a missing path is an error."""
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in CORPUS_SUFFIXES and p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CorpusError(f"corpus path {path} does not exist: pass --corpus PATH or set RAG_CORPUS")
+    if not files:
+        raise CorpusError(
+            "no corpus files (.txt or .jsonl) found in " + ", ".join(str(p) for p in paths)
+        )
+    return files
+
+
+def corpus_fingerprint(files: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(f) for f in files):
+        digest.update(path.name.encode())
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError as exc:
+            raise CorpusError(f"cannot read corpus file {path}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def _read_lines(path: Path, issues: list[ParseIssue]) -> list[tuple[int, str]]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"cannot read corpus file {path}: {exc.strerror}") from None
+    if b"\x00" in raw[:8192]:
+        issues.append(ParseIssue(path.name, 1, "binary content (NUL bytes): file skipped"))
+        return []
+    lines = []
+    for no, blob in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = blob.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            issues.append(ParseIssue(path.name, no, f"invalid UTF-8 at byte {exc.start}: line skipped"))
+            lines.append((no, None))
+            continue
+        lines.append((no, line.strip()))
+    return lines
+
+
+def _looks_like_title(line: str) -> bool:
+    return len(line) <= _MAX_TITLE_CHARS and not (line.endswith(".") and len(line) > 200)
+
+
+def _looks_like_abstract(line: str) -> bool:
+    return len(line) >= 150 or (line.endswith(".") and len(line.split()) >= 8)
+
+
+def parse_listing(path: Path, issues: list[ParseIssue]) -> Iterator[tuple[int, str, str]]:
+    """Yield (line, title, abstract) from a scraped listing page."""
+    lines = [(n, t) for n, t in _read_lines(path, issues) if t != ""]
+    # Page header: boilerplate and a date line before the first title.
+    start = 0
+    while start < len(lines) and lines[start][1] is not None and (
+        lines[start][1].casefold() in BOILERPLATE or _DATE.match(lines[start][1])
+    ):
+        start += 1
+    body = lines[start:]
+    i = 0
+    while i < len(body):
+        no, line = body[i]
+        if line is None:  # undecodable, already reported
+            i += 1
+            continue
+        if line.casefold() in BOILERPLATE:
+            i += 1
+            continue
+        line = _GLUED.sub("", line)
+        if not _looks_like_title(line):
+            issues.append(ParseIssue(path.name, no, "expected a title line, found abstract-like text: skipped"))
+            i += 1
+            continue
+        nxt = body[i + 1] if i + 1 < len(body) else None
+        if nxt is None or nxt[1] is None:
+            issues.append(ParseIssue(path.name, no, f"title without abstract: {line[:60]!r} skipped"))
+            i += 1 if nxt is None else 2
+            continue
+        after = body[i + 2][1] if i + 2 < len(body) else None
+        abstract = nxt[1]
+        if not _looks_like_abstract(abstract) and _looks_like_title(abstract) and (
+            after is not None and _looks_like_abstract(after)
+        ):
+            # The next line is itself a title followed by an abstract: this title lost its abstract.
+            issues.append(ParseIssue(path.name, no, f"title without abstract: {line[:60]!r} skipped"))
+            i += 1
+            continue
+        yield no, line, abstract
+        i += 2
+
+
+def parse_jsonl(path: Path, issues: list[ParseIssue]) -> Iterator[tuple[int, dict]]:
+    """Yield (line, object) from a JSONL paper file, reporting malformed lines."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise CorpusError(f"cannot read corpus file {path}: {exc.strerror}") from None
+    with handle:
+        for no, blob in enumerate(handle, start=1):
+            if not blob.strip():
+                continue
+            try:
+                obj = json.loads(blob.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                issues.append(ParseIssue(path.name, no, f"not a JSON object ({exc.__class__.__name__}): skipped"))
+                continue
+            if not isinstance(obj, dict):
+                issues.append(ParseIssue(path.name, no, "not a JSON object: skipped"))
+                continue
+            title, abstract = obj.get("title"), obj.get("abstract")
+            if not isinstance(title, str) or not title.strip():
+                issues.append(ParseIssue(path.name, no, "missing or empty 'title': skipped"))
+                continue
+            if not isinstance(abstract, str) or not abstract.strip():
+                issues.append(ParseIssue(path.name, no, "missing or empty 'abstract': skipped"))
+                continue
+            yield no, obj
+
+
+def _as_tuple(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        parts = re.split(r",| and " if "," in value or " and " in value else r"\s+", value)
+        return tuple(p.strip() for p in parts if p.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(" ".join(v) if isinstance(v, list) else str(v) for v in value)
+    return (str(value),)
+
+
+def iter_raw_papers(files: Iterable[Path], issues: list[ParseIssue]) -> Iterator[tuple[str, int, Paper]]:
+    """Yield (file, line, Paper) for every entry, before deduplication. Streams JSONL."""
+    for path in files:
+        path = Path(path)
+        if path.suffix == ".jsonl":
+            for no, obj in parse_jsonl(path, issues):
+                title = clean_text(obj["title"])
+                abstract = clean_text(obj["abstract"])
+                url = obj.get("url")
+                if not url and isinstance(obj.get("id"), str) and re.match(r"^\d{4}\.\d{4,5}(v\d+)?$", obj["id"]):
+                    url = f"https://arxiv.org/abs/{obj['id']}"
+                yield path.name, no, _make_paper(
+                    path.name, no, title, abstract, issues,
+                    authors=_as_tuple(obj.get("authors")),
+                    categories=_as_tuple(obj.get("categories")),
+                    date=str(obj.get("date") or obj.get("update_date") or "") or None,
+                    url=url,
+                )
+        else:
+            for no, title, abstract in parse_listing(path, issues):
+                yield path.name, no, _make_paper(path.name, no, clean_text(title), clean_text(abstract), issues)
+
+
+def _make_paper(fname, no, title, abstract, issues, **extra) -> Paper:
+    if len(abstract) > _MAX_ABSTRACT_CHARS:
+        issues.append(ParseIssue(fname, no, f"abstract of {len(abstract)} chars truncated to {_MAX_ABSTRACT_CHARS}"))
+        abstract = abstract[:_MAX_ABSTRACT_CHARS]
+    return Paper(
+        paper_id=paper_id_for(title),
+        title=title,
+        abstract=abstract,
+        sources=(fname,),
+        code_urls=find_code_urls(abstract),
+        **extra,
+    )
+
+
+def load_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusLoad:
+    """Parse, clean and deduplicate (by normalised title) every paper in `paths`."""
+    files = corpus_files(paths)
+    issues: list[ParseIssue] = []
+    papers: dict[str, Paper] = {}
+    entries = duplicates = 0
+    for fname, _no, paper in iter_raw_papers(files, issues):
+        if strict and issues:
+            raise ParseError(f"{issues[0]} (strict mode; drop --strict to skip bad lines)")
+        entries += 1
+        seen = papers.get(paper.paper_id)
+        if seen is None:
+            papers[paper.paper_id] = paper
+            continue
+        duplicates += 1
+        if fname not in seen.sources:
+            merged = seen.to_dict() | {"sources": seen.sources + (fname,)}
+            papers[paper.paper_id] = Paper.from_dict(merged)
+    if strict and issues:
+        raise ParseError(f"{issues[0]} (strict mode; drop --strict to skip bad lines)")
+    for issue in issues:
+        log.warning("%s", issue)
+    if not papers:
+        raise CorpusError(
+            "the corpus holds no papers: " + ", ".join(str(f) for f in files)
+            + (f" ({len(issues)} lines could not be parsed, first: {issues[0]})" if issues else "")
+        )
+    return CorpusLoad(list(papers.values()), issues, entries, duplicates, [str(f) for f in files])

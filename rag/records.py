@@ -1,0 +1,116 @@
+"""Typed records that move between pipeline stages."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One unique paper, deduplicated by normalised title."""
+
+    paper_id: str
+    title: str
+    abstract: str
+    sources: tuple[str, ...] = ()
+    code_urls: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    date: str | None = None
+    url: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Paper":
+        tup = ("sources", "code_urls", "authors", "categories")
+        return cls(**{k: (tuple(v) if k in tup else v) for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one abstract; `text` is what gets embedded (title carried in)."""
+
+    chunk_id: str
+    paper_id: str
+    title: str
+    chunk_no: int
+    text: str
+    body: str
+    sources: tuple[str, ...] = ()
+
+
+@dataclass
+class Hit:
+    """One retrieved paper with its best snippet."""
+
+    rank: int
+    paper_id: str
+    title: str
+    score: float
+    snippet: str
+    dense_sim: float | None = None
+
+    def public(self) -> dict:
+        """The CLI JSON contract: rank, paper_id, title, score, snippet."""
+        return {
+            "rank": self.rank,
+            "paper_id": self.paper_id,
+            "title": self.title,
+            "score": round(float(self.score), 6),
+            "snippet": self.snippet,
+        }
+
+
+@dataclass
+class Source:
+    """A retrieved paper as numbered for the answerer."""
+
+    n: int
+    paper_id: str
+    title: str
+    snippet: str
+    score: float
+    abstract: str = ""
+
+    def public(self) -> dict:
+        return {
+            "n": self.n,
+            "paper_id": self.paper_id,
+            "title": self.title,
+            "snippet": self.snippet,
+            "score": round(float(self.score), 6),
+        }
+
+
+@dataclass
+class Answer:
+    """The answer record shared by CLI, Python API and UI."""
+
+    question: str
+    answer: str
+    mode: str
+    abstained: bool
+    citations: list[dict] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    notice: str | None = None
+    timings_ms: dict = field(default_factory=dict)
+    standalone_question: str | None = None
+    possibly_related: list[dict] = field(default_factory=list)
+    invalid_citations: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "mode": self.mode,
+            "abstained": self.abstained,
+            "citations": self.citations,
+            "sources": [s.public() for s in self.sources],
+            "notice": self.notice,
+            "timings_ms": self.timings_ms,
+            "standalone_question": self.standalone_question,
+            "possibly_related": self.possibly_related,
+            "invalid_citations": self.invalid_citations,
+        }

@@ -1,0 +1,145 @@
+"""Hybrid paper retrieval: dense (Chroma) + BM25 chunk hits, fused per paper with reciprocal-rank fusion."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rag.errors import ConfigError
+from rag.records import Hit, Paper
+
+log = logging.getLogger(__name__)
+MODES = ("hybrid", "dense", "bm25")
+
+
+@dataclass
+class PaperEvidence:
+    """Per-paper best rank and snippet from one retriever."""
+
+    rank: int
+    score: float
+    chunk_id: str
+
+
+def _by_paper(pairs: list[tuple[str, float]]) -> dict[str, PaperEvidence]:
+    """Collapse ranked (chunk_id, score) pairs to one entry per paper, keeping the best chunk."""
+    out: dict[str, PaperEvidence] = {}
+    for chunk_id, score in pairs:
+        pid = chunk_id.rsplit(":", 1)[0]
+        if pid not in out:
+            out[pid] = PaperEvidence(len(out) + 1, score, chunk_id)
+    return out
+
+
+def rrf(rankings: list[dict[str, PaperEvidence]], k: int, weights: list[float] | None = None) -> dict[str, float]:
+    """Reciprocal-rank fusion: sum of w / (k + rank) over the rankings a paper appears in."""
+    weights = weights or [1.0] * len(rankings)
+    fused: dict[str, float] = {}
+    for ranking, w in zip(rankings, weights):
+        for pid, ev in ranking.items():
+            fused[pid] = fused.get(pid, 0.0) + w / (k + ev.rank)
+    return fused
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+    return mode
+
+
+def check_top_k(top_k: int, limit: int = 200) -> int:
+    if not isinstance(top_k, int) or top_k < 1 or top_k > limit:
+        raise ConfigError(f"top-k must be between 1 and {limit}, got {top_k}")
+    return top_k
+
+
+class Retriever:
+    """Searches an index built by `rag ingest`. Heavy parts (model, Chroma) are opened once."""
+
+    def __init__(self, settings, embedder=None, store=None, check_stale: bool = True):
+        from rag.bm25 import BM25Index
+        from rag.index import load_papers, open_index_state
+        from rag.store import ChromaStore
+
+        self.settings = settings
+        data_dir = Path(settings.data_dir)
+        self.state = open_index_state(settings, check_stale=check_stale)
+        if self.state.stale:
+            log.warning("%s", self.state.stale)
+        self.papers: dict[str, Paper] = load_papers(data_dir)
+        self.bm25 = BM25Index.load(data_dir / "bm25")
+        self.store = store or ChromaStore(data_dir, settings.chroma_url, settings.collection)
+        model = self.state.manifest["params"]["embedding_model"]
+        if embedder is None:
+            from rag.embeddings import make_embedder
+
+            embedder = make_embedder(settings)
+        if embedder.name != model:
+            raise ConfigError(
+                f"the index was built with embedding model {model!r} but {embedder.name!r} is configured: "
+                "run `rag ingest` to rebuild, or set RAG_EMBED_MODEL_PATH back"
+            )
+        self.embedder = embedder
+        self._chunk_text: dict[str, str] = {}
+        self.last_top_similarity: float | None = None
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embedder.embed([text])[0]
+
+    def dense(self, query_vec: np.ndarray, n: int) -> list[tuple[str, float]]:
+        hits = self.store.query(query_vec, n)
+        for h in hits:
+            self._chunk_text[h.chunk_id] = h.body
+        return [(h.chunk_id, h.similarity) for h in hits]
+
+    def search(self, query: str, top_k: int | None = None, mode: str | None = None, query_vec=None) -> list[Hit]:
+        """Best `top_k` papers for `query`, one hit per paper, best first."""
+        top_k = check_top_k(top_k or self.settings.top_k)
+        mode = check_mode(mode or self.settings.mode)
+        n = max(self.settings.candidates, top_k * 3)
+        dense_ev: dict[str, PaperEvidence] = {}
+        bm25_ev: dict[str, PaperEvidence] = {}
+        self.last_top_similarity = None
+        if mode in ("dense", "hybrid") or query_vec is not None:
+            qv = query_vec if query_vec is not None else self.embed_query(query)
+            pairs = self.dense(qv, n)
+            dense_ev = _by_paper(pairs)
+            self.last_top_similarity = pairs[0][1] if pairs else None
+        if mode in ("bm25", "hybrid"):
+            bm25_ev = _by_paper(self.bm25.query(query, n))
+
+        if mode == "dense":
+            scored = {pid: ev.score for pid, ev in dense_ev.items()}
+        elif mode == "bm25":
+            scored = {pid: ev.score for pid, ev in bm25_ev.items()}
+        else:
+            scored = rrf([dense_ev, bm25_ev], self.settings.rrf_k)
+        ranked = sorted(scored.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
+        hits = []
+        for rank, (pid, score) in enumerate(ranked, start=1):
+            paper = self.papers.get(pid)
+            if paper is None:  # store and papers.jsonl disagree: skip rather than show a ghost
+                continue
+            ev = dense_ev.get(pid) or bm25_ev.get(pid)
+            hits.append(
+                Hit(
+                    rank=len(hits) + 1,
+                    paper_id=pid,
+                    title=paper.title,
+                    score=score,
+                    snippet=self._snippet(ev.chunk_id, paper),
+                    dense_sim=dense_ev[pid].score if pid in dense_ev else None,
+                )
+            )
+        return hits
+
+    def _snippet(self, chunk_id: str, paper: Paper, limit: int = 300) -> str:
+        text = self._chunk_text.get(chunk_id)
+        if text is None:
+            # BM25-only hit: the chunk body is the abstract piece; chunk 0 starts the abstract.
+            text = paper.abstract
+        text = " ".join(text.split())
+        return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"

