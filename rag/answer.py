@@ -1,10 +1,364 @@
-from rag.errors import QuestionError
+"""Grounded answers: retrieve, then generate with an LLM (streaming) or extract quoted sentences.
+
+Every `[n]` marker is verified against the numbered sources; invalid ones are removed and counted,
+so `citations` only ever lists real, retrieved papers. With no LLM endpoint, after the last retry,
+or when asked, the answer is extractive (verbatim abstract sentences, each cited) with a `notice`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rag.chunking import count_tokens, encoding, split_sentences
+from rag.errors import LLMError, QuestionError
+from rag.prompts import NOT_IN_CORPUS, load_prompts
+from rag.records import Answer, Hit, Source
+
+log = logging.getLogger(__name__)
+
+_CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_LIST_QUESTION = re.compile(
+    r"^\s*(which|what|list|find|show|any|name|give)\b.*\b(papers?|works?|methods?|approaches|studies|articles)\b"
+    r"|^\s*(papers?|works?|research|methods?|approaches)\b"
+    r"|\b(papers?|works?)\s+(on|about|that|which|using|for|proposing)\b",
+    re.I,
+)
+_FOLLOW_UP = re.compile(
+    r"\b(them|they|those|these|their|it|its|this|that one|the (first|second|third|last|former|latter|above))\b"
+    r"|^\s*(and|what about|how about|also|which of)\b",
+    re.I,
+)
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_STOP = frozenset(
+    "a an the of in on for to and or with by from at as is are was were be been being this that these those "
+    "which what who whom whose how why when where do does did can could should would may might will shall "
+    "paper papers work works study studies method methods approach approaches propose proposed use using used "
+    "about any some there their them they it its into than then also between over under via not no".split()
+)
 
 
 def check_question(question: str | None, max_chars: int) -> str:
+    """Normalise whitespace; refuse empty or over-long questions with a friendly message."""
     text = " ".join((question or "").split())
     if not text:
         raise QuestionError("the question is empty: type a question about ML papers")
     if len(text) > max_chars:
-        raise QuestionError(f"the question is {len(text)} characters; the limit is {max_chars} (RAG_MAX_QUESTION_CHARS)")
+        raise QuestionError(
+            f"the question is {len(text):,} characters; the limit is {max_chars:,} (RAG_MAX_QUESTION_CHARS): shorten it"
+        )
     return text
+
+
+def is_list_question(question: str) -> bool:
+    return bool(_LIST_QUESTION.search(question))
+
+
+@dataclass
+class StreamEvent:
+    """`token`: text to append; `reset`: discard what was streamed; `final`: the verified answer."""
+
+    kind: str
+    text: str = ""
+    answer: Answer | None = None
+
+
+def verify_citations(text: str, sources: list[Source]) -> tuple[str, list[dict], int]:
+    """Drop `[n]` markers that name no source; return (clean text, cited sources, invalid count)."""
+    valid = {s.n: s for s in sources}
+    invalid = 0
+    cited: list[int] = []
+
+    def fix(match: re.Match) -> str:
+        nonlocal invalid
+        keep = []
+        for part in re.split(r"\s*[,;]\s*", match.group(1)):
+            n = int(part)
+            if n in valid:
+                keep.append(n)
+                if n not in cited:
+                    cited.append(n)
+            else:
+                invalid += 1
+        return "[" + ", ".join(str(n) for n in keep) + "]" if keep else ""
+
+    clean = _CITATION.sub(fix, text)
+    clean = re.sub(r"[ \t]+([.,;:])", r"\1", clean)
+    clean = re.sub(r"[ \t]{2,}", " ", clean).strip()
+    citations = [{"n": n, "paper_id": valid[n].paper_id, "title": valid[n].title} for n in sorted(cited)]
+    return clean, citations, invalid
+
+
+def _terms(text: str, stem) -> list[str]:
+    return [stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
+
+
+class Extractor:
+    """Picks the abstract sentences most relevant to a question (lexical, stemmed, idf-weighted)."""
+
+    def __init__(self):
+        import Stemmer
+
+        self._stem = Stemmer.Stemmer("english").stemWord
+
+    def rank(self, question: str, sources: list[Source]) -> list[tuple[float, Source, str]]:
+        import math
+
+        q_terms = set(_terms(question, self._stem))
+        rows = []
+        for src in sources:
+            for pos, sentence in enumerate(split_sentences(src.abstract)):
+                rows.append((src, pos, sentence, set(_terms(sentence, self._stem))))
+        if not rows:
+            return []
+        df: dict[str, int] = {}
+        for *_, terms in rows:
+            for t in terms:
+                df[t] = df.get(t, 0) + 1
+        n = len(rows)
+        scored = []
+        for src, pos, sentence, terms in rows:
+            lexical = sum(math.log(1 + n / df[t]) for t in q_terms & terms)
+            in_snippet = 0.5 if sentence[:60] in src.snippet else 0.0
+            position = 0.3 / (1 + pos)  # opening sentences tend to state the topic
+            scored.append((lexical + in_snippet + position, src, sentence))
+        scored.sort(key=lambda r: r[0], reverse=True)
+        return scored
+
+    def answer(self, question: str, sources: list[Source]) -> str:
+        ranked = self.rank(question, sources)
+        if not ranked:
+            return NOT_IN_CORPUS
+        if is_list_question(question):
+            best: dict[int, tuple[float, Source, str]] = {}
+            for row in ranked:
+                best.setdefault(row[1].n, row)
+            lines = [f"- **{src.title}** — {sentence} [{src.n}]" for _, src, sentence in sorted(best.values(), key=lambda r: r[1].n)]
+            return "\n".join(lines)
+        picked = ranked[:3]
+        by_paper: dict[int, list[str]] = {}
+        for _, src, sentence in picked:
+            by_paper.setdefault(src.n, []).append(sentence)
+        lines = []
+        for n in sorted(by_paper, key=lambda n: min(i for i, r in enumerate(picked) if r[1].n == n)):
+            src = next(s for s in sources if s.n == n)
+            lines.append(f"- **{src.title}** — " + " ".join(f"{s} [{n}]" for s in by_paper[n]))
+        return "\n".join(lines)
+
+
+class Assistant:
+    """Question in, verified `Answer` out. The same record for CLI, Python API and UI."""
+
+    def __init__(self, settings, retriever, llm=None, prompts=None):
+        self.settings = settings
+        self.retriever = retriever
+        self.llm = llm
+        self.prompts = prompts or load_prompts()
+        self.extractor = Extractor()
+        try:
+            self._enc = encoding_for_model(settings.llm_model)
+        except Exception:
+            self._enc = encoding(settings.tokenizer)
+
+    @classmethod
+    def from_settings(cls, settings=None, retriever=None, llm=None) -> "Assistant":
+        from rag.llm import OpenAIChatLLM
+        from rag.retrieve import Retriever
+        from rag.settings import load_settings
+
+        settings = settings or load_settings()
+        prompts = load_prompts()  # fail fast on a broken prompt file, before loading the model
+        retriever = retriever or Retriever(settings)
+        if llm is None and settings.llm_configured:
+            llm = OpenAIChatLLM.from_settings(settings)
+        return cls(settings, retriever, llm, prompts)
+
+    # -- public API -------------------------------------------------------------------------
+
+    def ask(self, question: str, history: list[dict] | None = None, **kw) -> Answer:
+        final = None
+        for event in self.ask_stream(question, history=history, **kw):
+            if event.kind == "final":
+                final = event.answer
+        return final
+
+    def ask_stream(
+        self,
+        question: str,
+        history: list[dict] | None = None,
+        top_k: int | None = None,
+        mode: str | None = None,
+        extractive: bool = False,
+        paper_ids: list[str] | None = None,
+    ) -> Iterator[StreamEvent]:
+        started = time.perf_counter()
+        question = check_question(question, self.settings.max_question_chars)
+        history = self._trim_history(history or [])
+        use_llm = self.llm is not None and not extractive
+        notice = None
+        if not use_llm:
+            notice = (
+                "Extractive answer: sentences quoted from the abstracts (extractive mode requested)."
+                if extractive
+                else "Extractive answer: sentences quoted from the abstracts. No LLM endpoint is configured: "
+                "set RAG_LLM_BASE_URL for generated answers."
+            )
+
+        standalone = self._standalone(question, history, use_llm)
+        t0 = time.perf_counter()
+        sources, top_sim, hits = self._sources(standalone, top_k, mode, paper_ids)
+        t_retrieve = (time.perf_counter() - t0) * 1000
+
+        base = dict(question=question, sources=sources, standalone_question=standalone if standalone != question else None)
+        if paper_ids is None and (not sources or (top_sim is not None and top_sim < self.settings.abstain_threshold)):
+            yield StreamEvent("final", answer=self._abstain(base, hits, "llm" if use_llm else "extractive", notice, t_retrieve, started))
+            return
+
+        t1 = time.perf_counter()
+        text, mode_used = None, "extractive"
+        if use_llm:
+            streamed = False
+            try:
+                parts = []
+                for token in self.llm.stream(self._messages(question, sources, history)):
+                    parts.append(token)
+                    streamed = True
+                    yield StreamEvent("token", token)
+                text, mode_used = "".join(parts), "llm"
+            except LLMError as exc:
+                log.warning("LLM failed: %s", exc)
+                if streamed:
+                    yield StreamEvent("reset")
+                notice = f"{exc}. Showing an extractive answer instead (sentences quoted from the abstracts)."
+        if text is None:
+            text = self.extractor.answer(question, sources)
+            yield StreamEvent("token", text)
+        t_generate = (time.perf_counter() - t1) * 1000
+
+        if _says_not_found(text):
+            yield StreamEvent("final", answer=self._abstain(base, hits, mode_used, notice, t_retrieve, started, t_generate))
+            return
+        clean, citations, invalid = verify_citations(text, sources)
+        if invalid:
+            log.warning("removed %d citation(s) that name no source", invalid)
+        answer = Answer(
+            answer=clean,
+            mode=mode_used,
+            abstained=False,
+            citations=citations,
+            notice=notice,
+            invalid_citations=invalid,
+            timings_ms=_timings(t_retrieve, t_generate, started),
+            **base,
+        )
+        yield StreamEvent("final", answer=answer)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _sources(self, query: str, top_k, mode, paper_ids) -> tuple[list[Source], float | None, list[Hit]]:
+        papers = self.retriever.papers
+        if paper_ids:
+            chosen = [papers[p] for p in paper_ids if p in papers]
+            if not chosen:
+                raise QuestionError("none of the selected papers is in the index: pick a paper from the Papers list")
+            hits = [Hit(i, p.paper_id, p.title, 1.0, p.abstract[:300]) for i, p in enumerate(chosen, 1)]
+            top_sim = None
+        else:
+            k = top_k or self.settings.answer_top_k
+            qv = self.retriever.embed_query(query)
+            hits = self.retriever.search(query, k, mode, query_vec=qv)
+            top_sim = self.retriever.last_top_similarity
+        sources, used = [], 0
+        fmt = self.prompts["source"]
+        for i, hit in enumerate(hits, start=1):
+            abstract = papers[hit.paper_id].abstract
+            block = fmt.render(n=i, title=hit.title, abstract=abstract)
+            cost = len(self._enc.encode(block, disallowed_special=()))
+            if used + cost > self.settings.context_tokens and sources:
+                break  # token budget: keep the best-ranked sources whole
+            used += cost
+            sources.append(Source(i, hit.paper_id, hit.title, hit.snippet, hit.score, abstract))
+        return sources, top_sim, hits
+
+    def _messages(self, question: str, sources: list[Source], history: list[dict]) -> list[dict]:
+        fmt = self.prompts["source"]
+        blocks = "\n".join(fmt.render(n=s.n, title=s.title, abstract=s.abstract) for s in sources)
+        system = self.prompts["system"].render(not_found_phrase=NOT_IN_CORPUS)
+        user = self.prompts["answer"].render(question=question, sources=blocks, not_found_phrase=NOT_IN_CORPUS)
+        return [{"role": "system", "content": system}, *history, {"role": "user", "content": user}]
+
+    def _standalone(self, question: str, history: list[dict], use_llm: bool) -> str:
+        """Rewrite a follow-up into a standalone question (LLM if available, else a rule)."""
+        previous = [m["content"] for m in history if m.get("role") == "user"]
+        if not previous:
+            return question
+        if use_llm:
+            convo = "\n".join(f"{m['role']}: {m['content']}" for m in history)
+            try:
+                rewritten = self.llm.complete(
+                    [{"role": "user", "content": self.prompts["rewrite"].render(history=convo, question=question)}]
+                ).strip()
+                if rewritten:
+                    return " ".join(rewritten.split())[: self.settings.max_question_chars]
+            except LLMError as exc:
+                log.warning("follow-up rewrite failed, using the rule: %s", exc)
+        return rewrite_follow_up(question, previous[-1])
+
+    def _trim_history(self, history: list[dict]) -> list[dict]:
+        """Keep the most recent messages that fit in `history_tokens`."""
+        kept, used = [], 0
+        for msg in reversed(history):
+            if msg.get("role") not in ("user", "assistant") or not isinstance(msg.get("content"), str):
+                continue
+            cost = count_tokens(msg["content"], self.settings.tokenizer) + 4
+            if used + cost > self.settings.history_tokens:
+                break
+            kept.append({"role": msg["role"], "content": msg["content"]})
+            used += cost
+        return list(reversed(kept))
+
+    def _abstain(self, base, hits, mode, notice, t_retrieve, started, t_generate=0.0) -> Answer:
+        related = [{"paper_id": h.paper_id, "title": h.title} for h in hits[:3]]
+        return Answer(
+            answer=NOT_IN_CORPUS,
+            mode=mode,
+            abstained=True,
+            citations=[],
+            notice=notice,
+            possibly_related=related,
+            timings_ms=_timings(t_retrieve, t_generate, started),
+            **base,
+        )
+
+
+def rewrite_follow_up(question: str, previous_question: str) -> str:
+    """Deterministic follow-up rule: a question that leans on the previous one carries its topic."""
+    if _FOLLOW_UP.search(question) or len(question.split()) <= 4:
+        return f"{question} (regarding: {previous_question})"
+    return question
+
+
+def _says_not_found(text: str) -> bool:
+    norm = " ".join(text.lower().split()).strip(" .")
+    phrase = NOT_IN_CORPUS.lower().strip(" .")
+    return norm.startswith(phrase) and len(norm) < len(phrase) + 40
+
+
+def _timings(t_retrieve: float, t_generate: float, started: float) -> dict:
+    return {
+        "retrieve": round(t_retrieve, 1),
+        "generate": round(t_generate, 1),
+        "total": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+def encoding_for_model(model: str):
+    import tiktoken
+
+    try:
+        return tiktoken.encoding_for_model(model)
+    except KeyError:
+        return encoding("o200k_base" if model.startswith(("gpt-4o", "o1", "o3", "o4", "gpt-5")) else "cl100k_base")
