@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rag.chunking import count_tokens, encoding, split_sentences
+from rag.chunking import content_terms, count_tokens, encoding, split_sentences
 from rag.errors import LLMError, QuestionError
 from rag.prompts import NOT_IN_CORPUS, load_prompts
 from rag.records import Answer, Hit, Source
@@ -32,15 +32,6 @@ _FOLLOW_UP = re.compile(
     r"|^\s*(and|what about|how about|also|which of)\b",
     re.I,
 )
-_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-_STOP = frozenset(
-    "a an the of in on for to and or with by from at as is are was were be been being this that these those "
-    "which what who whom whose how why when where do does did can could should would may might will shall "
-    "paper papers work works study studies method methods approach approaches propose proposed use using used "
-    "about any some there their them they it its into than then also between over under via not no".split()
-)
-
-
 def check_question(question: str | None, max_chars: int) -> str:
     """Normalise whitespace; refuse empty or over-long questions with a friendly message."""
     text = " ".join((question or "").split())
@@ -92,26 +83,17 @@ def verify_citations(text: str, sources: list[Source]) -> tuple[str, list[dict],
     return clean, citations, invalid
 
 
-def _terms(text: str, stem) -> list[str]:
-    return [stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
-
-
 class Extractor:
     """Picks the abstract sentences most relevant to a question (lexical, stemmed, idf-weighted)."""
-
-    def __init__(self):
-        import Stemmer
-
-        self._stem = Stemmer.Stemmer("english").stemWord
 
     def rank(self, question: str, sources: list[Source]) -> list[tuple[float, Source, str]]:
         import math
 
-        q_terms = set(_terms(question, self._stem))
+        q_terms = set(content_terms(question))
         rows = []
         for src in sources:
             for pos, sentence in enumerate(split_sentences(src.abstract)):
-                rows.append((src, pos, sentence, set(_terms(sentence, self._stem))))
+                rows.append((src, pos, sentence, set(content_terms(sentence))))
         if not rows:
             return []
         df: dict[str, int] = {}
@@ -213,7 +195,7 @@ class Assistant:
         t_retrieve = (time.perf_counter() - t0) * 1000
 
         base = dict(question=question, sources=sources, standalone_question=standalone if standalone != question else None)
-        if paper_ids is None and (not sources or (top_sim is not None and top_sim < self.settings.abstain_threshold)):
+        if paper_ids is None and self._should_abstain(standalone, top_sim, hits):
             yield StreamEvent("final", answer=self._abstain(base, hits, "llm" if use_llm else "extractive", notice, t_retrieve, started))
             return
 
@@ -282,6 +264,33 @@ class Assistant:
             used += cost
             sources.append(Source(i, hit.paper_id, hit.title, hit.snippet, hit.score, abstract))
         return sources, top_sim, hits
+
+    def _should_abstain(self, query: str, top_sim: float | None, hits: list[Hit]) -> bool:
+        """Nothing relevant enough: a low best similarity, or a middling one with the question's
+        distinctive terms missing from the top papers (calibrated on the dev set: eval/calibrate.py)."""
+        if not hits:
+            return True
+        if top_sim is None:
+            return False
+        if top_sim < self.settings.abstain_threshold:
+            return True
+        if top_sim >= self.settings.abstain_sim:
+            return False
+        return self.coverage(query, hits[:3]) < self.settings.abstain_coverage
+
+    def coverage(self, query: str, hits: list[Hit]) -> float:
+        """Share of the question's idf-weighted content terms found in the best of `hits`."""
+        terms = set(content_terms(query))
+        if not terms:
+            return 1.0
+        idf = self.retriever.idf
+        total = sum(idf(t) for t in terms)
+        best = 0.0
+        for hit in hits:
+            paper = self.retriever.papers[hit.paper_id]
+            present = terms & set(content_terms(paper.title + " " + paper.abstract))
+            best = max(best, sum(idf(t) for t in present) / total)
+        return best
 
     def _messages(self, question: str, sources: list[Source], history: list[dict]) -> list[dict]:
         fmt = self.prompts["source"]

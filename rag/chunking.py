@@ -74,3 +74,25 @@ def split_sentences(text: str) -> list[str]:
     if tail:
         sentences.append(tail)
     return sentences
+
+
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+STOPWORDS = frozenset(
+    "a an the of in on for to and or with by from at as is are was were be been being this that these those "
+    "which what who whom whose how why when where do does did can could should would may might will shall "
+    "paper papers work works study studies method methods approach approaches propose proposed use using used "
+    "about any some there their them they it its into than then also between over under via not no".split()
+)
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english").stemWord
+
+
+def content_terms(text: str) -> list[str]:
+    """Stemmed content words (stopwords and question filler removed), for lexical relevance."""
+    stem = _stemmer()
+    return [stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]

@@ -135,7 +135,7 @@ def cmd_search(args) -> int:
     from rag.retrieve import Retriever
 
     settings = _settings(args)
-    if not args.question and not args.questions:
+    if args.question is None and not args.questions:
         raise ConfigError("give a QUESTION or --questions FILE")
     retriever = Retriever(settings)
     if args.questions:
@@ -161,7 +161,7 @@ def cmd_ask(args) -> int:
     from rag.answer import Assistant
 
     settings = _settings(args)
-    if not args.question and not args.questions:
+    if args.question is None and not args.questions:
         raise ConfigError("give a QUESTION or --questions FILE")
     assistant = Assistant.from_settings(settings)
     kw = {"top_k": args.top_k, "mode": args.mode, "extractive": args.extractive}

@@ -35,7 +35,12 @@ _GLUED = re.compile(r"^Subscribe(?!(?:rs?|d|s)\b)(?=\S)")
 _LATEX_ESCAPE = re.compile(r"\\([%_&#$])")
 _LATEX_CMD = re.compile(r"\\(?:emph|textbf|textit|texttt|mathrm|mathbf|text)\{([^{}]*)\}")
 _LATEX_SYMBOL = {"\\times": "×", "\\sim": "~", "\\(": "", "\\)": "", "\\uparrow": "↑", "\\downarrow": "↓"}
-_URL = re.compile(r"(?:https?://|www\.|github\.com/)[^\s<>\"')\]}]+", re.I)
+_URL = re.compile(
+    r"(?:https?://|www\.|github\.com/)[^\s<>\"')\]}]+"
+    # bare GitHub Pages project sites, e.g. "muse-bench.github.io"
+    r"|\b[\w-]+(?:\.[\w-]+)*\.github\.io\b[^\s<>\"')\]}]*",
+    re.I,
+)
 _MAX_TITLE_CHARS = 400
 _MAX_ABSTRACT_CHARS = 20_000
 CORPUS_SUFFIXES = (".txt", ".jsonl")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-from rag.chunking import Chunker
+from rag.chunking import Chunker, content_terms
 from rag.corpus import content_hash, corpus_files, corpus_fingerprint, load_corpus
 from rag.embeddings import EmbeddingCache, embed_with_cache, make_embedder
 from rag.errors import ConfigError, IndexCorruptError, IndexLockedError, IndexMissingError, RagError
@@ -28,7 +28,7 @@ from rag.records import Paper
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-PARSER_VERSION = 2  # bump when parsing or cleaning changes what a paper's text is
+PARSER_VERSION = 3  # bump when parsing or cleaning changes what a paper's text is
 PAPER_BATCH = 256
 
 
@@ -133,6 +133,24 @@ def _write_papers(data_dir: Path, papers: list[Paper]) -> None:
     _atomic_write(data_dir / "papers.jsonl", "".join(json.dumps(p.to_dict()) + "\n" for p in papers))
 
 
+def _write_term_df(data_dir: Path, papers: list[Paper]) -> None:
+    """Document frequencies of content terms, for the answerer's relevance and abstention checks."""
+    df: dict[str, int] = {}
+    for p in papers:
+        for term in set(content_terms(p.title + " " + p.abstract)):
+            df[term] = df.get(term, 0) + 1
+    _atomic_write(data_dir / "term_df.json", json.dumps({"n": len(papers), "df": df}))
+
+
+def load_term_df(data_dir: Path) -> tuple[int, dict[str, int]]:
+    path = Path(data_dir) / "term_df.json"
+    try:
+        data = json.loads(path.read_text())
+        return int(data["n"]), data["df"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise IndexCorruptError(f"{path} is unreadable ({exc.__class__.__name__}): run `rag ingest --rebuild`") from None
+
+
 def ingest(
     settings,
     corpus_paths: list[Path] | None = None,
@@ -234,6 +252,7 @@ def ingest(
         # Derived from the whole corpus on every change: BM25 over all chunks, the paper records.
         all_chunks = chunker.chunk_all(papers)
         BM25Index.build([c.chunk_id for c in all_chunks], [c.text for c in all_chunks]).save(data_dir / "bm25")
+        _write_term_df(data_dir, papers)
         _write_papers(data_dir, papers)
         cache.close()
 

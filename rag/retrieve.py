@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class Retriever:
 
     def __init__(self, settings, embedder=None, store=None, check_stale: bool = True):
         from rag.bm25 import BM25Index
-        from rag.index import load_papers, open_index_state
+        from rag.index import load_papers, load_term_df, open_index_state
         from rag.store import ChromaStore
 
         self.settings = settings
@@ -71,6 +72,7 @@ class Retriever:
             log.warning("%s", self.state.stale)
         self.papers: dict[str, Paper] = load_papers(data_dir)
         self.bm25 = BM25Index.load(data_dir / "bm25")
+        self._n_docs, self._df = load_term_df(data_dir)
         self.store = store or ChromaStore(data_dir, settings.chroma_url, settings.collection)
         model = self.state.manifest["params"]["embedding_model"]
         if embedder is None:
@@ -85,6 +87,10 @@ class Retriever:
         self.embedder = embedder
         self._chunk_text: dict[str, str] = {}
         self.last_top_similarity: float | None = None
+
+    def idf(self, term: str) -> float:
+        """Inverse document frequency of a content term (see rag.chunking.content_terms)."""
+        return math.log(1 + self._n_docs / (self._df.get(term, 0) + 0.5))
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embedder.embed([text])[0]

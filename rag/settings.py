@@ -65,7 +65,13 @@ class Settings(BaseSettings):
     # answering
     answer_top_k: int = Field(6, ge=1, le=30, description="Papers given to the answerer.")
     abstain_threshold: float = Field(
-        0.40, description="Abstain when the best dense similarity is below this (calibrated on dev)."
+        0.30, ge=-1, le=1, description="Always abstain when the best dense similarity is below this."
+    )
+    abstain_sim: float = Field(
+        0.45, ge=-1, le=1, description="Below this similarity, abstain if the question's terms are missing."
+    )
+    abstain_coverage: float = Field(
+        0.55, ge=0, le=1, description="Share of idf-weighted question terms the top papers must contain."
     )
     max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
     history_tokens: int = Field(1500, ge=0, description="Token budget for conversation history.")

@@ -152,3 +152,51 @@ def run_cli(*args, env=None, timeout=300, input=None, cwd=None):
     return subprocess.run(
         [rag_bin, *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input, cwd=cwd
     )
+
+
+# ---------------------------------------------------------------- small corpora for the foundation tests
+
+LISTING_HEADER = "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\nbyAK and the research community\n\nMar 14\n\n"
+
+
+def write_listing(path: Path, papers, header: bool = True) -> Path:
+    """Write papers as a scraped listing page (boilerplate header, then title / abstract pairs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"{p.title}\n\n{p.abstract}\n\n" for p in papers)
+    path.write_text((LISTING_HEADER if header else "") + body, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_papers():
+    """Every unique paper of the vendored corpus, parsed once per session."""
+    from rag.corpus import load_corpus
+
+    return load_corpus([CORPUS]).papers
+
+
+@pytest.fixture(scope="session")
+def small_papers(corpus_papers):
+    """20 real papers: 14 from the top of the corpus plus 6 concept-erasure papers (deterministic)."""
+    erasure = [p for p in corpus_papers if "concept eras" in p.title.lower()][:6]
+    others = [p for p in corpus_papers if p not in erasure][:14]
+    assert len(erasure) == 6
+    return others + erasure
+
+
+@pytest.fixture
+def small_corpus(tmp_path, small_papers) -> Path:
+    """A writable tmp corpus dir of the 20 small papers as two listing files (a.txt, b.txt)."""
+    corpus = tmp_path / "corpus"
+    write_listing(corpus / "a.txt", small_papers[:10])
+    write_listing(corpus / "b.txt", small_papers[10:])
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def onnx_ready(model_cache) -> Path:
+    """Make sure the ONNX export of the packaged model sits in `model_cache` (for CLI subprocesses)."""
+    from rag.embeddings import make_embedder
+
+    make_embedder(load_settings(data_dir=model_cache / "unused", model_cache_dir=model_cache))
+    return model_cache

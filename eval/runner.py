@@ -1,0 +1,259 @@
+"""Run every dataset question through retrieval (and the answerer) in each mode; build the report dict.
+
+One `Retriever` serves every mode and question (the embedding model loads once); the answerer, when
+used, is built on that same retriever.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rag.errors import ConfigError, RagError
+from rag.retrieve import MODES
+
+from eval.dataset import Dataset, Question
+from eval.metrics import (
+    SupportChecker,
+    citation_metrics,
+    cited_numbers,
+    key_fact_recall,
+    retrieval_metrics,
+    summarise,
+    unsupported_sentence_rate,
+)
+
+log = logging.getLogger(__name__)
+ANSWER_CHOICES = ("extractive", "llm", "none")
+REPORT_VERSION = 1
+
+
+def check_modes(text: str | list[str]) -> list[str]:
+    modes = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ConfigError(f"unknown retrieval mode(s) {', '.join(bad) or '(none given)'}: use a comma list of {', '.join(MODES)}")
+    return list(dict.fromkeys(modes))
+
+
+def make_assistant(settings, retriever, answer: str):
+    """The project's answerer on the shared retriever; `--answer llm` needs a configured LLM."""
+    if answer == "llm" and not settings.llm_configured:
+        raise ConfigError(
+            "--answer llm needs an LLM: set RAG_LLM_BASE_URL (and RAG_LLM_API_KEY / OPENAI_API_KEY), "
+            "or use --answer extractive"
+        )
+    try:
+        from rag.answer import Assistant
+    except ImportError as exc:
+        raise ConfigError(f"the answerer is not available ({exc}): use --answer none") from None
+    return Assistant.from_settings(settings, retriever=retriever)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _evidence(source, retriever) -> str:
+    """Title + abstract of a source (falling back to the index's paper record, then the snippet)."""
+    abstract = getattr(source, "abstract", "") or ""
+    if not abstract:
+        paper = retriever.papers.get(source.paper_id) if retriever is not None else None
+        abstract = paper.abstract if paper else source.snippet
+    return f"{source.title}\n{abstract}"
+
+
+def prompt_tokens_estimate(question: str, sources, count) -> int:
+    """Tokens of what the answerer is given: question + numbered source titles and abstracts (template excluded)."""
+    text = question + "\n" + "\n".join(f"[{s.n}] {s.title}\n{getattr(s, 'abstract', '') or s.snippet}" for s in sources)
+    return count(text)
+
+
+def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, count=None) -> dict:
+    """Row fields and per-question answer metrics for one Answer record."""
+    abstained = bool(ans.abstained)
+    sources = list(ans.sources or [])
+    by_n = {s.n: s for s in sources}
+    cited_titles = list(dict.fromkeys(c.get("title") or "" for c in ans.citations or [] if c.get("title")))
+    text_refs = cited_numbers(ans.answer or "")
+    unknown_markers = sum(1 for n in text_refs if n not in by_n)
+    invalid = max(unknown_markers, int(getattr(ans, "invalid_citations", 0) or 0))
+    metrics: dict = {}
+    if q.answerable:
+        metrics["false_abstention_rate"] = 1.0 if abstained else 0.0
+    else:
+        metrics["abstention_accuracy"] = 1.0 if abstained else 0.0
+    if not abstained:
+        metrics.update(
+            citation_metrics(cited_titles, [s.title for s in sources], q.gold_titles if q.answerable else None, invalid)
+        )
+        metrics["key_fact_recall"] = key_fact_recall(ans.answer or "", q.key_facts) if q.answerable else None
+        cited_ns = [c["n"] for c in ans.citations or [] if c.get("n") in by_n] or [n for n in text_refs if n in by_n]
+        evidence = {n: _evidence(s, retriever) for n, s in by_n.items()}
+        metrics["unsupported_sentence_rate"] = unsupported_sentence_rate(ans.answer or "", evidence, cited_ns, checker)
+    row = {
+        "answer": ans.answer,
+        "cited_titles": cited_titles,
+        "abstained": abstained,
+        "source_titles": [s.title for s in sources],
+        "invalid_citations": invalid,
+        "notice": getattr(ans, "notice", None),
+        "metrics": metrics,
+    }
+    if count is not None:
+        row["answer_tokens"] = count(ans.answer or "")
+        row["prompt_tokens"] = prompt_tokens_estimate(q.question, sources, count)
+    return row
+
+
+def _empty_row(q: Question, mode: str) -> dict:
+    return {
+        "id": q.id,
+        "type": q.type,
+        "mode": mode,
+        "question": q.question,
+        "gold_titles": q.gold_titles,
+        "retrieved_titles": [],
+        "answer": None,
+        "cited_titles": [],
+        "abstained": None,
+        "metrics": {},
+        "latency_ms": None,
+        "retrieve_ms": None,
+        "answer_ms": None,
+        "prompt_tokens": None,
+        "answer_tokens": None,
+        "error": None,
+    }
+
+
+def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "none", top_k: int = 10,
+             answer_top_k: int | None = None, retriever=None, assistant=None, judge=None,
+             progress: bool = True) -> dict:
+    """Evaluate `dataset`; returns the report dict (see eval/README.md for its shape)."""
+    from tqdm import tqdm
+
+    from rag.chunking import count_tokens
+
+    if answer not in ANSWER_CHOICES:
+        raise ConfigError(f"--answer must be one of {', '.join(ANSWER_CHOICES)}, got {answer!r}")
+    modes = check_modes(modes)
+    if retriever is None:
+        from rag.retrieve import Retriever
+
+        retriever = Retriever(settings)
+    if answer != "none" and assistant is None:
+        assistant = make_assistant(settings, retriever, answer)
+    checker = SupportChecker(getattr(retriever, "embedder", None))
+
+    def count(text: str) -> int:
+        return count_tokens(text, settings.tokenizer)
+
+    for mode in modes:  # warm-up: lazy model/session/Chroma start-up must not land in the first latency
+        retriever.search("warm up query", 1, mode)
+
+    rows: list[dict] = []
+    started = time.perf_counter()
+    bar = tqdm(total=len(dataset.questions) * len(modes), desc="rag eval", unit="q", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        for q in dataset.questions:
+            for mode in modes:
+                row = _empty_row(q, mode)
+                rows.append(row)
+                try:
+                    t0 = time.perf_counter()
+                    hits = retriever.search(q.question, top_k, mode)
+                    row["retrieve_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                    row["retrieved_titles"] = [h.title for h in hits]
+                    row["latency_ms"] = row["retrieve_ms"]
+                    if assistant is not None:
+                        t0 = time.perf_counter()
+                        ans = assistant.ask(q.question, top_k=answer_top_k, mode=mode, extractive=(answer == "extractive"))
+                        wall = (time.perf_counter() - t0) * 1000
+                        row["answer_ms"] = round(wall, 3)
+                        total = (getattr(ans, "timings_ms", None) or {}).get("total")
+                        row["latency_ms"] = round(float(total if total is not None else wall), 3)
+                        row.update(score_answer(q, ans, checker, retriever, count))
+                        if judge is not None and not ans.abstained:
+                            row["judge"] = judge.score(q.question, ans.answer, ans.sources)
+                except RagError as exc:  # one failing question must not stop the run
+                    row["error"] = str(exc)
+                    log.warning("%s (%s): %s", q.id, mode, exc)
+                bar.update(1)
+                bar.set_postfix_str(mode, refresh=False)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+
+    gold = {q.id: q.gold_titles for q in dataset.questions if q.answerable}
+    for mode in modes:
+        mode_rows = [r for r in rows if r["mode"] == mode]
+        scored = retrieval_metrics({r["id"]: r["retrieved_titles"] for r in mode_rows if not r["error"]}, gold)
+        for r in mode_rows:
+            if r["id"] in scored:
+                r["metrics"].update(scored[r["id"]])
+            elif r["id"] in gold:  # errored: retrieval failed, counted as nothing found
+                r["metrics"].update({k: 0.0 for k in ("recall@5", "recall@10", "ndcg@10", "mrr")})
+
+    rows.sort(key=lambda r: modes.index(r["mode"]))  # stable sort: question order within each mode
+    for r in rows:
+        r["metrics"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r["metrics"].items()}
+
+    summary = {mode: summarise([r for r in rows if r["mode"] == mode]) for mode in modes}
+    types = list(dict.fromkeys(q.type for q in dataset.questions))
+    by_type = {
+        mode: {t: summarise([r for r in rows if r["mode"] == mode and r["type"] == t]) for t in types}
+        for mode in modes
+    }
+    report = {
+        "version": REPORT_VERSION,
+        "dataset": dataset.to_dict(),
+        "config": build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge, elapsed),
+        "summary": summary,
+        "by_type": by_type,
+        "questions": rows,
+    }
+    if judge is not None:
+        report["judge"] = {
+            mode: judge.summarise([r.get("judge") for r in rows if r["mode"] == mode and "judge" in r])
+            for mode in modes
+        }
+    return report
+
+
+def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge, elapsed) -> dict:
+    manifest = getattr(getattr(retriever, "state", None), "manifest", None) or {}
+    cfg = {
+        "modes": modes,
+        "answer": answer,
+        "top_k": top_k,
+        "answer_top_k": answer_top_k or settings.answer_top_k,
+        "data_dir": str(Path(settings.data_dir).resolve()),
+        "papers": len(getattr(retriever, "papers", {}) or {}),
+        "index_params": manifest.get("params"),
+        "corpus_fingerprint": manifest.get("corpus_fingerprint"),
+        "embed_backend": settings.embed_backend,
+        "candidates": settings.candidates,
+        "rrf_k": settings.rrf_k,
+        "abstain_threshold": settings.abstain_threshold,
+        "llm_model": settings.llm_model if answer == "llm" or judge is not None else None,
+        "judge": judge is not None,
+        "support_thresholds": {"lexical": 0.6, "embedding_cosine": 0.75},
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(elapsed, 2),
+    }
+    return cfg
+

@@ -1,0 +1,402 @@
+"""Corpus parser: the vendored listing pages, and synthetic broken inputs (all fast, no model)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import CORPUS, write_listing
+from rag.corpus import (
+    BOILERPLATE,
+    clean_text,
+    find_code_urls,
+    iter_raw_papers,
+    load_corpus,
+    normalise_title,
+    paper_id_for,
+)
+from rag.errors import CorpusError, ParseError
+from rag.records import Paper
+
+ABSTRACT_A = (
+    "We propose a fine-tuning method that removes unwanted visual concepts from pre-trained text-to-image "
+    "diffusion models, using only the name of the concept and negative guidance as a teacher. We evaluate "
+    "the method on artistic styles, explicit content and object classes, and compare it with prior work."
+)
+ABSTRACT_B = (
+    "Transformers process sequences with self-attention alone, dispensing with recurrence and convolutions "
+    "entirely. Experiments on two machine translation tasks show these models to be superior in quality "
+    "while being more parallelizable and requiring significantly less time to train than earlier models."
+)
+ABSTRACT_C = (
+    "Graph neural networks learn node representations by aggregating messages from neighbours. We study their "
+    "expressive power through the Weisfeiler-Lehman test and propose a simple architecture that is provably as "
+    "powerful as the test, achieving state-of-the-art accuracy on graph classification benchmarks."
+)
+
+
+@pytest.fixture(scope="module")
+def vendored():
+    return load_corpus([CORPUS])
+
+
+def _issue_strs(load) -> list[str]:
+    return [str(i) for i in load.issues]
+
+
+# ---------------------------------------------------------------- the vendored corpus
+
+
+def test_vendored_corpus_gives_701_unique_papers_from_796_entries(vendored):
+    assert len(vendored.files) == 5
+    assert vendored.entries == 796
+    assert len(vendored.papers) == 701
+    assert vendored.duplicates == 796 - 701
+    assert vendored.issues == []  # every line of the vendored corpus parses
+    assert len({p.paper_id for p in vendored.papers}) == 701
+    assert len({normalise_title(p.title) for p in vendored.papers}) == 701
+
+
+def test_vendored_corpus_parses_in_strict_mode():
+    assert len(load_corpus([CORPUS], strict=True).papers) == 701
+
+
+def test_no_boilerplate_or_subscribe_titles(vendored):
+    date = re.compile(r"^(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{1,2}(, \d{4})?$", re.I)
+    for p in vendored.papers:
+        assert not p.title.casefold().startswith("subscribe"), p.title
+        assert p.title.casefold() not in BOILERPLATE, p.title
+        assert "trending papers" not in p.title.casefold(), p.title
+        assert "research community" not in p.title.casefold(), p.title
+        assert not date.match(p.title), p.title
+        assert p.title == p.title.strip() and p.title
+        assert len(p.abstract) > len(p.title), p.title  # titles and abstracts were not swapped/shifted
+
+
+def test_title_glued_to_subscribe_is_recovered(vendored):
+    # 002_*.txt has "SubscribecMIM: A Contrastive Mutual Information Framework ..." as its first title line.
+    titles = {p.title for p in vendored.papers}
+    assert any(t.startswith("cMIM: A Contrastive Mutual Information Framework") for t in titles)
+
+
+def test_latex_escapes_are_cleaned(vendored):
+    raw_with_escape = [
+        line
+        for f in sorted(CORPUS.glob("*.txt"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+        if "\\%" in line
+    ]
+    assert len(raw_with_escape) >= 10  # the vendored files really contain `\%`
+    all_text = [p.title + "\n" + p.abstract for p in vendored.papers]
+    assert not any("\\%" in t for t in all_text)
+    abstracts = {p.abstract for p in vendored.papers} | {p.title for p in vendored.papers}
+    for line in raw_with_escape:
+        cleaned = clean_text(line)
+        assert "\\%" not in cleaned and "%" in cleaned
+        assert cleaned in abstracts
+
+
+def test_clean_text_unit():
+    assert clean_text("improves accuracy by 12\\%  and \\emph{F1}\n by 3\\_ points") == (
+        "improves accuracy by 12% and F1 by 3_ points"
+    )
+
+
+def test_duplicates_merge_their_sources(vendored):
+    files_of: dict[str, set[str]] = {}
+    for fname, _no, paper in iter_raw_papers(sorted(CORPUS.glob("*.txt")), []):
+        files_of.setdefault(paper.paper_id, set()).add(fname)
+    by_id = {p.paper_id: p for p in vendored.papers}
+    assert set(by_id) == set(files_of)
+    for pid, files in files_of.items():
+        sources = by_id[pid].sources
+        assert len(sources) == len(set(sources)), sources  # no file listed twice
+        assert set(sources) == files
+    multi = [p for p in vendored.papers if len(p.sources) > 1]
+    assert len(multi) >= 50
+    assert any(len(p.sources) >= 3 for p in multi)
+
+
+def test_paper_id_is_stable_across_case_and_punctuation():
+    pid = paper_id_for("Erasing Concepts from Diffusion Models")
+    assert re.fullmatch(r"[0-9a-f]{16}", pid)
+    for variant in (
+        "erasing concepts from diffusion models",
+        "ERASING CONCEPTS FROM DIFFUSION MODELS.",
+        "  Erasing   Concepts: from Diffusion-Models! ",
+        "Erasing Concepts from Diffusion Models",
+    ):
+        assert paper_id_for(variant) == pid, variant
+    assert paper_id_for("Erasing Concepts from Language Models") != pid
+    # stable across runs/processes: a plain sha1 of the normalised title
+    assert pid == paper_id_for(normalise_title("Erasing Concepts from Diffusion Models"))
+
+
+def test_duplicate_with_different_case_merges_across_files(tmp_path):
+    write_listing(tmp_path / "one.txt", [Paper("x", "Attention Is All You Need", ABSTRACT_B)])
+    write_listing(
+        tmp_path / "two.txt",
+        [Paper("x", "attention is all you need!", ABSTRACT_B), Paper("x", "Graph Networks", ABSTRACT_C)],
+    )
+    load = load_corpus([tmp_path])
+    assert load.entries == 3 and load.duplicates == 1
+    by_title = {p.title: p for p in load.papers}
+    assert set(by_title) == {"Attention Is All You Need", "Graph Networks"}
+    assert by_title["Attention Is All You Need"].sources == ("one.txt", "two.txt")
+    assert by_title["Graph Networks"].sources == ("two.txt",)
+
+
+def test_code_urls_found_in_vendored_corpus(vendored):
+    with_links = [p for p in vendored.papers if re.search(r"github\.(com|io)", p.abstract, re.I)]
+    assert len(with_links) >= 100
+    for p in with_links:
+        assert any("github." in u.lower() for u in p.code_urls), (p.title, p.abstract[-200:])
+    for p in vendored.papers:
+        for url in p.code_urls:
+            assert url.startswith(("http://", "https://")), url
+            assert url[-1] not in ".,;:)]", url
+            assert url in p.abstract or url.removeprefix("https://") in p.abstract, url
+    # a known paper with its repository
+    uniformer = [p for p in vendored.papers if "https://github.com/OpenGVLab/UniFormerV2" in p.code_urls]
+    assert len(uniformer) == 1
+
+
+@pytest.mark.parametrize(
+    "text, urls",
+    [
+        ("Code is at https://github.com/rohitgandikota/erasing.", ("https://github.com/rohitgandikota/erasing",)),
+        ("see github.com/a/b, and www.example.org/x;", ("https://github.com/a/b", "https://www.example.org/x")),
+        ("Project page: muse-bench.github.io", ("https://muse-bench.github.io",)),
+        ("(https://github.com/x/y) and again https://github.com/x/y", ("https://github.com/x/y",)),
+        ("The code will be released on GitHub.", ()),
+    ],
+)
+def test_find_code_urls(text, urls):
+    assert find_code_urls(text) == urls
+
+
+# ---------------------------------------------------------------- synthetic listing files
+
+
+def test_title_without_abstract_is_reported_with_file_and_line_and_skipped(tmp_path):
+    f = tmp_path / "page.txt"
+    f.write_text(
+        "new\n\nSubscribe\n\nMar 14\n\n"  # lines 1-5
+        "Good Paper One\n\n" + ABSTRACT_A + "\n\n"  # lines 7, 9
+        "Orphan Title Without Abstract\n\n"  # line 11
+        "Good Paper Two\n\n" + ABSTRACT_B + "\n\n"  # lines 13, 15
+        "Trailing Orphan\n",  # line 17
+        encoding="utf-8",
+    )
+    load = load_corpus([tmp_path])
+    assert [p.title for p in load.papers] == ["Good Paper One", "Good Paper Two"]
+    assert [p.abstract for p in load.papers] == [ABSTRACT_A, ABSTRACT_B]
+    issues = _issue_strs(load)
+    assert len(issues) == 2
+    assert issues[0].startswith("page.txt:11: ") and "Orphan Title Without Abstract" in issues[0]
+    assert issues[1].startswith("page.txt:17: ") and "Trailing Orphan" in issues[1]
+    assert all("without abstract" in i for i in issues)
+
+
+def test_strict_mode_raises_parse_error_with_location(tmp_path):
+    (tmp_path / "page.txt").write_text(
+        f"Good Paper One\n{ABSTRACT_A}\nOrphan Title\nGood Paper Two\n{ABSTRACT_B}\n", encoding="utf-8"
+    )
+    with pytest.raises(ParseError, match=r"page\.txt:3: .*Orphan Title.*strict"):
+        load_corpus([tmp_path], strict=True)
+    assert len(load_corpus([tmp_path]).papers) == 2  # non-strict still ingests the rest
+    assert issubclass(ParseError, CorpusError)
+
+
+def test_invalid_utf8_line_is_reported_and_skipped(tmp_path):
+    f = tmp_path / "page.txt"
+    f.write_bytes(
+        b"Good Paper One\n" + ABSTRACT_A.encode() + b"\n"
+        + b"Broken \xff\xfe Title\n" + ABSTRACT_C.encode() + b"\n"  # lines 3, 4
+        + b"Good Paper Two\n" + ABSTRACT_B.encode() + b"\n"
+    )
+    load = load_corpus([tmp_path])
+    assert [p.title for p in load.papers] == ["Good Paper One", "Good Paper Two"]
+    issues = _issue_strs(load)
+    assert any(i.startswith("page.txt:3: ") and "UTF-8" in i for i in issues), issues
+    # the orphaned abstract under the broken title is reported too, never used as a title
+    assert any(i.startswith("page.txt:4: ") for i in issues), issues
+    assert not any("\ufffd" in p.title + p.abstract for p in load.papers)
+
+
+def test_invalid_utf8_abstract_skips_its_paper(tmp_path):
+    (tmp_path / "page.txt").write_bytes(
+        b"Good Paper One\n" + ABSTRACT_A.encode() + b"\n"
+        + b"Paper With Broken Abstract\n" + ABSTRACT_C.encode()[:50] + b"\xc3\x28" + ABSTRACT_C.encode()[50:] + b"\n"
+        + b"Good Paper Two\n" + ABSTRACT_B.encode() + b"\n"
+    )
+    load = load_corpus([tmp_path])
+    assert [p.title for p in load.papers] == ["Good Paper One", "Good Paper Two"]
+    issues = _issue_strs(load)
+    assert any(i.startswith("page.txt:4: ") and "UTF-8" in i for i in issues), issues
+    assert any(i.startswith("page.txt:3: ") and "Paper With Broken Abstract" in i for i in issues), issues
+
+
+def test_binary_file_is_reported_and_skipped(tmp_path):
+    write_listing(tmp_path / "good.txt", [Paper("x", "Good Paper One", ABSTRACT_A)])
+    (tmp_path / "blob.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    load = load_corpus([tmp_path])
+    assert [p.title for p in load.papers] == ["Good Paper One"]
+    issues = _issue_strs(load)
+    assert len(issues) == 1 and issues[0].startswith("blob.txt:1: ") and "binary" in issues[0]
+
+
+def test_only_binary_corpus_is_a_corpus_error(tmp_path):
+    (tmp_path / "blob.txt").write_bytes(b"\x00" * 100)
+    with pytest.raises(CorpusError, match="no papers.*binary"):
+        load_corpus([tmp_path])
+
+
+def test_empty_file_is_a_corpus_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CorpusError, match=r"holds no papers.*empty\.txt"):
+        load_corpus([tmp_path])
+
+
+def test_boilerplate_only_corpus_is_a_corpus_error(tmp_path):
+    (tmp_path / "page.txt").write_text(
+        "new\n\nGet trending papers in your email inbox!\n\nSubscribe\n\nbyAK and the research community\n\nMar 14\n"
+    )
+    with pytest.raises(CorpusError, match=r"holds no papers.*page\.txt") as err:
+        load_corpus([tmp_path])
+    assert not isinstance(err.value, ParseError)
+
+
+def test_directory_without_corpus_files_is_a_corpus_error(tmp_path):
+    (tmp_path / "notes.md").write_text("# not a corpus")
+    with pytest.raises(CorpusError, match=r"no corpus files \(\.txt or \.jsonl\)"):
+        load_corpus([tmp_path])
+
+
+def test_missing_path_is_a_corpus_error(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(CorpusError, match="does not exist") as err:
+        load_corpus([missing])
+    assert str(missing) in str(err.value) and "--corpus" in str(err.value)
+
+
+def test_huge_abstract_is_truncated_with_a_report(tmp_path):
+    huge = ("word " * 30_000).strip() + "."
+    (tmp_path / "page.txt").write_text(f"Huge Paper\n{huge}\nGood Paper Two\n{ABSTRACT_B}\n")
+    load = load_corpus([tmp_path])
+    by_title = {p.title: p for p in load.papers}
+    assert set(by_title) == {"Huge Paper", "Good Paper Two"}
+    assert len(by_title["Huge Paper"].abstract) == 20_000
+    assert by_title["Good Paper Two"].abstract == ABSTRACT_B
+    issues = _issue_strs(load)
+    assert len(issues) == 1 and issues[0].startswith("page.txt:1: ") and "truncated" in issues[0]
+
+
+# ---------------------------------------------------------------- JSONL
+
+
+def test_jsonl_with_metadata(tmp_path):
+    rows = [
+        {
+            "id": "2303.07345",
+            "title": "Erasing Concepts\n  from Diffusion Models",
+            "abstract": ABSTRACT_A + " Code: https://github.com/rohitgandikota/erasing",
+            "authors": "Rohit Gandikota, Joanna Materzynska, Jaden Fiotto-Kaufman and David Bau",
+            "categories": "cs.CV cs.LG",
+            "update_date": "2023-06-20",
+        },
+        {
+            "id": "custom-1",
+            "title": "Attention Is All You Need",
+            "abstract": ABSTRACT_B,
+            "authors": ["Ashish Vaswani", "Noam Shazeer"],
+            "categories": ["cs.CL"],
+            "date": "2017-06-12",
+            "url": "https://example.org/attention",
+        },
+    ]
+    (tmp_path / "papers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    load = load_corpus([tmp_path / "papers.jsonl"])
+    assert load.issues == []
+    a, b = load.papers
+    assert a.title == "Erasing Concepts from Diffusion Models"
+    assert a.paper_id == paper_id_for("Erasing Concepts from Diffusion Models")
+    assert a.authors == ("Rohit Gandikota", "Joanna Materzynska", "Jaden Fiotto-Kaufman", "David Bau")
+    assert a.categories == ("cs.CV", "cs.LG")
+    assert a.date == "2023-06-20"
+    assert a.url == "https://arxiv.org/abs/2303.07345"
+    assert a.code_urls == ("https://github.com/rohitgandikota/erasing",)
+    assert a.sources == ("papers.jsonl",)
+    assert b.authors == ("Ashish Vaswani", "Noam Shazeer")
+    assert b.categories == ("cs.CL",)
+    assert b.date == "2017-06-12"
+    assert b.url == "https://example.org/attention"
+
+
+def test_jsonl_and_listing_mix_and_dedupe(tmp_path):
+    write_listing(tmp_path / "page.txt", [Paper("x", "Attention Is All You Need", ABSTRACT_B)])
+    (tmp_path / "more.jsonl").write_text(
+        json.dumps({"title": "ATTENTION is all you need", "abstract": ABSTRACT_B}) + "\n"
+        + json.dumps({"title": "Graph Networks", "abstract": ABSTRACT_C}) + "\n"
+    )
+    load = load_corpus([tmp_path])
+    assert len(load.papers) == 2 and load.duplicates == 1
+    att = next(p for p in load.papers if p.title.lower().startswith("attention"))
+    assert set(att.sources) == {"page.txt", "more.jsonl"}
+
+
+def test_malformed_jsonl_lines_are_reported_with_line_numbers(tmp_path):
+    lines = [
+        json.dumps({"title": "Good One", "abstract": ABSTRACT_A}),  # 1
+        "{not json",  # 2
+        json.dumps({"abstract": ABSTRACT_B}),  # 3 missing title
+        json.dumps({"title": "No Abstract"}),  # 4 missing abstract
+        "",  # 5 blank: ignored silently
+        json.dumps(["a", "list"]),  # 6 not an object
+        json.dumps({"title": "   ", "abstract": ABSTRACT_B}),  # 7 empty title
+        json.dumps({"title": "Good Two", "abstract": ABSTRACT_C}),  # 8
+    ]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    load = load_corpus([tmp_path])
+    assert [p.title for p in load.papers] == ["Good One", "Good Two"]
+    issues = _issue_strs(load)
+    assert [i.split(": ", 1)[0] for i in issues] == ["p.jsonl:2", "p.jsonl:3", "p.jsonl:4", "p.jsonl:6", "p.jsonl:7"]
+    assert "JSON" in issues[0]
+    assert "title" in issues[1]
+    assert "abstract" in issues[2]
+    with pytest.raises(ParseError, match=r"p\.jsonl:2"):
+        load_corpus([tmp_path], strict=True)
+
+
+def test_jsonl_invalid_utf8_and_huge_abstract(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(
+        json.dumps({"title": "Huge", "abstract": "token " * 10_000}).encode() + b"\n"
+        + b'{"title": "bad \xff", "abstract": "x"}\n'
+        + json.dumps({"title": "Fine", "abstract": ABSTRACT_C}).encode() + b"\n"
+    )
+    load = load_corpus([f])
+    by_title = {p.title: p for p in load.papers}
+    assert set(by_title) == {"Huge", "Fine"}
+    assert len(by_title["Huge"].abstract) == 20_000
+    issues = _issue_strs(load)
+    assert any(i.startswith("p.jsonl:1: ") and "truncated" in i for i in issues)
+    assert any(i.startswith("p.jsonl:2: ") for i in issues)
+
+
+def test_jsonl_only_bad_lines_is_a_corpus_error_naming_the_first_issue(tmp_path):
+    (tmp_path / "p.jsonl").write_text("{oops\n" + json.dumps({"title": "t"}) + "\n")
+    with pytest.raises(CorpusError, match=r"holds no papers.*2 lines could not be parsed.*p\.jsonl:1"):
+        load_corpus([tmp_path])
+
+
+def test_explicit_file_paths_and_multiple_paths(tmp_path):
+    a = write_listing(tmp_path / "x" / "a.txt", [Paper("x", "Paper A", ABSTRACT_A)])
+    b = write_listing(tmp_path / "y" / "b.txt", [Paper("x", "Paper B", ABSTRACT_B)])
+    load = load_corpus([a, b.parent])
+    assert [p.title for p in load.papers] == ["Paper A", "Paper B"]
+    assert load.files == [str(a), str(b)]
+    assert isinstance(load.files[0], str) and Path(load.files[0]).exists()
