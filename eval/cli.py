@@ -1,5 +1,164 @@
-"""`rag eval` sub-commands (filled in by the evaluation harness)."""
+"""`rag eval` (run a dataset, write report.json / report.md / plots, check gates) and
+`rag eval compare A B` (metric deltas between two reports)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from rag.errors import ConfigError
+
+from eval.runner import ANSWER_CHOICES
+
+EXAMPLES = """examples:
+  rag eval --dataset eval/datasets/dev.jsonl --answer none --out /tmp/evalrun
+  rag eval --dataset eval/datasets/dev.jsonl --modes hybrid --fail-under recall@10=0.6 hybrid:mrr=0.5
+  rag eval compare eval/runs/A/report.json eval/runs/B/report.json
+"""
+
+
+def _top_k(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 1 <= value <= 200:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 200, got {value}")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_eval_parser(sub) -> None:
-    return None
+    p = sub.add_parser(
+        "eval",
+        help="evaluate retrieval and answers on a question set (or compare two reports)",
+        description="Run every question of a JSONL dataset through retrieval (and the answerer) in each mode; "
+        "write DIR/report.json, DIR/report.md and PNG plots; print a summary; exit 1 when a gate fails.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", type=Path, help="JSONL question set (see eval/datasets/README.md)")
+    p.add_argument("--modes", default="hybrid,dense,bm25", help="comma list of retrieval modes (default hybrid,dense,bm25)")
+    p.add_argument("--answer", choices=ANSWER_CHOICES, default="extractive",
+                   help="answerer to evaluate: extractive (default, offline), llm, or none (retrieval only)")
+    p.add_argument("--top-k", type=_top_k, default=10, help="papers retrieved per question for the retrieval metrics (default 10)")
+    p.add_argument("--answer-top-k", type=_top_k, help="papers given to the answerer (default RAG_ANSWER_TOP_K)")
+    p.add_argument("--out", type=Path, help="report directory (default eval/runs/<timestamp>)")
+    p.add_argument("--fail-under", nargs="+", action="extend", default=[], metavar="[MODE:]METRIC=VALUE",
+                   help="exit 1 when a summary metric is below VALUE (all evaluated modes unless MODE: is given)")
+    p.add_argument("--fail-over", nargs="+", action="extend", default=[], metavar="[MODE:]METRIC=VALUE",
+                   help="exit 1 when a summary metric is above VALUE (for latency, unsupported_sentence_rate, ...)")
+    p.add_argument("--limit", type=_limit, help="evaluate only the first N questions")
+    p.add_argument("--judge", action="store_true", help="also score answers with the LLM judge (prompts/judge.md); needs an LLM")
+    p.add_argument("--json", action="store_true", help="print the summary, per-type metrics, gates and files as JSON")
+    p.add_argument("--strict", action="store_true", help="any dataset issue (bad line, unknown gold title) is fatal")
+    p.set_defaults(handler=cmd_eval)
+
+    es = p.add_subparsers(dest="eval_command", metavar="{compare}", parser_class=type(p))
+    c = es.add_parser("compare", help="print metric deltas between two reports (B minus A)",
+                      description="Print per-mode metric deltas (B minus A) between two `rag eval` reports.")
+    c.add_argument("a", type=Path, metavar="A", help="baseline report.json (or its directory)")
+    c.add_argument("b", type=Path, metavar="B", help="new report.json (or its directory)")
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    c.set_defaults(handler=cmd_compare)
+
+
+def cmd_eval(args) -> int:
+    from rag.index import load_papers, open_index_state
+    from rag.settings import load_settings
+
+    from eval.dataset import load_dataset
+    from eval.report import by_type_table, check_gates, gate_message, parse_gates, summary_table, write_report
+    from eval.runner import check_modes, run_eval
+
+    if args.dataset is None:
+        raise ConfigError("give --dataset FILE (or use `rag eval compare A B`)")
+    settings = load_settings(data_dir=getattr(args, "data_dir", None))
+    modes = check_modes(args.modes)
+    gates = parse_gates(args.fail_under, modes, args.answer, "under") + parse_gates(args.fail_over, modes, args.answer, "over")
+
+    open_index_state(settings, check_stale=False)  # a missing/incomplete index fails here with how to build it
+    titles = [p.title for p in load_papers(Path(settings.data_dir)).values()]
+    dataset = load_dataset(args.dataset, titles, strict=args.strict)
+    for issue in dataset.issues[:20]:
+        print(f"warning: {issue}", file=sys.stderr)
+    if len(dataset.issues) > 20:
+        print(f"warning: ... and {len(dataset.issues) - 20} more dataset issues (all listed in report.json)", file=sys.stderr)
+    if args.limit:
+        dataset.questions = dataset.questions[: args.limit]
+
+    judge = None
+    if args.judge:
+        if args.answer == "none":
+            print("warning: --judge ignored with --answer none", file=sys.stderr)
+        else:
+            from eval.judge import Judge
+
+            judge = Judge.from_settings(settings)
+            if judge is None:
+                print("warning: --judge ignored: no LLM configured (set RAG_LLM_BASE_URL or OPENAI_API_KEY)", file=sys.stderr)
+
+    from rag.retrieve import Retriever
+
+    retriever = Retriever(settings)
+    report = run_eval(settings, dataset, modes=modes, answer=args.answer, top_k=args.top_k,
+                      answer_top_k=args.answer_top_k, retriever=retriever, judge=judge, progress=True)
+    results = check_gates(report, gates)
+    report["gates"] = results
+    out = args.out or Path("eval/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    files = write_report(report, out)
+
+    failed = [g for g in results if not g["passed"]]
+    errors = sum(s["errors"] for s in report["summary"].values())
+    if args.json:
+        print(json.dumps({
+            "dataset": report["dataset"] | {"issues": len(report["dataset"]["issues"])},
+            "config": report["config"],
+            "summary": report["summary"],
+            "by_type": report["by_type"],
+            "judge": report.get("judge"),
+            "gates": results,
+            "files": [str(f) for f in files],
+        }))
+    else:
+        print(summary_table(report))
+        print()
+        print(by_type_table(report, "recall@10"))
+        if report.get("judge"):
+            print()
+            for mode, j in report["judge"].items():
+                print(f"judge {mode}: faithfulness {j['faithfulness']}, answer_relevance {j['answer_relevance']} "
+                      f"({j['judged']} judged, {j['failed']} failed)")
+        print()
+        print(f"wrote {', '.join(str(f) for f in files)}")
+        for g in results:
+            if g["passed"]:
+                print(f"gate passed: {g['mode']} {g['metric']} = {g['value']:.4f} "
+                      f"({'>=' if g['kind'] == 'under' else '<='} {g['threshold']:g})")
+    if errors:
+        print(f"warning: {errors} question run(s) failed; see the errors in {out / 'report.md'}", file=sys.stderr)
+    for g in failed:
+        print(f"error: gate failed: {gate_message(g)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_compare(args) -> int:
+    from eval.report import compare, compare_text, load_report
+
+    cmp = compare(load_report(args.a), load_report(args.b))
+    if not cmp["modes"]:
+        raise ConfigError(f"the reports share no retrieval mode ({args.a} vs {args.b})")
+    print(json.dumps(cmp) if args.json else compare_text(cmp))
+    return 0

@@ -73,10 +73,28 @@ def _evidence(source, retriever) -> str:
     return f"{source.title}\n{abstract}"
 
 
-def prompt_tokens_estimate(question: str, sources, count) -> int:
-    """Tokens of what the answerer is given: question + numbered source titles and abstracts (template excluded)."""
-    text = question + "\n" + "\n".join(f"[{s.n}] {s.title}\n{getattr(s, 'abstract', '') or s.snippet}" for s in sources)
-    return count(text)
+def render_prompt(question: str, sources) -> str:
+    """The LLM prompt for these sources (prompts/system.md + answer.md + source.md), or, if the
+    prompt files cannot be used, question + numbered titles and abstracts."""
+    texts = [(s.n, s.title, getattr(s, "abstract", "") or s.snippet) for s in sources]
+    try:
+        from rag.prompts import NOT_IN_CORPUS, load_prompts
+
+        p = _prompts(load_prompts)
+        block = "\n\n".join(p["source"].render(n=n, title=t, abstract=a) for n, t, a in texts)
+        return (p["system"].render(not_found_phrase=NOT_IN_CORPUS) + "\n"
+                + p["answer"].render(question=question, sources=block, not_found_phrase=NOT_IN_CORPUS))
+    except (ImportError, RagError, KeyError, IndexError, ValueError):
+        return question + "\n" + "\n".join(f"[{n}] {t}\n{a}" for n, t, a in texts)
+
+
+_PROMPTS: dict = {}
+
+
+def _prompts(loader) -> dict:
+    if "p" not in _PROMPTS:
+        _PROMPTS["p"] = loader()
+    return _PROMPTS["p"]
 
 
 def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, count=None) -> dict:
@@ -112,7 +130,7 @@ def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, coun
     }
     if count is not None:
         row["answer_tokens"] = count(ans.answer or "")
-        row["prompt_tokens"] = prompt_tokens_estimate(q.question, sources, count)
+        row["prompt_tokens"] = count(render_prompt(q.question, sources)) if sources else 0
     return row
 
 

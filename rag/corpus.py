@@ -14,7 +14,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rag.errors import CorpusError, ParseError
@@ -276,31 +276,57 @@ def _make_paper(fname, no, title, abstract, issues, **extra) -> Paper:
     )
 
 
+@dataclass
+class CorpusScan:
+    """Pass one over the corpus: per unique paper its content hash and merged sources, no texts."""
+
+    files: list[Path]
+    hashes: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    issues: list[ParseIssue] = field(default_factory=list)
+    entries: int = 0
+    duplicates: int = 0
+
+
+def scan_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusScan:
+    """Stream every entry once (constant memory in the texts), deduplicating by paper_id."""
+    scan = CorpusScan(corpus_files(paths))
+    for fname, _no, paper in iter_raw_papers(scan.files, scan.issues):
+        if strict and scan.issues:
+            break
+        scan.entries += 1
+        pid = paper.paper_id
+        if pid in scan.hashes:
+            scan.duplicates += 1
+            if fname not in scan.sources[pid]:
+                scan.sources[pid] += (fname,)
+            continue
+        scan.hashes[pid] = content_hash(paper)
+        scan.sources[pid] = paper.sources
+    if strict and scan.issues:
+        raise ParseError(f"{scan.issues[0]} (strict mode; drop --strict to skip bad lines)")
+    for issue in scan.issues:
+        log.warning("%s", issue)
+    if not scan.hashes:
+        raise CorpusError(
+            "the corpus holds no papers: " + ", ".join(str(f) for f in scan.files)
+            + (f" ({len(scan.issues)} lines could not be parsed, first: {scan.issues[0]})" if scan.issues else "")
+        )
+    return scan
+
+
+def iter_unique(scan: CorpusScan) -> Iterator[Paper]:
+    """Pass two: each unique paper once, first occurrence, with the sources of all its copies."""
+    seen: set[str] = set()
+    for _fname, _no, paper in iter_raw_papers(scan.files, []):
+        if paper.paper_id in seen or paper.paper_id not in scan.sources:
+            continue
+        seen.add(paper.paper_id)
+        yield replace(paper, sources=scan.sources[paper.paper_id])
+
+
 def load_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusLoad:
     """Parse, clean and deduplicate (by normalised title) every paper in `paths`."""
-    files = corpus_files(paths)
-    issues: list[ParseIssue] = []
-    papers: dict[str, Paper] = {}
-    entries = duplicates = 0
-    for fname, _no, paper in iter_raw_papers(files, issues):
-        if strict and issues:
-            raise ParseError(f"{issues[0]} (strict mode; drop --strict to skip bad lines)")
-        entries += 1
-        seen = papers.get(paper.paper_id)
-        if seen is None:
-            papers[paper.paper_id] = paper
-            continue
-        duplicates += 1
-        if fname not in seen.sources:
-            merged = seen.to_dict() | {"sources": seen.sources + (fname,)}
-            papers[paper.paper_id] = Paper.from_dict(merged)
-    if strict and issues:
-        raise ParseError(f"{issues[0]} (strict mode; drop --strict to skip bad lines)")
-    for issue in issues:
-        log.warning("%s", issue)
-    if not papers:
-        raise CorpusError(
-            "the corpus holds no papers: " + ", ".join(str(f) for f in files)
-            + (f" ({len(issues)} lines could not be parsed, first: {issues[0]})" if issues else "")
-        )
-    return CorpusLoad(list(papers.values()), issues, entries, duplicates, [str(f) for f in files])
+    scan = scan_corpus(paths, strict=strict)
+    papers = list(iter_unique(scan))
+    return CorpusLoad(papers, scan.issues, scan.entries, scan.duplicates, [str(f) for f in scan.files])

@@ -76,6 +76,8 @@ class HashEmbedder:
 
 def make_embedder(settings) -> Embedder:
     """The embedder the settings ask for."""
+    if settings.embed_backend == "hash":
+        return HashEmbedder()
     path = settings.model_path()
     name = DEFAULT_MODEL_NAME if not settings.embed_model_path else str(settings.embed_model_path)
     if settings.embed_backend == "onnx":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from rag.chunking import Chunker, content_terms
-from rag.corpus import content_hash, corpus_files, corpus_fingerprint, load_corpus
+from rag.corpus import corpus_files, corpus_fingerprint, iter_unique, scan_corpus
 from rag.embeddings import EmbeddingCache, embed_with_cache, make_embedder
 from rag.errors import ConfigError, IndexCorruptError, IndexLockedError, IndexMissingError, RagError
 from rag.records import Paper
@@ -129,19 +129,6 @@ def ingest_lock(data_dir: Path):
         fh.close()
 
 
-def _write_papers(data_dir: Path, papers: list[Paper]) -> None:
-    _atomic_write(data_dir / "papers.jsonl", "".join(json.dumps(p.to_dict()) + "\n" for p in papers))
-
-
-def _write_term_df(data_dir: Path, papers: list[Paper]) -> None:
-    """Document frequencies of content terms, for the answerer's relevance and abstention checks."""
-    df: dict[str, int] = {}
-    for p in papers:
-        for term in set(content_terms(p.title + " " + p.abstract)):
-            df[term] = df.get(term, 0) + 1
-    _atomic_write(data_dir / "term_df.json", json.dumps({"n": len(papers), "df": df}))
-
-
 def load_term_df(data_dir: Path) -> tuple[int, dict[str, int]]:
     path = Path(data_dir) / "term_df.json"
     try:
@@ -160,7 +147,11 @@ def ingest(
     store=None,
     progress: bool = True,
 ) -> IngestReport:
-    """Bring the index in `settings.data_dir` up to date with the corpus."""
+    """Bring the index in `settings.data_dir` up to date with the corpus.
+
+    Two streaming passes: the first hashes every paper (no texts kept), the second embeds and
+    writes the new or changed ones in batches, committing the manifest after each batch.
+    """
     from tqdm import tqdm
 
     from rag.bm25 import BM25Index
@@ -174,10 +165,6 @@ def ingest(
     with ingest_lock(data_dir):
         files = corpus_files(paths)
         fingerprint = corpus_fingerprint(files)
-        loaded = load_corpus(files, strict=strict)
-        report.entries, report.duplicates = loaded.entries, loaded.duplicates
-        report.issues = [str(i) for i in loaded.issues]
-        papers = loaded.papers
         model_name = embedder.name if embedder is not None else _model_name(settings)
         params = index_params(settings, model_name)
         try:
@@ -195,14 +182,16 @@ def ingest(
             report.seconds = time.perf_counter() - started
             return report
 
+        scan = scan_corpus(files, strict=strict)
+        report.entries, report.duplicates = scan.entries, scan.duplicates
+        report.issues = [str(i) for i in scan.issues]
         store = store or ChromaStore(data_dir, settings.chroma_url, settings.collection)
         cache = EmbeddingCache(data_dir / "embed_cache.sqlite")
-        factory = (lambda: embedder) if embedder is not None else (lambda: make_embedder(settings))
         live = {"model": embedder}
 
         def get_embedder():
             if live["model"] is None:
-                live["model"] = factory()
+                live["model"] = make_embedder(settings)
             return live["model"]
 
         stored: dict[str, str] = {}
@@ -212,21 +201,14 @@ def ingest(
             report.rebuilt = manifest is not None or rebuild
             report.reason = report.reason or ("rebuild requested" if rebuild else "new index")
             store.drop()
-        state = {
-            "version": MANIFEST_VERSION,
-            "params": params,
-            "papers": stored,
-            "complete": False,
-            "corpus_fingerprint": None,
-        }
+        state = {"version": MANIFEST_VERSION, "params": params, "papers": stored, "complete": False}
 
-        hashes = {p.paper_id: content_hash(p) for p in papers}
+        hashes = scan.hashes
         removed = [pid for pid in stored if pid not in hashes]
         changed = [pid for pid, h in hashes.items() if pid in stored and stored[pid] != h]
-        added = [pid for pid in hashes if pid not in stored]
-        report.added, report.changed, report.removed = len(added), len(changed), len(removed)
-        report.unchanged = len(papers) - len(added) - len(changed)
-
+        report.added = sum(1 for pid in hashes if pid not in stored)
+        report.changed, report.removed = len(changed), len(removed)
+        report.unchanged = len(hashes) - report.added - report.changed
         if removed or changed:
             store.delete_papers(removed + changed)
             for pid in removed + changed:
@@ -234,10 +216,14 @@ def ingest(
         _atomic_write(data_dir / MANIFEST, json.dumps(state))
 
         chunker = Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
-        todo = [p for p in papers if p.paper_id not in stored]
-        bar = tqdm(total=len(todo), desc="embedding papers", unit="paper", disable=not progress or not todo)
-        for i in range(0, len(todo), PAPER_BATCH):
-            batch = todo[i : i + PAPER_BATCH]
+        todo = sum(1 for pid in hashes if pid not in stored)
+        bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=not progress or not todo)
+        chunk_ids: list[str] = []
+        chunk_texts: list[str] = []
+        df: dict[str, int] = {}
+        batch: list = []
+
+        def flush() -> None:
             chunks = chunker.chunk_all(batch)
             vectors, n = embed_with_cache(None, cache, [c.text for c in chunks], model_name, get_embedder)
             report.embedded += n
@@ -247,16 +233,32 @@ def ingest(
                 stored[p.paper_id] = hashes[p.paper_id]
             _atomic_write(data_dir / MANIFEST, json.dumps(state))
             bar.update(len(batch))
-        bar.close()
+            batch.clear()
 
-        # Derived from the whole corpus on every change: BM25 over all chunks, the paper records.
-        all_chunks = chunker.chunk_all(papers)
-        BM25Index.build([c.chunk_id for c in all_chunks], [c.text for c in all_chunks]).save(data_dir / "bm25")
-        _write_term_df(data_dir, papers)
-        _write_papers(data_dir, papers)
+        papers_tmp = data_dir / "papers.jsonl.tmp"
+        with open(papers_tmp, "w") as papers_out:
+            for paper in iter_unique(scan):
+                papers_out.write(json.dumps(paper.to_dict()) + "\n")
+                for chunk in chunker.chunk(paper):
+                    chunk_ids.append(chunk.chunk_id)
+                    chunk_texts.append(chunk.text)
+                for term in set(content_terms(paper.title + " " + paper.abstract)):
+                    df[term] = df.get(term, 0) + 1
+                if paper.paper_id not in stored:
+                    batch.append(paper)
+                    if len(batch) >= PAPER_BATCH:
+                        flush()
+            if batch:
+                flush()
+        bar.close()
         cache.close()
 
-        report.papers, report.chunks = len(papers), len(all_chunks)
+        # Derived from the whole corpus on every change: BM25 over all chunks, term statistics, papers.
+        BM25Index.build(chunk_ids, chunk_texts).save(data_dir / "bm25")
+        _atomic_write(data_dir / "term_df.json", json.dumps({"n": len(hashes), "df": df}))
+        papers_tmp.replace(data_dir / "papers.jsonl")
+
+        report.papers, report.chunks = len(hashes), len(chunk_ids)
         state.update(
             complete=True,
             corpus_fingerprint=fingerprint,
@@ -270,8 +272,10 @@ def ingest(
 
 
 def _model_name(settings) -> str:
-    from rag.embeddings import DEFAULT_MODEL_NAME
+    from rag.embeddings import DEFAULT_MODEL_NAME, HashEmbedder
 
+    if settings.embed_backend == "hash":
+        return HashEmbedder().name
     return DEFAULT_MODEL_NAME if not settings.embed_model_path else str(settings.embed_model_path)
 
 

@@ -48,9 +48,10 @@ class Settings(BaseSettings):
         None, description="Sentence-transformers model folder; unset = the packaged all-MiniLM-L6-v2."
     )
     embed_batch_size: int = Field(16, ge=1, le=4096, description="Texts per embedding batch.")
-    embed_backend: Literal["torch", "onnx"] = Field(
+    embed_backend: Literal["onnx", "torch", "hash"] = Field(
         "onnx",
-        description="Embedding runtime: an ONNX Runtime export (same vectors, no torch at query time) or torch.",
+        description="Embedding runtime: an ONNX Runtime export of the model (same vectors, no torch at query "
+        "time), torch (sentence-transformers), or hash (a model-free bag-of-words hash, for tests and benchmarks).",
     )
     model_cache_dir: Path | None = Field(
         None, description="Where the ONNX export of the model is cached; unset = DATA_DIR/models."

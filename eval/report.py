@@ -1,0 +1,368 @@
+"""Write report.json / report.md / PNG plots, print summary tables, compare two reports, check gates."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from rag.corpus import normalise_title
+from rag.errors import ConfigError
+
+from eval.dataset import TYPES
+from eval.metrics import (
+    ABSTENTION_METRICS,
+    ANSWER_METRICS,
+    GROUNDING_METRICS,
+    LATENCY_METRICS,
+    LOWER_IS_BETTER,
+    METRICS,
+    RETRIEVAL_METRICS,
+    TOKEN_METRICS,
+)
+
+PLOTS = ("metrics_by_mode.png", "metrics_by_type.png", "latency.png")
+TYPE_METRICS = RETRIEVAL_METRICS + ("key_fact_recall", "citation_recall", "abstention_accuracy", "false_abstention_rate")
+
+
+def fmt(value, metric: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if metric.startswith("latency") or metric.endswith("tokens_mean"):
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    out.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(out)
+
+
+def shown_metrics(report: dict) -> list[str]:
+    """Stable metric keys, minus answer metrics when no answers were produced."""
+    answered = report.get("config", {}).get("answer", "none") != "none"
+    return [m for m in METRICS if answered or m not in ANSWER_METRICS]
+
+
+def summary_table(report: dict, markdown: bool = False) -> str:
+    modes = list(report["summary"])
+    rows = [[m] + [fmt(report["summary"][mode].get(m), m) for mode in modes] for m in shown_metrics(report)]
+    rows.append(["questions (errors)"] + [f"{report['summary'][mode]['questions']} ({report['summary'][mode]['errors']})" for mode in modes])
+    return _table(["metric", *modes], rows, markdown)
+
+
+def by_type_table(report: dict, metric: str, markdown: bool = False) -> str:
+    modes = list(report["by_type"])
+    types = [t for t in TYPES if any(t in report["by_type"][m] for m in modes)]
+    rows = []
+    for t in types:
+        n = next((report["by_type"][m][t]["questions"] for m in modes if t in report["by_type"][m]), 0)
+        rows.append([f"{t} ({n})"] + [fmt(report["by_type"][m].get(t, {}).get(metric), metric) for m in modes])
+    return _table([f"{metric} by type", *modes], rows, markdown)
+
+
+def _type_metrics(report: dict) -> list[str]:
+    """By-type metrics that have a value somewhere in this report."""
+    out = []
+    for metric in TYPE_METRICS:
+        if any(v.get(metric) is not None for per_type in report["by_type"].values() for v in per_type.values()):
+            out.append(metric)
+    return out
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_report(report: dict, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / "report.json", out_dir / "report.md"]
+        paths[0].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        plots = write_plots(report, out_dir)
+        paths[1].write_text(markdown_report(report, plots), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report to {out_dir}: {exc.strerror or exc}: choose another --out DIR") from None
+    return paths + plots
+
+
+def markdown_report(report: dict, plots: list[Path] | None = None) -> str:
+    ds, cfg = report["dataset"], report["config"]
+    lines = [
+        f"# Evaluation report: {Path(ds['path']).name}",
+        "",
+        f"- dataset: `{ds['path']}` ({ds['questions']} questions: "
+        + ", ".join(f"{t} {n}" for t, n in ds["types"].items()) + f"; sha256 {ds['sha256'][:12]})",
+        f"- modes: {', '.join(cfg['modes'])}; answers: {cfg['answer']}; retrieval depth top-k {cfg['top_k']}"
+        + (f"; answerer top-k {cfg['answer_top_k']}" if cfg["answer"] != "none" else ""),
+        f"- index: {cfg.get('papers')} papers in `{cfg.get('data_dir')}`; embedding model "
+        f"{(cfg.get('index_params') or {}).get('embedding_model')} ({cfg.get('embed_backend')})",
+        f"- created {cfg.get('created')} at commit {cfg.get('git_commit')}, {cfg.get('seconds')} s",
+        "",
+        "Retrieval metrics are paper-level (binary relevance by normalised title) over answerable questions; "
+        "abstention accuracy is over unanswerable questions, false abstention rate over answerable ones. "
+        "Grounding metrics leave out abstained answers. Latency is per question "
+        + ("(retrieval only)." if cfg["answer"] == "none" else "(end-to-end answer time)."),
+        "",
+        "## Summary",
+        "",
+        summary_table(report, markdown=True),
+        "",
+        "## By question type",
+        "",
+    ]
+    for metric in _type_metrics(report):
+        lines += [by_type_table(report, metric, markdown=True), ""]
+    if report.get("judge"):
+        lines += ["## LLM judge (separate from the offline metrics)", ""]
+        modes = list(report["judge"])
+        keys = ["faithfulness", "answer_relevance", "judged", "failed"]
+        lines += [_table(["judge", *modes], [[k] + [fmt(report["judge"][m].get(k), k) for m in modes] for k in keys], True), ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    lines += _misses(report)
+    if ds.get("issues"):
+        lines += ["## Dataset issues", ""] + [f"- line {i['line']}" + (f" ({i['id']})" if i.get("id") else "") + f": {i['message']}" for i in ds["issues"]] + [""]
+    errors = [r for r in report["questions"] if r.get("error")]
+    if errors:
+        lines += ["## Errors", ""] + [f"- {r['id']} ({r['mode']}): {r['error']}" for r in errors] + [""]
+    return "\n".join(lines)
+
+
+def _misses(report: dict, limit: int = 15) -> list[str]:
+    mode = report["config"]["modes"][0]
+    rows = [r for r in report["questions"] if r["mode"] == mode and r["metrics"].get("recall@10") is not None]
+    rows.sort(key=lambda r: (r["metrics"]["recall@10"], r["metrics"].get("mrr") or 0))
+    rows = [r for r in rows if r["metrics"]["recall@10"] < 1.0][:limit]
+    if not rows:
+        return []
+    out = [f"## Weakest retrieval ({mode}, lowest recall@10)", ""]
+    for r in rows:
+        m = r["metrics"]
+        gold = r.get("gold_titles", [])
+        got = {normalise_title(t) for t in r["retrieved_titles"]}
+        missed = [g for g in gold if normalise_title(g) not in got]
+        out.append(f"- **{r['id']}** ({r['type']}) recall@10 {m['recall@10']:.2f}, mrr {m['mrr']:.2f}: {r['question']}")
+        if missed and len(gold) <= 3:
+            out.append("  - missed: " + "; ".join(missed))
+        elif missed:
+            out.append(f"  - missed {len(missed)} of {len(gold)} gold papers")
+    return out + [""]
+
+
+def write_plots(report: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    modes = list(report["summary"])
+    paths = []
+
+    # 1. metrics by mode (grouped bars; 0..1 metrics only)
+    metrics = [m for m in RETRIEVAL_METRICS + GROUNDING_METRICS + ABSTENTION_METRICS
+               if any(report["summary"][mode].get(m) is not None for mode in modes)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(metrics) + 2), 4))
+    width = 0.8 / max(1, len(modes))
+    x = np.arange(len(metrics))
+    for i, mode in enumerate(modes):
+        vals = [report["summary"][mode].get(m) for m in metrics]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, [v if v is not None else 0 for v in vals], width, label=mode)
+        for b, v in zip(bars, vals):
+            if v is not None:
+                ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, metrics, rotation=30, ha="right")
+    ax.set_ylim(0, 1.08)
+    ax.set_title("Metrics by retrieval mode")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / PLOTS[0])
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # 2. by question type: one panel per metric
+    tmetrics = _type_metrics(report) or ["recall@10"]
+    types = [t for t in TYPES if any(t in report["by_type"][m] for m in modes)]
+    fig, axes = plt.subplots(1, len(tmetrics), figsize=(3.6 * len(tmetrics) + 1, 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], tmetrics):
+        ts = [t for t in types if any(report["by_type"][m].get(t, {}).get(metric) is not None for m in modes)]
+        x = np.arange(len(ts))
+        for i, mode in enumerate(modes):
+            vals = [report["by_type"][mode].get(t, {}).get(metric) for t in ts]
+            ax.bar(x + i * width - 0.4 + width / 2, [v if v is not None else 0 for v in vals], width, label=mode)
+        ax.set_xticks(x, ts, rotation=30, ha="right")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(metric)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Metrics by question type")
+    fig.tight_layout()
+    paths.append(out_dir / PLOTS[1])
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # 3. latency distribution per mode
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    data = [[r["latency_ms"] for r in report["questions"] if r["mode"] == m and r.get("latency_ms") is not None and not r.get("error")] for m in modes]
+    if any(data):
+        ax.boxplot([d or [0] for d in data], showfliers=True)
+        ax.set_xticks(range(1, len(modes) + 1), modes)
+        for i, mode in enumerate(modes, start=1):
+            s = report["summary"][mode]
+            if s.get("latency_ms_p50") is not None:
+                ax.annotate(f"p50 {s['latency_ms_p50']:.0f}\np95 {s['latency_ms_p95']:.0f}", (i + 0.18, s["latency_ms_p50"]), fontsize=7)
+        if max(max(d) for d in data if d) / max(1e-9, min(min(d) for d in data if d)) > 50:
+            ax.set_yscale("log")
+    ax.set_ylabel("ms per question")
+    ax.set_title("Latency (" + ("retrieval" if report["config"]["answer"] == "none" else "end-to-end answer") + ")")
+    fig.tight_layout()
+    paths.append(out_dir / PLOTS[2])
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+# ---------------------------------------------------------------- gates
+
+_GATE = re.compile(r"^(?:(?P<mode>[a-z0-9_]+):)?(?P<metric>[a-z0-9_@]+)=(?P<value>[-+0-9.eE]+)$")
+
+
+def parse_gates(specs: list[str], modes: list[str], answer: str, kind: str = "under") -> list[dict]:
+    """'METRIC=VALUE' (every evaluated mode) or 'MODE:METRIC=VALUE' -> gate dicts; bad specs are ConfigErrors."""
+    gates = []
+    for spec in specs or []:
+        m = _GATE.match(spec.strip())
+        if not m:
+            raise ConfigError(f"--fail-{kind} {spec!r}: expected METRIC=VALUE or MODE:METRIC=VALUE, e.g. recall@10=0.6")
+        metric, mode = m["metric"], m["mode"]
+        if metric not in METRICS:
+            raise ConfigError(f"--fail-{kind} {spec!r}: unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        if mode and mode not in modes:
+            raise ConfigError(f"--fail-{kind} {spec!r}: mode {mode!r} is not evaluated (--modes {','.join(modes)})")
+        if answer == "none" and metric in ANSWER_METRICS:
+            raise ConfigError(f"--fail-{kind} {spec!r}: {metric} needs answers; drop --answer none")
+        try:
+            value = float(m["value"])
+        except ValueError:
+            raise ConfigError(f"--fail-{kind} {spec!r}: {m['value']!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"--fail-{kind} {spec!r}: the threshold must be a finite number")
+        for md in [mode] if mode else modes:
+            gates.append({"mode": md, "metric": metric, "kind": kind, "threshold": value})
+    return gates
+
+
+def check_gates(report: dict, gates: list[dict]) -> list[dict]:
+    """Fill in each gate's value and pass/fail; a metric that was not computed fails."""
+    out = []
+    for g in gates:
+        value = report["summary"].get(g["mode"], {}).get(g["metric"])
+        if value is None:
+            ok = False
+        elif g["kind"] == "under":
+            ok = value >= g["threshold"]
+        else:
+            ok = value <= g["threshold"]
+        out.append(g | {"value": value, "passed": ok})
+    return out
+
+
+def gate_message(g: dict) -> str:
+    if g["value"] is None:
+        return f"{g['mode']} {g['metric']} was not computed (no applicable questions); gate {g['threshold']:g} fails"
+    if g["kind"] == "under":
+        return f"{g['mode']} {g['metric']} = {g['value']:.4f} is below the floor {g['threshold']:g}"
+    return f"{g['mode']} {g['metric']} = {g['value']:.4f} is above the ceiling {g['threshold']:g}"
+
+
+# ---------------------------------------------------------------- compare
+
+
+def load_report(path: Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read report {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"report {path} is not valid JSON ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("summary"), dict):
+        raise ConfigError(f"{path} is not a `rag eval` report.json (no 'summary')")
+    report["_path"] = str(path)
+    return report
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Per mode and metric: A, B, delta, and whether B is better/worse; plus by-type retrieval deltas."""
+    modes = [m for m in a["summary"] if m in b["summary"]]
+    out = {"a": a.get("_path"), "b": b.get("_path"), "modes": modes, "summary": {}, "by_type": {}, "warnings": []}
+    only = sorted(set(a["summary"]) ^ set(b["summary"]))
+    if only:
+        out["warnings"].append(f"modes in only one report (skipped): {', '.join(only)}")
+    sha_a, sha_b = a.get("dataset", {}).get("sha256"), b.get("dataset", {}).get("sha256")
+    if sha_a and sha_b and sha_a != sha_b:
+        out["warnings"].append("the reports were run on different datasets: deltas mix question sets")
+    for key in ("answer", "top_k", "answer_top_k", "index_params", "corpus_fingerprint", "candidates", "rrf_k", "abstain_threshold"):
+        va, vb = a.get("config", {}).get(key), b.get("config", {}).get(key)
+        if va != vb:
+            out["warnings"].append(f"config {key} differs: {va!r} -> {vb!r}")
+    for mode in modes:
+        rows = {}
+        for metric in METRICS:
+            va, vb = a["summary"][mode].get(metric), b["summary"][mode].get(metric)
+            if va is None and vb is None:
+                continue
+            rows[metric] = _delta(metric, va, vb)
+        out["summary"][mode] = rows
+        types = [t for t in TYPES if t in a.get("by_type", {}).get(mode, {}) and t in b.get("by_type", {}).get(mode, {})]
+        out["by_type"][mode] = {
+            t: {m: _delta(m, a["by_type"][mode][t].get(m), b["by_type"][mode][t].get(m)) for m in ("recall@10", "ndcg@10", "mrr")}
+            for t in types
+            if a["by_type"][mode][t].get("recall@10") is not None
+        }
+    return out
+
+
+def _delta(metric: str, va, vb) -> dict:
+    delta = None if va is None or vb is None else round(vb - va, 6)
+    verdict = None
+    if delta is not None:
+        scale = max(abs(va), abs(vb), 1e-9) if metric in LATENCY_METRICS + TOKEN_METRICS else 1.0
+        if abs(delta) / scale > 1e-3:
+            better = (delta < 0) if metric in LOWER_IS_BETTER else (delta > 0)
+            verdict = "better" if better else "worse"
+    return {"a": va, "b": vb, "delta": delta, "verdict": verdict}
+
+
+def compare_text(cmp: dict) -> str:
+    lines = [f"A: {cmp['a']}", f"B: {cmp['b']}"]
+    lines += [f"warning: {w}" for w in cmp["warnings"]]
+    for mode in cmp["modes"]:
+        rows = []
+        for metric, d in cmp["summary"][mode].items():
+            sign = "" if d["delta"] is None else ("+" if d["delta"] > 0 else "")
+            delta = "–" if d["delta"] is None else sign + fmt(d["delta"], metric)
+            rows.append([metric, fmt(d["a"], metric), fmt(d["b"], metric), delta, d["verdict"] or ""])
+        lines += ["", f"[{mode}]", _table(["metric", "A", "B", "delta", ""], rows)]
+        if cmp["by_type"].get(mode):
+            rows = []
+            for t, ms in cmp["by_type"][mode].items():
+                d = ms["recall@10"]
+                sign = "" if d["delta"] is None else ("+" if d["delta"] > 0 else "")
+                rows.append([t, fmt(d["a"]), fmt(d["b"]), "–" if d["delta"] is None else sign + fmt(d["delta"]),
+                             fmt(ms["ndcg@10"]["delta"]), fmt(ms["mrr"]["delta"])])
+            lines += ["", _table([f"{mode} recall@10 by type", "A", "B", "delta", "Δndcg@10", "Δmrr"], rows)]
+    return "\n".join(lines)

@@ -1,0 +1,377 @@
+"""Incremental ingest into embedded Chroma with the hash embedder (real Chroma, real BM25, no model)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import write_listing
+from rag.bm25 import BM25Index
+from rag.chunking import Chunker
+from rag.corpus import load_corpus
+from rag.embeddings import HashEmbedder
+from rag.errors import CorpusError, IndexCorruptError, IndexLockedError, IndexMissingError, ParseError
+from rag.index import MANIFEST, ingest, ingest_lock, load_papers, open_index_state, read_manifest
+from rag.records import Paper
+from rag.retrieve import Retriever
+from rag.store import ChromaStore
+
+NEW_ABSTRACT = (
+    "Zymurgical transformers brew quasiperiodic embeddings: we introduce a fermentation-inspired attention "
+    "schedule that anneals keys and values like yeast cultures, and report state-of-the-art results on the "
+    "Zymurgy-42 benchmark while halving the compute budget of comparable sparse-attention baselines."
+)
+
+
+class RecordingEmbedder(HashEmbedder):
+    """The real hash embedder, remembering every text it was asked to embed."""
+
+    def __init__(self, fail_on_call: int | None = None):
+        super().__init__()
+        self.texts: list[str] = []
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def embed(self, texts):
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls == self.fail_on_call:
+            raise KeyboardInterrupt("simulated Ctrl-C during embedding")
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+@pytest.fixture
+def settings(make_settings, small_corpus):
+    return make_settings(corpus=str(small_corpus))
+
+
+def run(settings, embedder=None, **kw):
+    return ingest(settings, embedder=embedder or HashEmbedder(), progress=False, **kw)
+
+
+def store_of(settings) -> ChromaStore:
+    return ChromaStore(settings.data_dir, settings.chroma_url, settings.collection)
+
+
+def chunker_of(settings) -> Chunker:
+    return Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
+
+
+def docs_of(store: ChromaStore, paper_id: str) -> dict[str, str]:
+    got = store._col.get(where={"paper_id": paper_id}, include=["documents"])
+    return dict(zip(got["ids"], got["documents"]))
+
+
+def assert_consistent(settings, papers: list[Paper]) -> None:
+    """Chroma, BM25, papers.jsonl and the manifest all describe exactly `papers`."""
+    data_dir = Path(settings.data_dir)
+    chunks = chunker_of(settings).chunk_all(papers)
+    store = store_of(settings)
+    assert store.paper_ids() == {p.paper_id for p in papers}
+    assert store.count() == len(chunks)
+    assert set(store._col.get(include=[])["ids"]) == {c.chunk_id for c in chunks}
+    assert set(BM25Index.load(data_dir / "bm25").ids) == {c.chunk_id for c in chunks}
+    assert set(load_papers(data_dir)) == {p.paper_id for p in papers}
+    state = open_index_state(settings)
+    assert state.stale is None
+    assert state.papers == len(papers)
+    assert state.manifest["complete"] is True
+    assert set(state.manifest["papers"]) == {p.paper_id for p in papers}
+
+
+def rewrite_abstract(corpus_file: Path, title: str, new_abstract: str) -> None:
+    lines = corpus_file.read_text(encoding="utf-8").split("\n")
+    i = lines.index(title)
+    j = next(k for k in range(i + 1, len(lines)) if lines[k].strip())
+    lines[j] = new_abstract
+    corpus_file.write_text("\n".join(lines), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- first and repeated ingest
+
+
+def test_first_ingest_embeds_everything(settings, small_papers):
+    emb = RecordingEmbedder()
+    report = run(settings, emb)
+    chunks = chunker_of(settings).chunk_all(small_papers)
+    assert report.papers == 20 and report.added == 20
+    assert report.changed == report.removed == report.unchanged == 0
+    assert report.chunks == len(chunks) and report.chunks > 20  # some abstracts span several chunks
+    assert report.embedded == len({c.text for c in chunks})
+    assert sorted(set(emb.texts)) == sorted({c.text for c in chunks})
+    assert report.rebuilt is False and report.reason == "new index"
+    assert report.chroma_mode == "embedded" and report.issues == []
+    assert report.entries == 20 and report.duplicates == 0
+    assert (Path(settings.data_dir) / MANIFEST).exists()
+    assert_consistent(settings, small_papers)
+    # stored metadata and documents are the chunk bodies of the right papers
+    p = small_papers[0]
+    assert set(docs_of(store_of(settings), p.paper_id).values()) == {c.body for c in chunker_of(settings).chunk(p)}
+
+
+def test_second_ingest_embeds_nothing_and_reports_corpus_unchanged(settings, small_papers):
+    first = run(settings)
+    emb = RecordingEmbedder()
+    report = run(settings, emb)
+    assert report.embedded == 0 and emb.calls == 0
+    assert report.reason == "corpus unchanged"
+    assert report.added == report.changed == report.removed == 0
+    assert report.unchanged == report.papers == 20
+    assert report.chunks == first.chunks
+    assert_consistent(settings, small_papers)
+
+
+def test_changed_abstract_reembeds_only_that_paper(settings, small_corpus, small_papers):
+    run(settings)
+    target = small_papers[3]
+    before = docs_of(store_of(settings), target.paper_id)
+    rewrite_abstract(small_corpus / "a.txt", target.title, NEW_ABSTRACT)
+    emb = RecordingEmbedder()
+    report = run(settings, emb)
+    assert (report.added, report.changed, report.removed, report.unchanged) == (0, 1, 0, 19)
+    assert report.rebuilt is False
+    new_paper = Paper(target.paper_id, target.title, NEW_ABSTRACT, sources=target.sources)
+    new_chunks = chunker_of(settings).chunk(new_paper)
+    assert report.embedded == len(new_chunks)
+    assert emb.texts and all(t.startswith(target.title + "\n") for t in emb.texts)
+    after = docs_of(store_of(settings), target.paper_id)
+    assert set(after.values()) == {c.body for c in new_chunks}
+    assert not set(after.values()) & set(before.values())
+    assert load_papers(settings.data_dir)[target.paper_id].abstract == NEW_ABSTRACT
+    papers = [new_paper if p.paper_id == target.paper_id else p for p in small_papers]
+    assert_consistent(settings, papers)
+    # the new text is searchable (BM25 over the new words, dense via the same hash vectors)
+    hits = Retriever(settings, embedder=HashEmbedder()).search("zymurgical fermentation yeast", top_k=3)
+    assert hits[0].paper_id == target.paper_id
+
+
+def test_added_paper(settings, small_corpus, small_papers):
+    run(settings)
+    extra = Paper("x", "Zymurgical Transformers for Sequence Brewing", NEW_ABSTRACT)
+    write_listing(small_corpus / "c.txt", [extra])
+    emb = RecordingEmbedder()
+    report = run(settings, emb)
+    assert (report.added, report.changed, report.removed, report.unchanged) == (1, 0, 0, 20)
+    assert report.papers == 21
+    assert all(t.startswith(extra.title + "\n") for t in emb.texts) and report.embedded >= 1
+    new_papers = load_corpus([small_corpus]).papers
+    assert_consistent(settings, new_papers)
+    hits = Retriever(settings, embedder=HashEmbedder()).search("Zymurgical Transformers Sequence Brewing", top_k=1)
+    assert hits[0].title == extra.title
+
+
+def test_removed_paper_is_gone_from_chroma(settings, small_corpus, small_papers):
+    run(settings)
+    gone = small_papers[-1]  # last paper of b.txt
+    assert gone.paper_id in store_of(settings).paper_ids()
+    write_listing(small_corpus / "b.txt", small_papers[10:-1])
+    emb = RecordingEmbedder()
+    report = run(settings, emb)
+    assert (report.added, report.changed, report.removed, report.unchanged) == (0, 0, 1, 19)
+    assert report.embedded == 0 and emb.calls == 0
+    store = store_of(settings)
+    assert gone.paper_id not in store.paper_ids()
+    assert docs_of(store, gone.paper_id) == {}
+    assert gone.paper_id not in load_papers(settings.data_dir)
+    assert_consistent(settings, small_papers[:-1])
+    hits = Retriever(settings, embedder=HashEmbedder()).search(gone.title, top_k=19, mode="hybrid")
+    assert gone.paper_id not in {h.paper_id for h in hits}
+
+
+def test_removing_a_whole_file(settings, small_corpus, small_papers):
+    run(settings)
+    (small_corpus / "b.txt").unlink()
+    report = run(settings)
+    assert report.removed == 10 and report.papers == 10
+    assert_consistent(settings, small_papers[:10])
+
+
+def test_duplicate_in_new_file_adds_a_source_not_a_paper(settings, small_corpus, small_papers):
+    run(settings)
+    dup = small_papers[0]
+    write_listing(small_corpus / "c.txt", [Paper("x", dup.title.upper(), dup.abstract)])
+    report = run(settings)
+    assert report.papers == 20 and report.duplicates == 1 and report.entries == 21
+    assert report.added == 0 and report.embedded == 0
+    assert load_papers(settings.data_dir)[dup.paper_id].sources == ("a.txt", "c.txt")
+
+
+# ---------------------------------------------------------------- rebuilds
+
+
+def test_changing_chunk_size_triggers_a_rebuild(settings, make_settings, small_corpus, small_papers):
+    first = run(settings)
+    small = make_settings(corpus=str(small_corpus), chunk_size=48, chunk_overlap=8)
+    report = run(small)
+    assert report.rebuilt is True
+    assert "chunking" in report.reason
+    assert report.chunks > first.chunks  # smaller chunks, more of them
+    assert report.embedded > 0
+    assert_consistent(small, small_papers)  # no chunk of the old size left behind
+    # and back: the old vectors come from the cache
+    back = run(settings)
+    assert back.rebuilt is True and back.embedded == 0
+    assert_consistent(settings, small_papers)
+
+
+def test_different_embedder_triggers_a_rebuild(settings, small_papers):
+    run(settings)
+    report = run(settings, HashEmbedder(dim=64))
+    assert report.rebuilt is True and report.embedded == report.chunks
+    assert_consistent(settings, small_papers)
+
+
+def test_rebuild_flag_rebuilds(settings, small_papers):
+    first = run(settings)
+    report = run(settings, rebuild=True)
+    assert report.rebuilt is True and report.reason == "rebuild requested"
+    assert report.added == 20 and report.unchanged == 0
+    assert report.chunks == first.chunks
+    assert report.embedded == 0  # vectors are cached by content hash
+    assert_consistent(settings, small_papers)
+
+
+def test_corrupt_manifest(settings, small_papers):
+    run(settings)
+    (Path(settings.data_dir) / MANIFEST).write_text('{"version": 1, "papers": {')
+    with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
+        open_index_state(settings)
+    with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
+        Retriever(settings, embedder=HashEmbedder())
+    report = run(settings)
+    assert report.rebuilt is True and report.papers == 20
+    assert_consistent(settings, small_papers)
+
+
+@pytest.mark.parametrize("content", ["[]", '{"version": 999}', "\x00\x01garbage", ""])
+def test_unreadable_manifest_variants(settings, content):
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True)
+    (data_dir / MANIFEST).write_text(content)
+    with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
+        read_manifest(data_dir)
+
+
+def test_missing_index(settings):
+    with pytest.raises(IndexMissingError, match=r"`rag ingest`") as err:
+        open_index_state(settings)
+    assert str(Path(settings.data_dir).resolve()) in str(err.value)
+    with pytest.raises(IndexMissingError, match=r"rag ingest"):
+        Retriever(settings, embedder=HashEmbedder())
+
+
+def test_stale_index_when_corpus_changes_after_ingest(settings, small_corpus, small_papers):
+    run(settings)
+    assert open_index_state(settings).stale is None
+    rewrite_abstract(small_corpus / "b.txt", small_papers[12].title, NEW_ABSTRACT)
+    state = open_index_state(settings)
+    assert state.stale and "rag ingest" in state.stale
+    assert open_index_state(settings, check_stale=False).stale is None
+    # the stale index is still searchable, and a re-ingest makes it fresh
+    Retriever(settings, embedder=HashEmbedder()).search("diffusion", top_k=3)
+    assert run(settings).changed == 1
+    assert open_index_state(settings).stale is None
+
+
+# ---------------------------------------------------------------- locking and interruption
+
+
+def test_concurrent_ingest_is_refused_while_the_lock_is_held(settings, small_papers):
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True)
+    with ingest_lock(data_dir):
+        with pytest.raises(IndexLockedError, match=r"rag ingest") as err:
+            run(settings)
+        assert "pid" in str(err.value)
+    assert not (data_dir / MANIFEST).exists()
+    assert run(settings).papers == 20  # the lock is released afterwards
+    assert_consistent(settings, small_papers)
+
+
+def test_lock_held_by_another_thread_blocks_ingest(settings):
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True)
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with ingest_lock(data_dir):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(IndexLockedError):
+            run(settings)
+    finally:
+        release.set()
+        t.join(10)
+
+
+def test_interrupted_ingest_resumes(settings, small_papers, monkeypatch):
+    import rag.index
+
+    monkeypatch.setattr(rag.index, "PAPER_BATCH", 5)
+    with pytest.raises(KeyboardInterrupt):
+        run(settings, RecordingEmbedder(fail_on_call=3))  # two batches of 5 papers written, then Ctrl-C
+    with pytest.raises(IndexMissingError, match=r"incomplete.*rag ingest"):
+        open_index_state(settings)
+    manifest = read_manifest(settings.data_dir)
+    assert manifest["complete"] is False and len(manifest["papers"]) == 10
+    assert len(store_of(settings).paper_ids()) == 10
+
+    emb = RecordingEmbedder()
+    report = run(settings, emb)
+    assert report.added == 10 and report.unchanged == 10 and report.papers == 20
+    done = {p.paper_id for p in small_papers if p.paper_id in manifest["papers"]}
+    assert not any(t.split("\n", 1)[0] in {p.title for p in small_papers if p.paper_id in done} for t in emb.texts)
+    assert_consistent(settings, small_papers)
+
+
+# ---------------------------------------------------------------- bad corpora
+
+
+def test_parse_issues_are_reported_in_the_ingest_report(settings, small_corpus):
+    run(settings)
+    with open(small_corpus / "b.txt", "a", encoding="utf-8") as fh:
+        fh.write("A Title Whose Abstract Went Missing\n")
+    with pytest.raises(ParseError, match=r"b\.txt:\d+: .*A Title Whose Abstract Went Missing"):
+        run(settings, strict=True)
+    state = open_index_state(settings, check_stale=False)  # the strict failure left the index alone
+    assert state.papers == 20 and state.manifest["complete"] is True
+    report = run(settings)
+    assert report.papers == 20 and report.added == report.changed == report.removed == 0
+    assert len(report.issues) == 1
+    assert report.issues[0].startswith("b.txt:") and "without abstract" in report.issues[0]
+
+
+def test_empty_corpus_fails_cleanly(make_settings, tmp_path):
+    corpus = tmp_path / "empty"
+    corpus.mkdir()
+    (corpus / "page.txt").write_text("new\n\nSubscribe\n")
+    s = make_settings(corpus=str(corpus))
+    with pytest.raises(CorpusError, match="no papers"):
+        run(s)
+    assert not (Path(s.data_dir) / MANIFEST).exists()
+    with pytest.raises(CorpusError, match="does not exist"):
+        run(make_settings(corpus=str(tmp_path / "missing")))
+
+
+def test_corpus_paths_argument_overrides_settings(make_settings, small_corpus, small_papers):
+    s = make_settings(corpus=str(small_corpus / "a.txt"))
+    report = ingest(s, corpus_paths=[small_corpus / "b.txt"], embedder=HashEmbedder(), progress=False)
+    assert report.papers == 10
+    assert store_of(s).paper_ids() == {p.paper_id for p in small_papers[10:]}
+
+
+def test_manifest_is_json_with_params(settings):
+    run(settings)
+    manifest = json.loads((Path(settings.data_dir) / MANIFEST).read_text())
+    assert manifest["params"]["embedding_model"] == "hash-384"
+    assert manifest["params"]["chunk_size"] == settings.chunk_size
+    assert manifest["counts"] == {"papers": 20, "chunks": manifest["counts"]["chunks"]}
+    assert manifest["corpus_fingerprint"]

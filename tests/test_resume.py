@@ -1,0 +1,72 @@
+"""An ingest killed with SIGKILL resumes on the next run with no duplicate and no missing paper."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import VENV_BIN, run_cli
+from eval.synth import write_jsonl
+from rag.chunking import Chunker
+from rag.corpus import load_corpus
+from rag.settings import load_settings
+from rag.store import ChromaStore
+
+N = 1500
+
+
+def _stored(manifest: Path) -> int:
+    try:
+        return len(json.loads(manifest.read_text()).get("papers", {}))
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_during_ingest_then_resume_gives_exact_counts(tmp_path):
+    corpus = write_jsonl(tmp_path / "papers.jsonl", N)
+    data_dir = tmp_path / "index"
+    env = os.environ | {"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"}
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "rag"), "ingest", "--jsonl", str(corpus), "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    manifest = data_dir / "manifest.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and _stored(manifest) < 256:
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest finished before it could be killed: raise N"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _stored(manifest)
+    assert 0 < partial < N
+    assert json.loads(manifest.read_text())["complete"] is False
+
+    # A reader is told the index is incomplete, not given half an answer.
+    r = run_cli("search", "diffusion", env={"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"})
+    assert r.returncode != 0 and "incomplete" in r.stderr and "Traceback" not in r.stderr
+
+    r = run_cli("ingest", "--jsonl", str(corpus), "--json", env={"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"})
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["papers"] == N
+    assert report["added"] == N - partial  # only what the killed run had not committed
+    assert report["unchanged"] == partial
+
+    settings = load_settings(data_dir=data_dir, embed_backend="hash")
+    papers = load_corpus([corpus]).papers
+    expected_chunks = Chunker(settings.chunk_size, settings.chunk_overlap).chunk_all(papers)
+    store = ChromaStore(data_dir)
+    assert store.paper_ids() == {p.paper_id for p in papers}
+    assert store.count() == len(expected_chunks)  # no duplicates, no leftovers
+    assert json.loads(manifest.read_text())["complete"] is True
+
+    r = run_cli("ingest", "--jsonl", str(corpus), "--json", env={"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"})
+    assert json.loads(r.stdout)["embedded"] == 0
