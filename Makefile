@@ -42,7 +42,7 @@ eval: index
 	$(VENV)/bin/rag eval --dataset eval/datasets/dev.jsonl --answer extractive --out eval/reports/latest
 
 bench: index
-	$(PY) -m eval.bench
+	$(VENV)/bin/rag bench
 
 clean:
 	rm -rf .rag

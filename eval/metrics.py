@@ -93,6 +93,7 @@ _HEADING = re.compile(r"^\s*#{1,6}\s*")
 _LINK = re.compile(r"\[([^\]]+)\]\((?:[^)]+)\)")
 _EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
 _WORD = re.compile(r"\w+")
+_LEADING_MARKERS = re.compile(r"^(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*")
 
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
@@ -157,17 +158,23 @@ def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
     """
     from rag.chunking import split_sentences
 
-    out = []
+    out: list[tuple[str, list[int]]] = []
     for line in answer.splitlines():
         if not line.strip():
             continue
         line_refs = cited_numbers(line)
         body = _TITLE_PREFIX.sub("", _BULLET.sub("", line))
+        pieces: list[list] = []  # [raw sentence, its own markers]
         for raw in split_sentences(body.strip()):
+            lead = _LEADING_MARKERS.match(raw)
+            if lead and pieces:  # "claim. [1] Next claim." -> the [1] belongs to the claim before it
+                pieces[-1][1] += [n for n in cited_numbers(lead.group(0)) if n not in pieces[-1][1]]
+                raw = raw[lead.end():]
+            pieces.append([raw, cited_numbers(raw)])
+        for raw, refs in pieces:
             clean = strip_markup(raw)
-            if not content_tokens(clean):
-                continue
-            out.append((clean, cited_numbers(raw) or line_refs))
+            if content_tokens(clean):
+                out.append((clean, refs or line_refs))
     return out
 
 

@@ -195,8 +195,13 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     # 2. by question type: one panel per metric
     tmetrics = _type_metrics(report) or ["recall@10"]
     types = [t for t in TYPES if any(t in report["by_type"][m] for m in modes)]
-    fig, axes = plt.subplots(1, len(tmetrics), figsize=(3.6 * len(tmetrics) + 1, 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], tmetrics):
+    ncols = min(4, len(tmetrics))
+    nrows = math.ceil(len(tmetrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.5, 3.4 * nrows + 0.4), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(tmetrics):]:
+        ax.axis("off")
+    for ax, metric in zip(flat, tmetrics):
         ts = [t for t in types if any(report["by_type"][m].get(t, {}).get(metric) is not None for m in modes)]
         x = np.arange(len(ts))
         for i, mode in enumerate(modes):

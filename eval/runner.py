@@ -19,6 +19,7 @@ from rag.retrieve import MODES
 
 from eval.dataset import Dataset, Question
 from eval.metrics import (
+    METRICS,
     SupportChecker,
     citation_metrics,
     cited_numbers,
@@ -81,7 +82,7 @@ def render_prompt(question: str, sources) -> str:
         from rag.prompts import NOT_IN_CORPUS, load_prompts
 
         p = _prompts(load_prompts)
-        block = "\n\n".join(p["source"].render(n=n, title=t, abstract=a) for n, t, a in texts)
+        block = "\n".join(p["source"].render(n=n, title=t, abstract=a) for n, t, a in texts)
         return (p["system"].render(not_found_phrase=NOT_IN_CORPUS) + "\n"
                 + p["answer"].render(question=question, sources=block, not_found_phrase=NOT_IN_CORPUS))
     except (ImportError, RagError, KeyError, IndexError, ValueError):
@@ -121,6 +122,7 @@ def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, coun
         metrics["unsupported_sentence_rate"] = unsupported_sentence_rate(ans.answer or "", evidence, cited_ns, checker)
     row = {
         "answer": ans.answer,
+        "answer_mode": getattr(ans, "mode", None),
         "cited_titles": cited_titles,
         "abstained": abstained,
         "source_titles": [s.title for s in sources],
@@ -130,7 +132,9 @@ def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, coun
     }
     if count is not None:
         row["answer_tokens"] = count(ans.answer or "")
-        row["prompt_tokens"] = count(render_prompt(q.question, sources)) if sources else 0
+        generated = (getattr(ans, "timings_ms", None) or {}).get("generate")
+        skipped = abstained and generated is not None and generated <= 0  # abstained before any generation
+        row["prompt_tokens"] = None if skipped or not sources else count(render_prompt(q.question, sources))
     return row
 
 
@@ -226,9 +230,15 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
 
     rows.sort(key=lambda r: modes.index(r["mode"]))  # stable sort: question order within each mode
     for r in rows:
-        r["metrics"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r["metrics"].items()}
+        ordered = [k for k in METRICS if k in r["metrics"]] + [k for k in r["metrics"] if k not in METRICS]
+        r["metrics"] = {k: (round(r["metrics"][k], 6) if isinstance(r["metrics"][k], float) else r["metrics"][k]) for k in ordered}
 
     summary = {mode: summarise([r for r in rows if r["mode"] == mode]) for mode in modes}
+    if answer == "llm":  # the answerer falls back to extractive answers when the LLM fails
+        for mode in modes:
+            summary[mode]["llm_fallbacks"] = sum(
+                1 for r in rows if r["mode"] == mode and r.get("answer_mode") not in (None, "llm")
+            )
     types = list(dict.fromkeys(q.type for q in dataset.questions))
     by_type = {
         mode: {t: summarise([r for r in rows if r["mode"] == mode and r["type"] == t]) for t in types}

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port (default 7860)")
     s.add_argument("--auth", help="'user:password' for basic auth (env RAG_UI_AUTH)")
 
+    sub.add_parser("bench", help="run the benchmarks (ingest, latency, embedding, scale); see `rag bench --help`")
+
     from eval.cli import add_eval_parser
 
     add_eval_parser(sub)
@@ -251,6 +253,11 @@ COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own argparse, so its flags pass through untouched
+        from eval.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

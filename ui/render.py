@@ -92,7 +92,7 @@ def render_streaming(text: str, note: str | None = None) -> str:
     """What the chat shows while tokens arrive (citations are verified only at the end)."""
     body = md_text(text) if text else "_Searching the papers…_"
     if note:
-        body = f"<small>ⓘ {esc(note)}</small>\n\n" + body
+        body = f"<small>Note: {esc(note)}</small>\n\n" + body
     return body
 
 
@@ -114,7 +114,7 @@ def render_turn_answer(turn: Mapping) -> str:
             lines = [f"<sup>[{c['n']}]</sup> {md_text(c['title'])}" for c in cited]
             parts.append("<small>**Cited papers**</small>  \n" + "  \n".join(lines))
     if turn.get("notice"):
-        parts.append(f"<small>ⓘ {esc(turn['notice'])}</small>")
+        parts.append(f"<small>Note: {esc(turn['notice'])}</small>")
     return "\n\n".join(parts)
 
 
@@ -158,8 +158,9 @@ def cited_sentences(answer: str) -> dict[int, list[str]]:
         pos = 0
         for match in CITATION.finditer(line):
             segment = line[pos : match.start()]
+            if pos == 0:  # "- **Title** — sentence [n]": drop the bullet and the title
+                segment = _EXTRACTIVE_PREFIX.sub("", segment, count=1)
             pos = match.end()
-            segment = _EXTRACTIVE_PREFIX.sub("", segment, count=1) if segment is line[: match.start()] else segment
             segment = segment.replace("**", "").strip(" \t*_—–-;,")
             if not segment:
                 continue
@@ -198,7 +199,8 @@ def find_spans(sentences: list[str], abstract: str) -> list[tuple[int, int, bool
                 break
         if found:
             continue
-        words = set(_WORDS.findall(sentence.lower()))
+        last = (split_sentences(sentence) or [sentence])[-1]
+        words = set(_WORDS.findall(last.lower()))
         if len(words) < 4:
             continue
         if abstract_sentences is None:

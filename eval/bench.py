@@ -1,0 +1,293 @@
+"""Benchmarks: ingest throughput, warm latency, embedding speed, and scaling of the store and BM25.
+
+    python -m eval.bench [--parts ingest,latency,embedding,scale] [--sizes 1000,10000,100000] [--out DIR]
+
+Each part prints a table and writes DIR/<part>.json; a PNG plot goes with the scale part.
+Speed claims in the README come from here, never from timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QUESTIONS = [
+    "which papers erase concepts in diffusion models?",
+    "papers on sparse autoencoders for LLM interpretability",
+    "concept bottleneck models",
+    "How many instruction-following samples does Robin3D construct?",
+    "direct preference optimization for reasoning",
+    "memorization in diffusion models",
+    "retrieval augmented generation hallucination",
+    "vision transformer robustness to distribution shift",
+    "machine unlearning benchmarks",
+    "protein folding",
+]
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def _table(title, rows):
+    print(f"\n## {title}")
+    for row in rows:
+        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+
+
+def _save(out: Path, name: str, data) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+
+def bench_ingest(out: Path, backend: str) -> dict:
+    """Cold ingest of the vendored corpus into a fresh data dir, then an unchanged re-run (CLI, real processes)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    env = os.environ | {"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": backend}
+    if os.environ.get("RAG_MODEL_CACHE_DIR") is None:
+        env["RAG_MODEL_CACHE_DIR"] = str(Path(".rag/models").resolve())
+    rag = str(Path(sys.executable).parent / "rag")
+    rows = []
+    for label in ("cold", "unchanged"):
+        t = time.perf_counter()
+        r = subprocess.run([rag, "ingest", "--json"], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if r.returncode:
+            raise SystemExit(f"ingest failed: {r.stderr.strip()}")
+        rep = json.loads(r.stdout)
+        rows.append({"run": label, "wall_s": round(wall, 2), "in_process_s": round(rep["seconds"], 2),
+                     "papers": rep["papers"], "chunks": rep["chunks"], "embedded": rep["embedded"],
+                     "papers_per_s": round(rep["papers"] / wall, 1) if rep["embedded"] else None})
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data = {"backend": backend, "runs": rows}
+    _table(f"ingest ({backend}, vendored corpus)", rows)
+    _save(out, "ingest", data)
+    return data
+
+
+def bench_latency(out: Path, repeats: int = 5) -> dict:
+    """Warm in-process latency of search (per mode) and of the extractive ask, on the index in RAG_DATA_DIR."""
+    from rag.answer import Assistant
+    from rag.settings import load_settings
+
+    assistant = Assistant.from_settings(load_settings())
+    retriever = assistant.retriever
+    for q in QUESTIONS:  # warm-up
+        retriever.search(q, 10)
+    rows = []
+    for mode in ("hybrid", "dense", "bm25"):
+        ts = []
+        for _ in range(repeats):
+            for q in QUESTIONS:
+                t = time.perf_counter()
+                retriever.search(q, 10, mode)
+                ts.append((time.perf_counter() - t) * 1000)
+        rows.append({"op": f"search/{mode}", "n": len(ts), "p50_ms": round(_pct(ts, 50), 2), "p95_ms": round(_pct(ts, 95), 2)})
+    ts = []
+    for _ in range(repeats):
+        for q in QUESTIONS:
+            t = time.perf_counter()
+            assistant.ask(q, extractive=True)
+            ts.append((time.perf_counter() - t) * 1000)
+    rows.append({"op": "ask/extractive", "n": len(ts), "p50_ms": round(_pct(ts, 50), 2), "p95_ms": round(_pct(ts, 95), 2)})
+    _table("warm latency (in-process)", rows)
+    _save(out, "latency", {"rows": rows})
+    return {"rows": rows}
+
+
+def bench_embedding(out: Path, n: int = 256) -> dict:
+    """Texts/s of the ONNX Runtime export vs plain sentence-transformers, same texts, same run; vector parity."""
+    import numpy as np
+
+    from rag.corpus import load_corpus
+    from rag.embeddings import SentenceTransformerEmbedder
+    from rag.onnx_embed import OnnxEmbedder
+    from rag.settings import load_settings
+
+    settings = load_settings()
+    papers = load_corpus(settings.corpus_paths).papers[:n]
+    texts = [f"{p.title}\n{p.abstract}" for p in papers]
+    cache = settings.model_cache_dir or Path(settings.data_dir) / "models"
+    rows, vecs = [], {}
+    st = SentenceTransformerEmbedder(settings.model_path(), batch_size=32)
+    onnx = OnnxEmbedder(settings.model_path(), cache, batch_size=settings.embed_batch_size)
+    for name, emb in (("sentence-transformers (torch, batch 32)", st), (f"onnxruntime (batch {settings.embed_batch_size})", onnx)):
+        emb.embed(texts[:8])
+        t = time.perf_counter()
+        vecs[name] = emb.embed(texts)
+        dt = time.perf_counter() - t
+        rows.append({"backend": name, "texts": len(texts), "seconds": round(dt, 2), "texts_per_s": round(len(texts) / dt, 1)})
+    a, b = vecs.values()
+    cos = np.sum(a * b, axis=1)
+    ratio = rows[1]["texts_per_s"] / rows[0]["texts_per_s"]
+    data = {"rows": rows, "speedup": round(ratio, 2), "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+    _table("embedding throughput", rows + [{"speedup": data["speedup"], "min_cosine": round(data["min_cosine"], 6)}])
+    _save(out, "embedding", data)
+    return data
+
+
+SCALE_WORKER = r"""
+import json, os, resource, sys, time, statistics
+import numpy as np
+import rag
+from rag.store import ChromaStore
+from rag.records import Chunk
+from rag.bm25 import BM25Index
+from eval.synth import synthetic_papers
+n, mode, data_dir, url = int(sys.argv[1]), sys.argv[2], sys.argv[3], (sys.argv[4] if len(sys.argv) > 4 else None)
+rng = np.random.default_rng(0)
+store = ChromaStore(data_dir, url, "bench")
+t = time.perf_counter()
+step = 5000
+papers = list(synthetic_papers(n))
+for i in range(0, n, step):
+    part = papers[i:i + step]
+    vecs = rng.standard_normal((len(part), 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    chunks = [Chunk(f"s{i + j}:0", f"s{i + j}", p["title"], 0, p["title"], p["abstract"][:300]) for j, p in enumerate(part)]
+    store.upsert(chunks, vecs)
+add_s = time.perf_counter() - t
+qs = rng.standard_normal((60, 384)).astype(np.float32)
+qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+for q in qs[:10]:
+    store.query(q, 50)
+ts = []
+for q in qs[10:]:
+    t = time.perf_counter(); store.query(q, 50); ts.append((time.perf_counter() - t) * 1000)
+out = {"n": n, "mode": mode, "store_add_s": round(add_s, 1), "store_query_p50_ms": round(statistics.median(ts), 2),
+       "store_query_p95_ms": round(sorted(ts)[int(0.95 * (len(ts) - 1))], 2)}
+if mode == "embedded":
+    t = time.perf_counter()
+    bm = BM25Index.build([f"s{i}:0" for i in range(n)], [p["title"] + " " + p["abstract"] for p in papers])
+    out["bm25_build_s"] = round(time.perf_counter() - t, 1)
+    words = ["diffusion attention", "sparse autoencoder interpretability", "reward alignment", "graph pruning quantization"]
+    for w in words: bm.query(w, 50)
+    ts = []
+    for _ in range(10):
+        for w in words:
+            t = time.perf_counter(); bm.query(w, 50); ts.append((time.perf_counter() - t) * 1000)
+    out["bm25_query_p50_ms"] = round(statistics.median(ts), 2)
+    out["bm25_query_p95_ms"] = round(sorted(ts)[int(0.95 * (len(ts) - 1))], 2)
+out["process_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+print(json.dumps(out))
+"""
+
+
+def _chroma_server(path: Path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    chroma = str(Path(sys.executable).parent / "chroma")
+    proc = subprocess.Popen([chroma, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/api/v2/heartbeat", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("chroma server did not start")
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def bench_scale(out: Path, sizes: list[int]) -> dict:
+    """Store and BM25 query latency and memory at growing synthetic sizes (random unit vectors), embedded vs server."""
+    rows = []
+    for n in sizes:
+        for mode in ("embedded", "server"):
+            tmp = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
+            server = None
+            args = [sys.executable, "-c", SCALE_WORKER, str(n), mode, str(tmp)]
+            if mode == "server":
+                server, url = _chroma_server(tmp / "server")
+                args.append(url)
+            r = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+            if server is not None:
+                row_server_rss = _rss_mb(server.pid)
+                server.terminate()
+                server.wait()
+            if r.returncode:
+                raise SystemExit(f"scale worker failed at n={n} {mode}: {r.stderr[-800:]}")
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+            if server is not None:
+                row["server_rss_mb"] = row_server_rss
+            rows.append(row)
+            _table(f"scale n={n} {mode}", [row])
+            shutil.rmtree(tmp, ignore_errors=True)
+    data = {"rows": rows}
+    _save(out, "scale", data)
+    _plot_scale(out, rows)
+    return data
+
+
+def _plot_scale(out: Path, rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, marker in (("embedded", "o"), ("server", "s")):
+        rs = [r for r in rows if r["mode"] == mode]
+        axes[0].plot([r["n"] for r in rs], [r["store_query_p50_ms"] for r in rs], marker=marker, label=f"Chroma {mode} p50")
+    rs = [r for r in rows if "bm25_query_p50_ms" in r]
+    axes[0].plot([r["n"] for r in rs], [r["bm25_query_p50_ms"] for r in rs], marker="^", label="BM25 p50")
+    axes[0].set(xscale="log", xlabel="papers", ylabel="query ms", title="Query latency")
+    axes[0].legend()
+    for mode, marker in (("embedded", "o"), ("server", "s")):
+        rs = [r for r in rows if r["mode"] == mode]
+        axes[1].plot([r["n"] for r in rs], [r["process_max_rss_mb"] for r in rs], marker=marker, label=f"client process ({mode})")
+    rs = [r for r in rows if "server_rss_mb" in r]
+    axes[1].plot([r["n"] for r in rs], [r["server_rss_mb"] for r in rs], marker="x", label="chroma server")
+    axes[1].set(xscale="log", xlabel="papers", ylabel="RSS MB", title="Memory")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="rag bench", description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default="ingest,latency,embedding,scale")
+    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument("--backend", default="onnx", help="embedding backend for the ingest part")
+    p.add_argument("--out", type=Path, default=Path("eval/bench"))
+    args = p.parse_args(argv)
+    parts = args.parts.split(",")
+    if "ingest" in parts:
+        bench_ingest(args.out, args.backend)
+    if "latency" in parts:
+        bench_latency(args.out)
+    if "embedding" in parts:
+        bench_embedding(args.out)
+    if "scale" in parts:
+        bench_scale(args.out, [int(s) for s in args.sizes.split(",")])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

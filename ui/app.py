@@ -1,0 +1,521 @@
+"""The Gradio web UI: chat with cited answers, a paper browser, and the latest evaluation report.
+
+`build_app(settings)` returns the Blocks (queue configured); `launch(settings)` serves it on
+`settings.ui_host:ui_port` (loopback unless configured otherwise) with optional basic auth.
+Scripts use the `/ask` endpoint::
+
+    from gradio_client import Client
+    Client("http://127.0.0.1:7860").predict("which papers erase concepts in diffusion models?", api_name="/ask")
+    # -> {"answer": ..., "citations": [titles], "abstained": False, "mode": "extractive", "notice": ..., ...}
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+import os
+import tempfile
+import threading
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import gradio as gr
+
+from rag.errors import ConfigError, RagError
+from rag.retrieve import MODES
+from rag.settings import REPO_ROOT
+from ui import render
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = [
+    "which papers erase concepts in diffusion models?",
+    "How can large language models be made to reason step by step?",
+    "What methods speed up inference of diffusion models?",
+    "Which papers propose benchmarks for evaluating multimodal models?",
+]
+SCOPED_QUESTION = "What does this paper propose, and what are its main results?"
+NO_LLM_REASON = "no LLM endpoint configured: set RAG_LLM_BASE_URL"
+DEFAULT_EVAL_DIR = REPO_ROOT / "eval" / "reports" / "latest"
+MAKE_EVAL_HINT = (
+    "No evaluation report yet. Produce one with `make eval`, or:\n\n"
+    "```bash\nrag eval --dataset eval/datasets/dev.jsonl --answer extractive --out eval/reports/latest\n```"
+)
+PAPER_ROWS = 300  # rows shown in the Papers table at once
+TOP_K_MAX = 30
+
+CSS = """
+.rag-status { font-size: 0.9em; opacity: 0.85; }
+.rag-sources h3 { margin: 0 0 .4em 0; }
+.rag-sources h3 small { font-weight: normal; opacity: .7; }
+.rag-src { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: .55em .7em; margin: 0 0 .6em 0; }
+.rag-src-title { font-weight: 600; margin-bottom: .25em; }
+.rag-n { color: var(--color-accent); margin-right: .2em; }
+.rag-snippet { font-size: .92em; line-height: 1.45; }
+.rag-snippet mark.rag-mark { background: #fde68a; color: inherit; padding: 0 .1em; border-radius: 2px; }
+.rag-snippet mark.rag-approx { background: #e0e7ff; }
+.rag-meta { font-size: .82em; opacity: .8; margin-top: .3em; word-break: break-all; }
+.rag-abstain-note, .rag-scope-note { font-style: italic; }
+.rag-uncited { font-size: .85em; opacity: .85; }
+.rag-paper-title { margin-top: 0; }
+.rag-abstract { line-height: 1.5; }
+.rag-eval-images img { max-width: 100%; margin: .5em 0; border: 1px solid var(--border-color-primary); }
+sup.rag-cite { cursor: help; color: var(--color-accent); font-weight: 600; }
+"""
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def status_text(settings, assistant) -> str:
+    """Which LLM and model (or extractive), index size and Chroma mode — no secrets."""
+    if assistant.llm is not None:
+        base = settings.llm_base_url or "https://api.openai.com/v1"
+        host = urlparse(base).hostname or base
+        port = urlparse(base).port
+        where = f"{host}:{port}" if port else host
+        answering = f"LLM `{render.md_text(settings.llm_model)}` at `{render.md_text(where)}`"
+    else:
+        answering = "extractive (no LLM configured)"
+    retriever = assistant.retriever
+    papers = retriever.state.papers or len(retriever.papers)
+    chroma = getattr(retriever.store, "mode", "embedded")
+    stale = " · ⚠️ the corpus changed since the last ingest: run `rag ingest`" if retriever.state.stale else ""
+    return f"**Answers:** {answering} · **Index:** {papers:,} papers · **Chroma:** {chroma}{stale}"
+
+
+def parse_auth(secret) -> tuple[str, str] | None:
+    """`settings.ui_auth` ("user:password", SecretStr) as Gradio's (user, password) tuple."""
+    if secret is None:
+        return None
+    value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ConfigError("RAG_UI_AUTH must look like 'user:password' (both non-empty)")
+    return user, password
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def eval_dir_for(settings, eval_dir=None) -> Path:
+    chosen = eval_dir or getattr(settings, "ui_eval_dir", None) or os.environ.get("RAG_UI_EVAL_DIR")
+    return Path(chosen) if chosen else DEFAULT_EVAL_DIR
+
+
+def load_eval_report(eval_dir: Path) -> tuple[str, str]:
+    """(markdown, images html) for the Evaluation tab."""
+    report = eval_dir / "report.md"
+    if not report.is_file():
+        return f"### Evaluation\n\n{MAKE_EVAL_HINT}\n\n<small>Looked in `{render.md_text(str(eval_dir))}`.</small>", ""
+    try:
+        text = report.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"Cannot read `{render.md_text(str(report))}` ({exc.__class__.__name__}). {MAKE_EVAL_HINT}", ""
+    stamp = datetime.fromtimestamp(report.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    header = f"<small>Report `{render.md_text(str(report))}`, written {stamp}.</small>\n\n"
+    images = []
+    for png in sorted(eval_dir.glob("*.png")):
+        try:
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+        except OSError:
+            continue
+        images.append(
+            f'<figure><img alt="{render.esc(png.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{render.esc(png.name)}</figcaption></figure>"
+        )
+    gallery = f'<div class="rag-eval-images">{"".join(images)}</div>' if images else ""
+    # The report is Markdown; raw HTML in it is shown as text.
+    return header + text.replace("<", "&lt;"), gallery
+
+
+def _serialize_retrieval(assistant) -> None:
+    """Run the retrieval step of concurrent answers one at a time.
+
+    `Retriever.search` keeps per-call state on the instance (`last_top_similarity`, the snippet
+    cache) and the tokenizer is not re-entrant, so two UI workers retrieving at once could read each
+    other's top similarity. Retrieval takes milliseconds; generation (the slow part) stays parallel.
+    """
+    inner = getattr(assistant, "_sources", None)
+    if inner is None or getattr(inner, "_ui_locked", False):
+        return
+    lock = threading.Lock()
+
+    def locked(*args, **kwargs):
+        with lock:
+            return inner(*args, **kwargs)
+
+    locked._ui_locked = True
+    assistant._sources = locked
+
+
+def friendly_error(exc: BaseException) -> str:
+    if isinstance(exc, RagError):
+        return str(exc)
+    return (
+        f"Something went wrong while answering ({exc.__class__.__name__}). "
+        "Please try again; the details are in the server log."
+    )
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> gr.Blocks:
+    """The whole UI as a gr.Blocks with its queue configured (launch it, or use `launch`)."""
+    if assistant is None:
+        from rag.answer import Assistant
+
+        assistant = Assistant.from_settings(settings)
+    _serialize_retrieval(assistant)
+    papers = assistant.retriever.papers
+    llm_available = assistant.llm is not None
+    default_mode = settings.mode
+    default_k = min(settings.answer_top_k, TOP_K_MAX)
+    status = status_text(settings, assistant)
+    eval_path = eval_dir_for(settings, eval_dir)
+    export_dir = Path(tempfile.mkdtemp(prefix="paper-rag-ui-"))
+
+    def wants_extractive(answer_mode: str | None) -> bool:
+        # Without an LLM the Assistant answers extractively anyway, with the "no LLM configured" notice.
+        return llm_available and answer_mode == "extractive"
+
+    # -------------------------------------------------------------- chat
+
+    def respond(question, turns, scope, mode, top_k, answer_mode):
+        turns = list(turns or [])
+        scope = scope or None
+        scope_title = papers[scope].title if scope and scope in papers else None
+        pending = {"question": " ".join((question or "").split()) or (question or ""), "streamed": ""}
+        try:
+            from rag.answer import check_question
+
+            pending["question"] = check_question(question, settings.max_question_chars)
+        except RagError as exc:
+            turn = {"question": pending["question"][:300] + ("…" if len(pending["question"]) > 300 else ""),
+                    "error": str(exc)}
+            turns.append(turn)
+            # keep the text in the box so it can be shortened
+            yield render.chat_messages(turns), turns, gr.skip(), gr.skip(), export(turns)
+            return
+
+        yield render.chat_messages(turns, pending), turns, gr.skip(), "", gr.skip()
+        turn = None
+        last_yield = 0.0
+        try:
+            events = assistant.ask_stream(
+                pending["question"],
+                history=render.history(turns),
+                top_k=int(top_k or default_k),
+                mode=mode if mode in MODES else default_mode,
+                extractive=wants_extractive(answer_mode),
+                paper_ids=[scope] if scope else None,
+            )
+            for event in events:
+                if event.kind == "token":
+                    pending["streamed"] += event.text
+                    now = time.perf_counter()
+                    if now - last_yield >= 0.05:
+                        last_yield = now
+                        yield render.chat_messages(turns, pending), turns, gr.skip(), gr.skip(), gr.skip()
+                elif event.kind == "reset":
+                    pending["streamed"] = ""
+                    pending["note"] = "The LLM failed mid-answer: switching to an extractive answer…"
+                    yield render.chat_messages(turns, pending), turns, gr.skip(), gr.skip(), gr.skip()
+                elif event.kind == "final" and event.answer is not None:
+                    turn = event.answer.to_dict()
+        except Exception as exc:  # noqa: BLE001 - the edge: a friendly chat message, never a traceback
+            if not isinstance(exc, RagError):
+                log.exception("answering failed")
+            turn = {"question": pending["question"], "error": friendly_error(exc)}
+        if turn is None:
+            turn = {"question": pending["question"], "error": "No answer was produced. Please try again."}
+        turn["scope"] = scope
+        turn["scope_title"] = scope_title
+        turns.append(turn)
+        yield render.chat_messages(turns), turns, render.render_sources(turn, papers), gr.skip(), export(turns)
+
+    def export(turns):
+        if not turns:
+            return gr.DownloadButton(value=None, interactive=False)
+        name = f"paper-rag-chat-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(turns) % 10_000}.md"
+        path = export_dir / name
+        path.write_text(render.conversation_markdown(turns, status.replace("**", "").replace("`", "")), encoding="utf-8")
+        return gr.DownloadButton(value=str(path), interactive=True)
+
+    def new_chat():
+        return [], [], render.EMPTY_SOURCES, None, gr.DownloadButton(value=None, interactive=False), ""
+
+    def scope_banner(scope):
+        if scope and scope in papers:
+            return gr.Markdown(
+                f"🔎 **Chat scoped to one paper:** {render.md_text(papers[scope].title)} — answers use only this "
+                "paper (retrieval mode and top-k do not apply). Use *Clear scope* or *New chat* to search the whole corpus.",
+                visible=True,
+            ), gr.Button(visible=True)
+        return gr.Markdown("", visible=False), gr.Button(visible=False)
+
+    # -------------------------------------------------------------- papers
+
+    all_sorted = render.filter_papers(papers, "")
+
+    def paper_rows(found):
+        rows = []
+        for p in found[:PAPER_ROWS]:
+            code = ", ".join(render.safe_url(u) or "" for u in p.code_urls)
+            rows.append([p.title, code, p.date or ""])
+        return rows
+
+    def count_text(found, query):
+        shown = min(len(found), PAPER_ROWS)
+        what = f"matching “{render.md_text(query.strip())}”" if query and query.strip() else "in the index"
+        more = f" (showing the first {shown}; refine the search)" if len(found) > shown else ""
+        return f"**{len(found):,}** papers {what}{more}. Click a row to see the abstract."
+
+    def search_papers(query, code_only):
+        found = render.filter_papers(papers, query or "", bool(code_only))
+        ids = [p.paper_id for p in found[:PAPER_ROWS]]
+        return paper_rows(found), ids, count_text(found, query)
+
+    def select_paper(ids, evt: gr.SelectData):
+        try:
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
+            pid = ids[row]
+        except (TypeError, ValueError, IndexError):
+            return render.render_paper(None), None, gr.Button(interactive=False)
+        return render.render_paper(papers.get(pid)), pid, gr.Button(interactive=True)
+
+    def ask_about(pid):
+        if not pid or pid not in papers:
+            raise gr.Error("Select a paper in the table first.")
+        # a fresh conversation scoped to this paper; the question is asked right away (see .then)
+        return (gr.Tabs(selected="chat"), pid, [], [], SCOPED_QUESTION, render.EMPTY_SOURCES)
+
+    # -------------------------------------------------------------- API
+
+    def ask(question: str, mode: str = default_mode, top_k: int = default_k, extractive: bool = False) -> dict:
+        """Answer a question about the indexed papers, with cited paper titles.
+
+        Args:
+            question: the question.
+            mode: retrieval mode, one of hybrid, dense, bm25.
+            top_k: papers given to the answerer (1-30).
+            extractive: answer with sentences quoted from the abstracts even if an LLM is configured.
+        Returns:
+            {"answer", "citations" (cited titles), "references" ([{n, title, paper_id}]), "abstained",
+             "possibly_related" (titles), "mode", "notice"}
+        """
+        try:
+            k = int(top_k) if top_k is not None else default_k
+            if not 1 <= k <= TOP_K_MAX:
+                raise ConfigError(f"top_k must be between 1 and {TOP_K_MAX}, got {top_k}")
+            answer = assistant.ask(question, top_k=k, mode=mode or default_mode, extractive=bool(extractive))
+        except Exception as exc:  # noqa: BLE001 - clients get a one-line message, never a traceback
+            if not isinstance(exc, RagError):
+                log.exception("/ask failed")
+            raise gr.Error(friendly_error(exc), print_exception=False) from None
+        if answer is None:
+            raise gr.Error("no answer was produced", print_exception=False)
+        return {
+            "answer": answer.answer,
+            "citations": [c["title"] for c in answer.citations],
+            "references": [{"n": c["n"], "title": c["title"], "paper_id": c["paper_id"]} for c in answer.citations],
+            "abstained": answer.abstained,
+            "possibly_related": [p["title"] for p in answer.possibly_related],
+            "mode": answer.mode,
+            "notice": answer.notice,
+        }
+
+    # -------------------------------------------------------------- layout
+
+    theme = gr.themes.Soft(
+        font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"],
+    )
+    with warnings.catch_warnings():
+        # Gradio 6 moved theme/css to launch(); passing them here too keeps them when a caller
+        # launches the Blocks directly (tests do). `launch()` below passes them the new way.
+        warnings.simplefilter("ignore", UserWarning)
+        app = gr.Blocks(title="Paper RAG", analytics_enabled=False, theme=theme, css=CSS)
+    app.rag_theme, app.rag_css = theme, CSS
+    private = {"api_visibility": "private"}
+
+    with app:
+        gr.Markdown("# Paper RAG\nQuestions answered from ML paper abstracts; every claim cites its paper.")
+        gr.Markdown(status, elem_classes=["rag-status"], elem_id="rag-status")
+        turns_state = gr.State([])
+        scope_state = gr.State(None)
+        ids_state = gr.State([p.paper_id for p in all_sorted[:PAPER_ROWS]])
+        selected_state = gr.State(None)
+
+        with gr.Tabs(selected="chat") as tabs:
+            with gr.Tab("Chat", id="chat"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=380):
+                        scope_md = gr.Markdown(visible=False, elem_id="rag-scope")
+                        clear_scope_btn = gr.Button("Clear scope", size="sm", visible=False, variant="secondary")
+                        chatbot = gr.Chatbot(
+                            label="Conversation",
+                            elem_id="rag-chat",
+                            height=520,
+                            latex_delimiters=[],
+                            sanitize_html=True,
+                            feedback_options=None,
+                            buttons=["copy"],
+                            placeholder="Ask about the indexed ML papers. Follow-up questions keep the context.",
+                        )
+                        with gr.Row():
+                            question = gr.Textbox(
+                                show_label=False,
+                                placeholder="Ask a question, e.g. which papers erase concepts in diffusion models?",
+                                lines=1,
+                                max_lines=6,
+                                scale=5,
+                                elem_id="rag-question",
+                                autofocus=True,
+                            )
+                            send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="rag-send")
+                            stop = gr.Button("Stop", variant="stop", scale=0, min_width=70)
+                        gr.Examples(EXAMPLES, inputs=[question], label="Examples", api_visibility="private")
+                        with gr.Row():
+                            new_btn = gr.Button("New chat", size="sm", elem_id="rag-new")
+                            download = gr.DownloadButton(
+                                "Export conversation (Markdown)", size="sm", interactive=False, elem_id="rag-export"
+                            )
+                        with gr.Accordion("Answer settings", open=False):
+                            mode = gr.Radio(list(MODES), value=default_mode, label="Retrieval mode",
+                                            info="hybrid = dense + BM25 fused; dense = embeddings; bm25 = keywords")
+                            top_k = gr.Slider(1, TOP_K_MAX, value=default_k, step=1, label="Papers given to the answerer (top-k)")
+                            if llm_available:
+                                answer_mode = gr.Radio(
+                                    [("LLM (generated, cited)", "llm"), ("Extractive (quoted sentences)", "extractive")],
+                                    value="llm", label="Answer mode", info=f"LLM model: {settings.llm_model}",
+                                )
+                            else:
+                                answer_mode = gr.Radio(
+                                    [(f"LLM — unavailable ({NO_LLM_REASON})", "llm"), ("Extractive (quoted sentences)", "extractive")],
+                                    value="extractive", label="Answer mode", info=NO_LLM_REASON, interactive=False,
+                                    elem_id="rag-answer-mode",
+                                )
+                    with gr.Column(scale=2, min_width=300):
+                        sources = gr.HTML(render.EMPTY_SOURCES, elem_id="rag-sources")
+
+            with gr.Tab("Papers", id="papers"):
+                with gr.Row():
+                    paper_query = gr.Textbox(
+                        show_label=False, placeholder="Filter by words in the title or abstract…", scale=5,
+                        elem_id="rag-paper-query",
+                    )
+                    code_only = gr.Checkbox(label="with code links only", value=False, scale=1)
+                    paper_search = gr.Button("Search", scale=1, min_width=90)
+                paper_count = gr.Markdown(count_text(all_sorted, ""))
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        table = gr.Dataframe(
+                            value=paper_rows(all_sorted),
+                            headers=["Title", "Code", "Date"],
+                            datatype=["str", "str", "str"],
+                            interactive=False,
+                            wrap=True,
+                            max_height=560,
+                            elem_id="rag-papers",
+                            column_widths=["70%", "20%", "10%"],
+                            latex_delimiters=[],
+                        )
+                    with gr.Column(scale=2):
+                        paper_html = gr.HTML(render.render_paper(None), elem_id="rag-paper")
+                        ask_paper = gr.Button("Ask about this paper", variant="primary", interactive=False, elem_id="rag-ask-paper")
+
+            with gr.Tab("Evaluation", id="eval"):
+                report_md, report_imgs = load_eval_report(eval_path)
+                eval_md = gr.Markdown(report_md, elem_id="rag-eval")
+                eval_imgs = gr.HTML(report_imgs)
+                refresh = gr.Button("Reload report", size="sm")
+
+        # -------------------------------------------------------------- events
+        chat_inputs = [question, turns_state, scope_state, mode, top_k, answer_mode]
+        chat_outputs = [chatbot, turns_state, sources, question, download]
+        submit_evt = question.submit(respond, chat_inputs, chat_outputs, **private)
+        click_evt = send.click(respond, chat_inputs, chat_outputs, **private)
+        stop.click(None, cancels=[submit_evt, click_evt], **private)
+        new_btn.click(new_chat, None, [chatbot, turns_state, sources, scope_state, download, question], queue=False, **private).then(
+            scope_banner, scope_state, [scope_md, clear_scope_btn], queue=False, **private
+        )
+        clear_scope_btn.click(lambda: None, None, scope_state, queue=False, **private).then(
+            scope_banner, scope_state, [scope_md, clear_scope_btn], queue=False, **private
+        )
+
+        search_io = dict(fn=search_papers, inputs=[paper_query, code_only], outputs=[table, ids_state, paper_count])
+        paper_query.submit(**search_io, concurrency_limit=None, **private)
+        paper_search.click(**search_io, concurrency_limit=None, **private)
+        code_only.change(**search_io, concurrency_limit=None, **private)
+        table.select(select_paper, ids_state, [paper_html, selected_state, ask_paper], concurrency_limit=None, **private)
+        ask_evt = ask_paper.click(
+            ask_about, selected_state, [tabs, scope_state, turns_state, chatbot, question, sources], queue=False, **private
+        )
+        ask_evt.success(scope_banner, scope_state, [scope_md, clear_scope_btn], queue=False, **private).then(
+            respond, chat_inputs, chat_outputs, **private
+        )
+        refresh.click(lambda: load_eval_report(eval_path), None, [eval_md, eval_imgs], queue=False, **private)
+
+        gr.api(ask, api_name="ask", concurrency_limit="default")
+
+    app.queue(default_concurrency_limit=settings.ui_concurrency, max_size=max(16, settings.ui_concurrency * 8))
+    app.rag_assistant = assistant
+    return app
+
+
+def launch(settings, assistant=None, *, prevent_thread_lock: bool = False) -> gr.Blocks:
+    """Serve the UI on settings.ui_host:ui_port (basic auth if settings.ui_auth) and print the URL."""
+    auth = parse_auth(settings.ui_auth)
+    host = settings.ui_host
+    if not is_loopback(host):
+        warn = "" if auth else " WITHOUT authentication (set RAG_UI_AUTH=user:password)"
+        print(f"warning: the UI listens on {host}, reachable from other machines{warn}", flush=True)
+    app = build_app(settings, assistant)
+    try:  # warm the embedder so the first question is not slow
+        app.rag_assistant.retriever.search("warm up", 1)
+    except Exception as exc:  # noqa: BLE001 - not fatal: the first question will report any real problem
+        log.warning("warm-up search failed: %s", exc)
+    try:
+        app.launch(
+            server_name=host,
+            server_port=settings.ui_port,
+            auth=auth,
+            auth_message="Paper RAG: sign in with the user and password from RAG_UI_AUTH." if auth else None,
+            prevent_thread_lock=True,
+            share=False,
+            quiet=True,
+            show_error=False,
+            ssr_mode=False,
+            mcp_server=False,
+            theme=app.rag_theme,
+            css=app.rag_css,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve the UI on {host}:{settings.ui_port} ({exc}): pick another port with --port or RAG_UI_PORT"
+        ) from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    print(f"Paper RAG UI running at http://{shown}:{app.server_port}" + (" (basic auth on)" if auth else ""), flush=True)
+    if not prevent_thread_lock:
+        try:
+            app.block_thread()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            app.close()
+    return app
