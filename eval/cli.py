@@ -9,9 +9,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from rag.errors import ConfigError
-
 from eval.runner import ANSWER_CHOICES
+from rag.errors import ConfigError
 
 EXAMPLES = """examples:
   rag eval --dataset eval/datasets/dev.jsonl --answer none --out /tmp/evalrun
@@ -76,12 +75,18 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
+    from eval.dataset import load_dataset
+    from eval.report import (
+        by_type_table,
+        check_gates,
+        gate_message,
+        parse_gates,
+        summary_table,
+        write_report,
+    )
+    from eval.runner import check_modes, run_eval
     from rag.index import load_papers, open_index_state
     from rag.settings import load_settings
-
-    from eval.dataset import load_dataset
-    from eval.report import by_type_table, check_gates, gate_message, parse_gates, summary_table, write_report
-    from eval.runner import check_modes, run_eval
 
     if args.dataset is None:
         raise ConfigError("give --dataset FILE (or use `rag eval compare A B`)")

@@ -10,13 +10,12 @@ import json
 import logging
 import re
 
-from rag.errors import RagError
-
 from eval.metrics import mean
+from rag.errors import RagError
 
 log = logging.getLogger(__name__)
 JUDGE_FIELDS = ("faithfulness", "answer_relevance")
-_JSON = re.compile(r"\{.*\}", re.S)
+_JSON = re.compile(r"\{.*\}", re.DOTALL)
 
 
 def parse_scores(text: str) -> dict:

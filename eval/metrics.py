@@ -96,14 +96,16 @@ _WORD = re.compile(r"\w+")
 _LEADING_MARKERS = re.compile(r"^(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*")
 
 STOPWORDS = frozenset(
-    """a about above after again against all also am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each either few for from further had has have
-    having he her here hers herself him himself his how i if in into is it its itself just let me more most my
-    myself neither no nor not now of off on once only or other our ours ourselves out over own per same she
-    should so some such than that the their theirs them themselves then there these they this those through to
-    too under until up upon us very via was we were what when where which while who whom why will with within
-    without would yet you your yours yourself yourselves paper papers propose proposes proposed present presents
-    presented show shows shown study work approach method methods use uses used using based new novel""".split()
+    (
+        "a about above after again against all also am an and any are as at be because been before being below "
+        "between both but by can could did do does doing down during each either few for from further had has have "
+        "having he her here hers herself him himself his how i if in into is it its itself just let me more most my "
+        "myself neither no nor not now of off on once only or other our ours ourselves out over own per same she "
+        "should so some such than that the their theirs them themselves then there these they this those through to "
+        "too under until up upon us very via was we were what when where which while who whom why will with within "
+        "without would yet you your yours yourself yourselves paper papers propose proposes proposed present presents "
+        "presented show shows shown study work approach method methods use uses used using based new novel"
+    ).split()
 )
 
 
@@ -214,9 +216,7 @@ def key_fact_recall(answer: str, key_facts: Sequence[str]) -> float | None:
     found = 0
     for fact in key_facts:
         norm = normalise_text(fact)
-        if norm and f" {norm} " in padded:
-            found += 1
-        elif not norm and fact.strip().casefold() in answer.casefold():
+        if (norm and f" {norm} " in padded) or (not norm and fact.strip().casefold() in answer.casefold()):
             found += 1
     return found / len(key_facts)
 

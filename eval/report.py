@@ -7,9 +7,6 @@ import math
 import re
 from pathlib import Path
 
-from rag.corpus import normalise_title
-from rag.errors import ConfigError
-
 from eval.dataset import TYPES
 from eval.metrics import (
     ABSTENTION_METRICS,
@@ -21,6 +18,8 @@ from eval.metrics import (
     RETRIEVAL_METRICS,
     TOKEN_METRICS,
 )
+from rag.corpus import normalise_title
+from rag.errors import ConfigError
 
 PLOTS = ("metrics_by_mode.png", "metrics_by_type.png", "latency.png")
 TYPE_METRICS = RETRIEVAL_METRICS + ("key_fact_recall", "citation_recall", "abstention_accuracy", "false_abstention_rate")

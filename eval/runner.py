@@ -11,11 +11,8 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-
-from rag.errors import ConfigError, RagError
-from rag.retrieve import MODES
 
 from eval.dataset import Dataset, Question
 from eval.metrics import (
@@ -28,6 +25,8 @@ from eval.metrics import (
     summarise,
     unsupported_sentence_rate,
 )
+from rag.errors import ConfigError, RagError
+from rag.retrieve import MODES
 
 log = logging.getLogger(__name__)
 ANSWER_CHOICES = ("extractive", "llm", "none")
@@ -186,7 +185,7 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
 
     rows: list[dict] = []
     started = time.perf_counter()
-    bar = tqdm(total=len(dataset.questions) * len(modes), desc="rag eval", unit="q", disable=not progress,
+    bar = tqdm(total=len(dataset.questions) * len(modes), desc="rag eval", unit="q", disable=None if progress else True,
                file=sys.stderr, dynamic_ncols=True)
     try:
         for q in dataset.questions:
@@ -280,7 +279,7 @@ def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge,
         "support_thresholds": {"lexical": 0.6, "embedding_cosine": 0.75},
         "git_commit": _git_commit(),
         "python": platform.python_version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(elapsed, 2),
     }
     return cfg

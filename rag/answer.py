@@ -83,6 +83,9 @@ def verify_citations(text: str, sources: list[Source]) -> tuple[str, list[dict],
     return clean, citations, invalid
 
 
+LIST_KEEP_RATIO = 0.7  # measured on the dev set: citation precision 0.68 -> 0.71 for recall 0.79 -> 0.76
+
+
 class Extractor:
     """Picks the abstract sentences most relevant to a question (lexical, stemmed, idf-weighted)."""
 
@@ -110,7 +113,7 @@ class Extractor:
         scored.sort(key=lambda r: r[0], reverse=True)
         return scored
 
-    def answer(self, question: str, sources: list[Source]) -> str:
+    def answer(self, question: str, sources: list[Source], keep: set[int] | None = None) -> str:
         ranked = self.rank(question, sources)
         if not ranked:
             return NOT_IN_CORPUS
@@ -118,6 +121,8 @@ class Extractor:
             best: dict[int, tuple[float, Source, str]] = {}
             for row in ranked:
                 best.setdefault(row[1].n, row)
+            if keep is not None:  # papers judged relevant enough to list; always the top one
+                best = {n: row for n, row in best.items() if n in keep or n == min(best)}
             lines = [f"- **{src.title}** — {sentence} [{src.n}]" for _, src, sentence in sorted(best.values(), key=lambda r: r[1].n)]
             return "\n".join(lines)
         picked = ranked[:3]
@@ -216,7 +221,7 @@ class Assistant:
                     yield StreamEvent("reset")
                 notice = f"{exc}. Showing an extractive answer instead (sentences quoted from the abstracts)."
         if text is None:
-            text = self.extractor.answer(question, sources)
+            text = self.extractor.answer(question, sources, self._list_keep(standalone, sources))
             yield StreamEvent("token", text)
         t_generate = (time.perf_counter() - t1) * 1000
 
@@ -264,6 +269,12 @@ class Assistant:
             used += cost
             sources.append(Source(i, hit.paper_id, hit.title, hit.snippet, hit.score, abstract))
         return sources, top_sim, hits
+
+    def _list_keep(self, query: str, sources: list[Source]) -> set[int]:
+        """Sources worth a bullet in an extractive list: their abstract covers most of what the best one covers."""
+        cov = {s.n: self.coverage(query, [Hit(s.n, s.paper_id, s.title, s.score, "")]) for s in sources}
+        top = max(cov.values(), default=0.0)
+        return {n for n, c in cov.items() if c >= LIST_KEEP_RATIO * top}
 
     def _should_abstain(self, query: str, top_sim: float | None, hits: list[Hit]) -> bool:
         """Nothing relevant enough: a low best similarity, or a middling one with the question's

@@ -13,9 +13,13 @@ from rag.errors import IndexCorruptError
 
 def _tokenizer():
     import Stemmer
+    from bm25s.stopwords import STOPWORDS_EN
     from bm25s.tokenization import Tokenizer
 
-    return Tokenizer(stopwords="en", stemmer=Stemmer.Stemmer("english").stemWord)
+    from rag.chunking import STOPWORDS
+
+    # bm25s' English list has 33 words; questions also carry filler ("how many", "which papers").
+    return Tokenizer(stopwords=sorted(set(STOPWORDS_EN) | STOPWORDS), stemmer=Stemmer.Stemmer("english").stemWord)
 
 
 class BM25Index:

@@ -81,7 +81,8 @@ STOPWORDS = frozenset(
     "a an the of in on for to and or with by from at as is are was were be been being this that these those "
     "which what who whom whose how why when where do does did can could should would may might will shall "
     "paper papers work works study studies method methods approach approaches propose proposed use using used "
-    "about any some there their them they it its into than then also between over under via not no".split()
+    "about any some there their them they it its into than then also between over under via not no "
+    "many much there such but if i me my we our you your one ones show find list give tell".split()
 )
 
 

@@ -28,7 +28,7 @@ from rag.records import Paper
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-PARSER_VERSION = 3  # bump when parsing or cleaning changes what a paper's text is
+PARSER_VERSION = 4  # bump when parsing or cleaning changes what a paper's text is
 PAPER_BATCH = 256
 
 
@@ -217,7 +217,7 @@ def ingest(
 
         chunker = Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
         todo = sum(1 for pid in hashes if pid not in stored)
-        bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=not progress or not todo)
+        bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=None if progress and todo else True)  # None: only on a terminal
         chunk_ids: list[str] = []
         chunk_texts: list[str] = []
         df: dict[str, int] = {}

@@ -200,3 +200,13 @@ def onnx_ready(model_cache) -> Path:
 
     make_embedder(load_settings(data_dir=model_cache / "unused", model_cache_dir=model_cache))
     return model_cache
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start a `chroma run` server (directly or via the `server` case of `chroma_mode`)
+    or build the real-model index are `slow`, whether or not they say so."""
+    heavy = {"chroma_server", "real_index", "real_retriever", "onnx_ready"}
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("chroma_mode") == "server" or heavy & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

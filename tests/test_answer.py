@@ -307,6 +307,21 @@ def test_cut_stream_resets_then_gives_an_extractive_answer(llm_assistant, fake_l
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reply", ["", "  \n "])
+def test_empty_llm_reply_falls_back_to_an_extractive_answer(llm_assistant, fake_llm, real_retriever, reply):
+    fake_llm.queue_reply(reply)
+    events = list(llm_assistant().ask_stream(ERASE_Q))
+    answer = events[-1].answer
+    assert answer.answer.strip(), "an empty LLM reply must not become an empty answer"
+    assert answer.mode == "extractive"
+    assert answer.notice and "empty" in answer.notice
+    assert answer.citations
+    assert_citations_valid(answer, real_retriever.papers)
+    if reply:  # whitespace was streamed: the UI must be told to discard it
+        assert "reset" in [e.kind for e in events]
+
+
+@pytest.mark.slow
 def test_request_holds_system_prompt_numbered_titled_sources_and_question(llm_assistant, fake_llm):
     fake_llm.queue_reply("**Erasing Concepts from Diffusion Models** [1].")
     answer = llm_assistant().ask(ERASE_Q)

@@ -51,6 +51,7 @@ def test_store_roundtrip(store, chroma_mode):
     assert store.count() == 0 and store.paper_ids() == set()
     chunks = [c for n in range(6) for c in _chunks(n, 1 + n % 3)]
     vectors = emb.embed([c.text for c in chunks])
+    assert store.query(vectors[0], 5) == []  # an empty collection answers, with nothing
     store.upsert(chunks, vectors)
     assert store.count() == len(chunks)
     assert store.paper_ids() == {f"paper{n:03d}" for n in range(6)}

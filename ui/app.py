@@ -236,7 +236,7 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
                     yield render.chat_messages(turns, pending), turns, gr.skip(), gr.skip(), gr.skip()
                 elif event.kind == "final" and event.answer is not None:
                     turn = event.answer.to_dict()
-        except Exception as exc:  # noqa: BLE001 - the edge: a friendly chat message, never a traceback
+        except Exception as exc:  # the edge: a friendly chat message, never a traceback
             if not isinstance(exc, RagError):
                 log.exception("answering failed")
             turn = {"question": pending["question"], "error": friendly_error(exc)}
@@ -245,7 +245,7 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
         turn["scope"] = scope
         turn["scope_title"] = scope_title
         turns.append(turn)
-        yield render.chat_messages(turns), turns, render.render_sources(turn, papers), gr.skip(), export(turns)
+        yield render.chat_messages(turns), turns, render.render_sources(turn, papers, len(turns)), gr.skip(), export(turns)
 
     def export(turns):
         if not turns:
@@ -261,7 +261,7 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
     def scope_banner(scope):
         if scope and scope in papers:
             return gr.Markdown(
-                f"🔎 **Chat scoped to one paper:** {render.md_text(papers[scope].title)} — answers use only this "
+                f"**Chat scoped to one paper:** {render.md_text(papers[scope].title)} — answers use only this "
                 "paper (retrieval mode and top-k do not apply). Use *Clear scope* or *New chat* to search the whole corpus.",
                 visible=True,
             ), gr.Button(visible=True)
@@ -271,11 +271,14 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
 
     all_sorted = render.filter_papers(papers, "")
 
+    has_dates = any(p.date for p in papers.values())
+    headers = ["Title", "Code", "Date"] if has_dates else ["Title", "Code"]
+
     def paper_rows(found):
         rows = []
         for p in found[:PAPER_ROWS]:
-            code = ", ".join(render.safe_url(u) or "" for u in p.code_urls)
-            rows.append([p.title, code, p.date or ""])
+            code = ", ".join(render.short_url(u) for u in p.code_urls if render.safe_url(u))
+            rows.append([p.title, code, p.date or ""] if has_dates else [p.title, code])
         return rows
 
     def count_text(found, query):
@@ -290,10 +293,18 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
         return paper_rows(found), ids, count_text(found, query)
 
     def select_paper(ids, evt: gr.SelectData):
-        try:
-            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
-            pid = ids[row]
-        except (TypeError, ValueError, IndexError):
+        pid = None
+        row_value = getattr(evt, "row_value", None)
+        if row_value:  # the row's cells: robust even if the user re-sorted the table
+            by_title = {papers[i].title: i for i in ids or [] if i in papers}
+            pid = by_title.get(row_value[0])
+        if pid is None:
+            try:
+                row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
+                pid = ids[row]
+            except (TypeError, ValueError, IndexError):
+                pid = None
+        if pid not in papers:
             return render.render_paper(None), None, gr.Button(interactive=False)
         return render.render_paper(papers.get(pid)), pid, gr.Button(interactive=True)
 
@@ -322,7 +333,7 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
             if not 1 <= k <= TOP_K_MAX:
                 raise ConfigError(f"top_k must be between 1 and {TOP_K_MAX}, got {top_k}")
             answer = assistant.ask(question, top_k=k, mode=mode or default_mode, extractive=bool(extractive))
-        except Exception as exc:  # noqa: BLE001 - clients get a one-line message, never a traceback
+        except Exception as exc:  # clients get a one-line message, never a traceback
             if not isinstance(exc, RagError):
                 log.exception("/ask failed")
             raise gr.Error(friendly_error(exc), print_exception=False) from None
@@ -425,13 +436,13 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
                     with gr.Column(scale=3):
                         table = gr.Dataframe(
                             value=paper_rows(all_sorted),
-                            headers=["Title", "Code", "Date"],
-                            datatype=["str", "str", "str"],
+                            headers=headers,
+                            datatype=["str"] * len(headers),
                             interactive=False,
                             wrap=True,
                             max_height=560,
                             elem_id="rag-papers",
-                            column_widths=["70%", "20%", "10%"],
+                            column_widths=["65%", "22%", "13%"] if has_dates else ["72%", "28%"],
                             latex_delimiters=[],
                         )
                     with gr.Column(scale=2):
@@ -447,8 +458,10 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
         # -------------------------------------------------------------- events
         chat_inputs = [question, turns_state, scope_state, mode, top_k, answer_mode]
         chat_outputs = [chatbot, turns_state, sources, question, download]
-        submit_evt = question.submit(respond, chat_inputs, chat_outputs, **private)
-        click_evt = send.click(respond, chat_inputs, chat_outputs, **private)
+        # every answering event shares one concurrency group: settings.ui_concurrency answers at once in total
+        answering = {"concurrency_id": "answer", "concurrency_limit": settings.ui_concurrency}
+        submit_evt = question.submit(respond, chat_inputs, chat_outputs, **answering, **private)
+        click_evt = send.click(respond, chat_inputs, chat_outputs, **answering, **private)
         stop.click(None, cancels=[submit_evt, click_evt], **private)
         new_btn.click(new_chat, None, [chatbot, turns_state, sources, scope_state, download, question], queue=False, **private).then(
             scope_banner, scope_state, [scope_md, clear_scope_btn], queue=False, **private
@@ -457,7 +470,7 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
             scope_banner, scope_state, [scope_md, clear_scope_btn], queue=False, **private
         )
 
-        search_io = dict(fn=search_papers, inputs=[paper_query, code_only], outputs=[table, ids_state, paper_count])
+        search_io = {"fn": search_papers, "inputs": [paper_query, code_only], "outputs": [table, ids_state, paper_count]}
         paper_query.submit(**search_io, concurrency_limit=None, **private)
         paper_search.click(**search_io, concurrency_limit=None, **private)
         code_only.change(**search_io, concurrency_limit=None, **private)
@@ -466,11 +479,11 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
             ask_about, selected_state, [tabs, scope_state, turns_state, chatbot, question, sources], queue=False, **private
         )
         ask_evt.success(scope_banner, scope_state, [scope_md, clear_scope_btn], queue=False, **private).then(
-            respond, chat_inputs, chat_outputs, **private
+            respond, chat_inputs, chat_outputs, **answering, **private
         )
         refresh.click(lambda: load_eval_report(eval_path), None, [eval_md, eval_imgs], queue=False, **private)
 
-        gr.api(ask, api_name="ask", concurrency_limit="default")
+        gr.api(ask, api_name="ask", **answering)
 
     app.queue(default_concurrency_limit=settings.ui_concurrency, max_size=max(16, settings.ui_concurrency * 8))
     app.rag_assistant = assistant
@@ -504,9 +517,10 @@ def launch(settings, assistant=None, *, prevent_thread_lock: bool = False) -> gr
             theme=app.rag_theme,
             css=app.rag_css,
         )
-    except OSError as exc:
+    except OSError:
         raise ConfigError(
-            f"cannot serve the UI on {host}:{settings.ui_port} ({exc}): pick another port with --port or RAG_UI_PORT"
+            f"cannot serve the UI on {host}:{settings.ui_port}: the port is in use or the address is not available "
+            "here; pick another port with --port (RAG_UI_PORT) or another address with --host (RAG_UI_HOST)"
         ) from None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown

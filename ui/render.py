@@ -41,10 +41,16 @@ def safe_url(url: str | None) -> str | None:
     if not url or not isinstance(url, str):
         return None
     url = url.strip()
-    if not re.match(r"^https?://", url, re.I):
+    if not re.match(r"^https?://", url, re.IGNORECASE):
+        if re.match(r"^[a-z][a-z0-9+.-]*:(?!\d)", url, re.IGNORECASE):  # another scheme: javascript:, data:, ...
+            return None
         url = "https://" + url
-    parsed = urlparse(url)
-    if parsed.scheme.lower() not in ("http", "https") or not parsed.netloc or any(c.isspace() for c in url):
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return None
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in url):
         return None
     return url
 
@@ -53,10 +59,10 @@ def link(url: str, label: str | None = None) -> str:
     href = safe_url(url)
     if href is None:
         return ""
-    return f'<a href="{esc(href)}" target="_blank" rel="noopener noreferrer nofollow">{esc(label or _short_url(href))}</a>'
+    return f'<a href="{esc(href)}" target="_blank" rel="noopener noreferrer nofollow">{esc(label or short_url(href))}</a>'
 
 
-def _short_url(url: str) -> str:
+def short_url(url: str) -> str:
     short = re.sub(r"^https?://(www\.)?", "", url).rstrip("/")
     return short if len(short) <= 60 else short[:59] + "…"
 
@@ -110,7 +116,8 @@ def render_turn_answer(turn: Mapping) -> str:
         titles = titles_by_n(turn)
         parts.append(render_citations(turn.get("answer", ""), titles))
         cited = turn.get("citations") or []
-        if cited:
+        answer_text = turn.get("answer", "")
+        if cited and not all(c["title"] in answer_text for c in cited):  # extractive answers name them inline
             lines = [f"<sup>[{c['n']}]</sup> {md_text(c['title'])}" for c in cited]
             parts.append("<small>**Cited papers**</small>  \n" + "  \n".join(lines))
     if turn.get("notice"):
@@ -239,7 +246,7 @@ def highlighted_snippet(abstract: str, spans: list[tuple[int, int, bool]], fallb
         start = cut + 1 if 0 <= cut < spans[0][0] else spans[0][0]
     if end < len(abstract):
         cut = abstract.rfind(" ", spans[-1][1], end)
-        end = cut if cut > spans[-1][1] else spans[-1][1]
+        end = max(spans[-1][1], cut)
     out = ["… " if start > 0 else ""]
     pos = start
     for s, e, exact in spans:
@@ -273,10 +280,17 @@ def _paper_links(paper) -> str:
     return " · ".join(out)
 
 
-def render_sources(turn: Mapping | None, papers: Mapping) -> str:
-    """The sources panel for one turn: cited papers with highlighted support, score and code links."""
+def render_sources(turn: Mapping | None, papers: Mapping, seq: int | None = None) -> str:
+    """The sources panel for one turn: cited papers with highlighted support, score and code links.
+
+    `seq` (the turn number) is written as `data-turn` so scripts can tell a new panel from the last.
+    """
     if not turn or turn.get("error"):
         return EMPTY_SOURCES
+    return _render_sources(turn, papers).replace('<div class="rag-sources', f'<div data-turn="{int(seq or 0)}" class="rag-sources', 1)
+
+
+def _render_sources(turn: Mapping, papers: Mapping) -> str:
     if turn.get("abstained"):
         items = []
         for rel in turn.get("possibly_related") or []:
@@ -363,7 +377,7 @@ def filter_papers(papers: Mapping, query: str, code_only: bool = False) -> list:
             title_hits.append(paper)
         elif all(w in title or w in paper.abstract.lower() for w in words):
             abstract_hits.append(paper)
-    key = lambda p: p.title.lower()  # noqa: E731
+    key = lambda p: p.title.lower()
     return sorted(title_hits, key=key) + sorted(abstract_hits, key=key)
 
 

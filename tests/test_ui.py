@@ -1,0 +1,418 @@
+"""The Gradio UI end to end: the /ask API over the real index, the chat in headless Chromium,
+hostile-title escaping, basic auth, and friendly errors.
+
+Browser tests use Debian's chromium (`make browser`); they are skipped when it is missing.
+For quick local iteration, UI_TEST_DATA_DIR=/path/to/a/built/.rag uses that index instead of
+building the session's real index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from rag.embeddings import HashEmbedder
+from rag.settings import REPO_ROOT, load_settings
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ERASURE_Q = "which papers erase concepts in diffusion models?"
+EVIL = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> Evil'
+ZEBRA_Q = "zebra stripe camouflage in quantum llamas"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+WAIT_MS = 90_000  # generous: two shared CPU cores
+
+
+def _serve(app) -> str:
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return f"http://127.0.0.1:{port}/"
+
+
+def _is_erasure_title(title: str) -> bool:
+    t = title.lower()
+    return ("erase" in t or "erasing" in t or "erasure" in t) and "concept" in t
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def ui_settings(request):
+    data_dir = os.environ.get("UI_TEST_DATA_DIR")
+    if data_dir:
+        return load_settings(data_dir=data_dir)
+    return request.getfixturevalue("real_index")
+
+
+@pytest.fixture(scope="module")
+def real_app(ui_settings):
+    """The UI over the real index, served on a free loopback port for this module."""
+    from ui.app import build_app
+
+    app = build_app(ui_settings)
+    url = _serve(app)
+    yield app, url
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_settings(tmp_path_factory, model_cache):
+    """A 4-paper index built with the hash embedder, one paper with a hostile title."""
+    from rag.index import ingest
+
+    root = tmp_path_factory.mktemp("ui-tiny")
+    papers = [
+        {
+            "title": EVIL,
+            "abstract": "We study zebra stripe camouflage in quantum llamas. Zebra stripe camouflage confuses "
+            "quantum llamas on the savanna. Code: https://github.com/example/zebra",
+        },
+        {"title": "Protein folding with transformers", "abstract": "Protein folding is predicted with transformers. We report accuracy on benchmarks."},
+        {"title": "Graph networks for traffic", "abstract": "Traffic forecasting uses graph neural networks. We evaluate on city data."},
+        {"title": "Speech recognition at scale", "abstract": "We train speech recognition models on many hours of audio."},
+    ]
+    corpus = root / "papers.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in papers), encoding="utf-8")
+    settings = load_settings(data_dir=root / "index", corpus=str(corpus), model_cache_dir=model_cache)
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    return settings
+
+
+def _tiny_assistant(settings, llm=None):
+    from rag.answer import Assistant
+    from rag.retrieve import Retriever
+
+    return Assistant(settings, Retriever(settings, embedder=HashEmbedder()), llm=llm)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: run `make browser`")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(WAIT_MS)
+    yield pg
+    context.close()
+
+
+def _open(page, url):
+    page.goto(url, wait_until="domcontentloaded")  # never networkidle: Gradio keeps a stream open
+    page.wait_for_selector("#rag-question textarea")
+
+
+_TIMER_JS = """() => {
+  // first = the newest assistant message shows streamed text; final = a new sources panel (data-turn)
+  const t = {start: null, first: null, final: null};
+  window.__t = t;
+  const panel = () => document.querySelector('#rag-sources [data-turn]');
+  const turn0 = panel() ? panel().dataset.turn : null;
+  const bots0 = document.querySelectorAll('#rag-chat [data-testid="bot"]').length;
+  document.querySelector('#rag-send').addEventListener('click', () => { t.start = performance.now(); }, {capture: true});
+  const check = () => {
+    if (t.start === null) return;
+    const bots = document.querySelectorAll('#rag-chat [data-testid="bot"]');
+    const last = bots.length > bots0 ? bots[bots.length - 1] : null;
+    if (t.first === null && last && /\\w/.test(last.innerText) && !last.innerText.includes('Searching the papers')) {
+      t.first = performance.now();
+    }
+    if (t.final === null && panel() && panel().dataset.turn !== turn0) t.final = performance.now();
+  };
+  new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def _ask_timed(page, question: str) -> tuple[float, float]:
+    """Type, click Send, and return (seconds to first streamed text, seconds to the final answer)."""
+    page.evaluate(_TIMER_JS)
+    page.fill("#rag-question textarea", question)
+    page.click("#rag-send")
+    page.wait_for_function("window.__t.final !== null", timeout=WAIT_MS)
+    t = page.evaluate("window.__t")
+    return (t["first"] - t["start"]) / 1000, (t["final"] - t["start"]) / 1000
+
+
+def _bot_texts(page) -> list[str]:
+    return page.locator('#rag-chat [data-testid="bot"]').all_inner_texts()
+
+
+# ------------------------------------------------------------------ 1. the /ask API
+
+
+def test_ask_api_answers_with_concept_erasure_citations(real_app):
+    from gradio_client import Client
+
+    _, url = real_app
+    client = Client(url, verbose=False)
+    result = client.predict(ERASURE_Q, api_name="/ask")
+    assert isinstance(result, dict)
+    assert result["answer"].strip()
+    assert not result["abstained"]
+    assert any(_is_erasure_title(t) for t in result["citations"]), result["citations"]
+    assert result["mode"] in ("extractive", "llm")
+    # optional parameters, by name
+    again = client.predict(ERASURE_Q, mode="bm25", top_k=3, extractive=True, api_name="/ask")
+    assert again["mode"] == "extractive" and 1 <= len(again["citations"]) <= 3
+    # only /ask is public: the UI's internal handlers stay out of the API
+    info = client.view_api(print_info=False, return_format="dict")
+    assert list(info["named_endpoints"]) == ["/ask"] and not info["unnamed_endpoints"]
+
+
+def test_ask_api_rejects_a_too_long_question_with_a_friendly_error(real_app):
+    from gradio_client import Client
+
+    _, url = real_app
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        Client(url, verbose=False).predict("why " * 700, api_name="/ask")
+    message = str(info.value)
+    assert "the limit is" in message and "Traceback" not in message
+
+
+# ------------------------------------------------------------------ 2. the chat in a browser
+
+
+@pytest.mark.browser
+def test_browser_chat_streams_cited_answer_with_sources(real_app, page):
+    app, url = real_app
+    app.rag_assistant.ask(ERASURE_Q)  # warm: timings below are for a warm process
+    _open(page, url)
+    status = page.inner_text("#rag-status")
+    assert "papers" in status and ("embedded" in status or "server" in status)
+
+    first, final = _ask_timed(page, ERASURE_Q)
+    print(f"\nUI timings (warm, {'LLM' if app.rag_assistant.llm else 'extractive'}): "
+          f"first streamed text {first:.2f}s, final answer {final:.2f}s after submit")
+
+    answer = page.locator('#rag-chat [data-testid="bot"]').last
+    cites = answer.locator("sup.rag-cite")
+    assert cites.count() >= 1
+    tooltips = [cites.nth(i).get_attribute("title") for i in range(cites.count())]
+    assert any(_is_erasure_title(t) for t in tooltips), tooltips
+    assert any(t.split("] ", 1)[1] in answer.inner_text() for t in tooltips)  # the titles are shown, not only hovered
+    panel = page.locator("#rag-sources")
+    titles = panel.locator(".rag-src-title").all_inner_texts()
+    assert titles and any(_is_erasure_title(t) for t in titles), titles
+    assert panel.locator("mark").count() >= 1  # the quoted sentence is highlighted
+    assert "score" in panel.inner_text()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "ui.png"
+    page.wait_for_timeout(1000)  # let the chat settle (autoscroll) before scrolling it back up
+    page.evaluate(  # show the question and the start of the answer rather than its end
+        "document.querySelectorAll('#rag-chat, #rag-chat *').forEach(e => {"
+        " if (e.scrollHeight > e.clientHeight + 4 && /(auto|scroll)/.test(getComputedStyle(e).overflowY)) e.scrollTop = 0; })"
+    )
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shot), full_page=False)
+    docs = REPO_ROOT / "docs" / "screenshot.png"
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1" or not docs.exists():
+        docs.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, docs)
+
+
+@pytest.mark.browser
+def test_browser_follow_up_export_and_new_chat(real_app, page):
+    _, url = real_app
+    _open(page, url)
+    _ask_timed(page, ERASURE_Q)
+    _ask_timed(page, "which of them use adversarial training?")
+    bots = _bot_texts(page)
+    assert len(bots) == 2 and bots[1].strip()
+
+    with page.expect_download() as dl:
+        page.click("#rag-export")
+    text = Path(dl.value.path()).read_text(encoding="utf-8")
+    assert text.startswith("# Paper RAG conversation")
+    assert ERASURE_Q in text and "which of them use adversarial training?" in text
+
+    page.click("#rag-new")
+    page.wait_for_function("document.querySelectorAll('#rag-chat [data-testid=\"bot\"]').length === 0")
+    assert page.locator("#rag-sources .rag-src").count() == 0
+
+
+@pytest.mark.browser
+def test_browser_llm_option_disabled_without_endpoint(real_app, page):
+    app, url = real_app
+    if app.rag_assistant.llm is not None:
+        pytest.skip("an LLM endpoint is configured")
+    _open(page, url)
+    assert "extractive (no LLM configured)" in page.inner_text("#rag-status")
+    page.get_by_text("Answer settings").click()
+    radio = page.locator("#rag-answer-mode")
+    radio.wait_for()
+    assert "no LLM endpoint configured: set RAG_LLM_BASE_URL" in radio.inner_text()
+    llm_choice = radio.locator("input[type=radio][value=llm]")
+    assert llm_choice.is_disabled()
+
+
+# ------------------------------------------------------------------ 3. hostile titles stay text
+
+
+@pytest.mark.browser
+def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
+    from ui.app import build_app
+
+    app = build_app(tiny_settings, _tiny_assistant(tiny_settings))
+    try:
+        _open(page, _serve(app))
+        _ask_timed(page, ZEBRA_Q)
+        answer = page.locator('#rag-chat [data-testid="bot"]').last
+        assert EVIL in answer.inner_text()
+        assert EVIL in page.locator("#rag-sources .rag-src-title").first.inner_text()
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+        assert page.locator("#rag-chat img[src=x], #rag-sources img[src=x]").count() == 0
+
+        # the Papers tab: table, paper view, and a chat scoped to the selected paper
+        page.get_by_role("tab", name="Papers").click()
+        cell = page.locator("#rag-papers [role=gridcell]").filter(has_text="Evil").first
+        assert EVIL in cell.inner_text()
+        cell.click()
+        page.wait_for_function("document.querySelector('#rag-paper').innerText.includes('zebra')")
+        assert EVIL in page.inner_text("#rag-paper .rag-paper-title")
+        page.click("#rag-ask-paper")
+        page.wait_for_selector("#rag-sources .rag-src")
+        page.wait_for_function("document.querySelector('#rag-scope') && document.querySelector('#rag-scope').innerText.includes('Evil')")
+        assert EVIL in page.inner_text("#rag-scope")
+        assert len(page.locator("#rag-sources .rag-src").all()) == 1  # only the scoped paper
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+    finally:
+        app.close()
+
+
+# ------------------------------------------------------------------ token streaming with an LLM
+
+
+class _SlowLLM:
+    """A stand-in LLM that streams a cited answer token by token."""
+
+    TOKENS = ("Zebra ", "stripe ", "camouflage ", "confuses ", "quantum ", "llamas ", "[1]", ".")
+
+    def stream(self, messages):
+        for token in self.TOKENS:
+            time.sleep(0.25)
+            yield token
+
+    def complete(self, messages):
+        return "zebra stripe camouflage"
+
+
+@pytest.mark.browser
+def test_browser_llm_tokens_stream_then_verified_answer(tiny_settings, page):
+    from ui.app import build_app
+
+    settings = tiny_settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "stub-model"})
+    app = build_app(settings, _tiny_assistant(settings, llm=_SlowLLM()))
+    try:
+        _open(page, _serve(app))
+        assert "stub-model" in page.inner_text("#rag-status")
+        page.evaluate(_TIMER_JS)
+        page.fill("#rag-question textarea", ZEBRA_Q)
+        page.click("#rag-send")
+        page.wait_for_function(
+            "(() => { const b = document.querySelectorAll('#rag-chat [data-testid=\"bot\"]');"
+            " return b.length && b[b.length-1].innerText.includes('Zebra stripe') && !b[b.length-1].innerText.includes('llamas'); })()"
+        )  # a partial answer is on screen
+        page.wait_for_function("window.__t.final !== null")
+        t = page.evaluate("window.__t")
+        assert t["first"] < t["final"] - 500  # tokens arrived well before the verified answer
+        final = page.locator('#rag-chat [data-testid="bot"]').last
+        assert final.locator("sup.rag-cite").first.get_attribute("title") == f"[1] {EVIL}"
+        assert "Cited papers" in final.inner_text() and EVIL in final.inner_text()
+        assert "Zebra stripe camouflage confuses quantum llamas" in final.inner_text()
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+    finally:
+        app.close()
+
+
+# ------------------------------------------------------------------ 4. basic auth
+
+
+def _http_status(url: str, data: bytes | None = None) -> int:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_auth_refuses_anonymous_and_wrong_password(tiny_settings, capsys):
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+
+    from ui.app import launch
+
+    port = free_port()
+    settings = tiny_settings.model_copy(update={"ui_port": port, "ui_auth": load_settings(ui_auth="alice:s3cret").ui_auth})
+    app = launch(settings, _tiny_assistant(settings), prevent_thread_lock=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert f"http://127.0.0.1:{port}" in capsys.readouterr().out
+        assert _http_status(url + "config") == 401
+        assert _http_status(url + "gradio_api/info") == 401
+        join = json.dumps({"data": [ZEBRA_Q], "fn_index": 0, "session_hash": "x"}).encode()
+        assert _http_status(url + "gradio_api/queue/join", join) == 401
+        with pytest.raises(AuthenticationError):
+            Client(url, verbose=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            Client(url, auth=("alice", "wrong"), verbose=False)
+        result = Client(url, auth=("alice", "s3cret"), verbose=False).predict(ZEBRA_Q, api_name="/ask")
+        assert result["citations"] == [EVIL]
+    finally:
+        app.close()
+
+
+def test_launch_binds_loopback_by_default(tiny_settings):
+    assert load_settings().ui_host == "127.0.0.1"
+    assert tiny_settings.ui_auth is None
+
+
+# ------------------------------------------------------------------ 5. friendly errors in the chat
+
+
+@pytest.mark.browser
+def test_browser_too_long_question_gets_a_friendly_message(real_app, page):
+    app, url = real_app
+    limit = app.rag_assistant.settings.max_question_chars
+    _open(page, url)
+    page.fill("#rag-question textarea", "why " * (limit // 4 + 50))
+    page.click("#rag-send")
+    page.wait_for_function(
+        "(() => { const b = document.querySelectorAll('#rag-chat [data-testid=\"bot\"]');"
+        " return b.length && b[b.length-1].innerText.includes('the limit is'); })()"
+    )
+    text = _bot_texts(page)[-1]
+    assert f"the limit is {limit:,}" in text and "shorten it" in text
+    assert "Traceback" not in page.inner_text("body")
+    assert page.input_value("#rag-question textarea").startswith("why why")  # kept, to be shortened

@@ -1,0 +1,275 @@
+"""Fast checks of the UI's rendering helpers and chat handler (no server, no browser, no model)."""
+
+from __future__ import annotations
+
+import html
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from rag.errors import QuestionError
+from rag.records import Paper
+from ui import render
+
+EVIL = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> Evil'
+ABSTRACT = (
+    "Diffusion models can generate unsafe images. We propose a fine-tuning method that erases a concept "
+    "from a diffusion model using negative guidance. Code is at https://github.com/example/erase."
+)
+
+
+def _paper(pid="p1", title="Erasing Concepts", abstract=ABSTRACT, code=("https://github.com/example/erase",)):
+    return Paper(paper_id=pid, title=title, abstract=abstract, code_urls=code)
+
+
+def _turn(answer, title="Erasing Concepts", **extra):
+    turn = {
+        "question": "which papers erase concepts?",
+        "answer": answer,
+        "mode": "extractive",
+        "abstained": False,
+        "citations": [{"n": 1, "paper_id": "p1", "title": title}],
+        "sources": [{"n": 1, "paper_id": "p1", "title": title, "snippet": ABSTRACT[:80], "score": 0.0312}],
+        "notice": "Extractive answer: sentences quoted from the abstracts.",
+        "possibly_related": [],
+    }
+    return turn | extra
+
+
+def test_md_text_escapes_html_and_markdown_links():
+    out = render.md_text(f"{EVIL} [click](javascript:alert(1)) `x`")
+    assert "<script>" not in out and "<img" not in out
+    assert "&lt;script&gt;" in out
+    assert "\\[click\\]" in out and "\\`x\\`" in out
+
+
+def test_citations_become_superscripts_with_escaped_title_tooltip():
+    out = render.render_citations("Erases concepts [1]. Also [1, 2].", {1: EVIL, 2: "Second"})
+    assert out.count('<sup class="rag-cite"') == 3
+    assert f'title="[1] {html.escape(EVIL, quote=True)}"' in out
+    assert 'title="[2] Second"' in out
+    assert "<script>" not in out and "<img" not in out
+
+
+def test_turn_answer_lists_cited_titles_and_notice():
+    out = render.render_turn_answer(_turn("Negative guidance erases concepts [1]."))
+    assert "Cited papers" in out and "Erasing Concepts" in out
+    assert "Note: Extractive answer" in out
+    # extractive answers already name each cited paper inline: no repeated list
+    out = render.render_turn_answer(_turn("- **Erasing Concepts** — We propose a fine-tuning method. [1]"))
+    assert "Cited papers" not in out and out.count("Erasing Concepts") == 2  # inline + tooltip
+
+
+def test_abstention_shows_possibly_related():
+    turn = _turn(
+        "The indexed papers do not answer this question.",
+        abstained=True,
+        citations=[],
+        possibly_related=[{"paper_id": "p1", "title": EVIL}],
+    )
+    out = render.render_turn_answer(turn)
+    assert "Not answered from the corpus" in out and "Possibly related papers" in out
+    assert "&lt;script&gt;" in out and "<script>" not in out
+    panel = render.render_sources(turn, {"p1": _paper(title=EVIL)})
+    assert "Possibly related" in panel and "<script>" not in panel and "github.com/example/erase" in panel
+
+
+def test_sources_panel_marks_the_quoted_sentence_and_escapes():
+    answer = (
+        "- **x** — We propose a fine-tuning method that erases a concept from a diffusion model using negative guidance. [1]"
+    )
+    panel = render.render_sources(_turn(answer, title=EVIL), {"p1": _paper(title=EVIL)})
+    marked = re.findall(r"<mark[^>]*>(.*?)</mark>", panel)
+    assert marked == ["We propose a fine-tuning method that erases a concept from a diffusion model using negative guidance"]
+    assert 'class="rag-mark"' in panel
+    assert "score 0.0312" in panel
+    assert 'href="https://github.com/example/erase"' in panel and 'rel="noopener noreferrer nofollow"' in panel
+    assert "<script>" not in panel and "<img" not in panel and html.escape(EVIL) in panel
+
+
+def test_paraphrased_sentence_gets_an_approximate_mark():
+    answer = "The authors propose fine-tuning that erases a concept from a diffusion model with negative guidance [1]."
+    panel = render.render_sources(_turn(answer), {"p1": _paper()})
+    assert "rag-approx" in panel
+
+
+def test_unsafe_urls_are_dropped():
+    assert render.safe_url("javascript:alert(1)") is None
+    assert render.safe_url("github.com/a/b") == "https://github.com/a/b"
+    assert "<script>" not in render.link("https://x.org/\"><script>")
+    assert render.safe_url("data:text/html,<script>") is None
+
+
+def test_paper_view_and_filter():
+    papers = {"p1": _paper(), "p2": _paper("p2", EVIL, "Zebra stripes confuse llamas.", ())}
+    assert [p.paper_id for p in render.filter_papers(papers, "zebra")] == ["p2"]
+    assert [p.paper_id for p in render.filter_papers(papers, "erasing")] == ["p1"]
+    assert [p.paper_id for p in render.filter_papers(papers, "", code_only=True)] == ["p1"]
+    view = render.render_paper(papers["p2"])
+    assert "<script>" not in view and html.escape(EVIL) in view
+
+
+def test_history_skips_errors_and_export_markdown():
+    turns = [_turn("We propose a method. [1]"), {"question": "too long", "error": "the question is too long"}]
+    assert render.history(turns) == [
+        {"role": "user", "content": "which papers erase concepts?"},
+        {"role": "assistant", "content": "We propose a method. [1]"},
+    ]
+    md = render.conversation_markdown(turns, "extractive")
+    assert md.startswith("# Paper RAG conversation")
+    assert "## 1. which papers erase concepts?" in md and "[1] Erasing Concepts" in md
+    assert "> Error: the question is too long" in md
+
+
+# ------------------------------------------------------------------ the chat handler, called directly
+
+
+class _StubRetriever:
+    def __init__(self):
+        self.papers = {"p1": _paper()}
+        self.state = SimpleNamespace(papers=1, stale=None)
+        self.store = SimpleNamespace(mode="embedded")
+
+
+class _StubAssistant:
+    """Stands in for rag.answer.Assistant; `behaviour` decides what ask_stream does."""
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.llm = None
+        self.retriever = _StubRetriever()
+        self.calls = []
+
+    def ask_stream(self, question, **kw):
+        self.calls.append((question, kw))
+        return self.behaviour(question, **kw)
+
+    def ask(self, question, **kw):
+        for event in self.ask_stream(question, **kw):
+            if event.kind == "final":
+                return event.answer
+
+
+def _handler(app, name):
+    for fn in app.fns.values():
+        if getattr(fn, "name", None) == name:
+            return fn.fn
+    raise AssertionError(f"no handler {name}")
+
+
+@pytest.fixture
+def stub_app(make_settings, tmp_path):
+    from ui.app import build_app
+
+    def make(behaviour):
+        assistant = _StubAssistant(behaviour)
+        return build_app(make_settings(max_question_chars=50), assistant, eval_dir=tmp_path / "no-report"), assistant
+
+    return make
+
+
+def test_handler_turns_unexpected_errors_into_a_friendly_message(stub_app):
+    def boom(question, **kw):
+        raise RuntimeError("secret internal detail /etc/passwd")
+        yield  # pragma: no cover
+
+    app, _ = stub_app(boom)
+    outputs = list(_handler(app, "respond")("hello there", [], None, "hybrid", 6, "extractive"))
+    chat = outputs[-1][0]
+    assert "Something went wrong" in chat[-1]["content"]
+    assert "secret internal detail" not in chat[-1]["content"] and "Traceback" not in chat[-1]["content"]
+
+
+def test_handler_too_long_question_is_a_friendly_message(stub_app):
+    def never(question, **kw):  # pragma: no cover - must not be reached
+        raise AssertionError("ask_stream called for an over-long question")
+
+    app, assistant = stub_app(never)
+    outputs = list(_handler(app, "respond")("x" * 80, [], None, "hybrid", 6, "extractive"))
+    chat, turns = outputs[-1][0], outputs[-1][1]
+    assert "the limit is 50" in chat[-1]["content"]
+    assert turns[-1]["error"] and not assistant.calls
+    with pytest.raises(QuestionError):
+        from rag.answer import check_question
+
+        check_question("x" * 80, 50)
+
+
+def test_handler_streams_then_replaces_with_verified_answer_and_passes_history(stub_app):
+    from rag.answer import StreamEvent
+    from rag.records import Answer, Source
+
+    def stream(question, **kw):
+        yield StreamEvent("token", "partial text ")
+        yield StreamEvent("reset")
+        final = Answer(
+            question=question,
+            answer="We propose a fine-tuning method that erases a concept from a diffusion model using negative guidance. [1]",
+            mode="extractive",
+            abstained=False,
+            citations=[{"n": 1, "paper_id": "p1", "title": "Erasing Concepts"}],
+            sources=[Source(1, "p1", "Erasing Concepts", ABSTRACT[:80], 0.03, ABSTRACT)],
+            notice="fallback notice",
+        )
+        yield StreamEvent("token", final.answer)
+        yield StreamEvent("final", answer=final)
+
+    app, assistant = stub_app(stream)
+    respond = _handler(app, "respond")
+    outputs = list(respond("which papers erase concepts?", [], None, "bm25", 3, "extractive"))
+    chats = [o[0] for o in outputs if isinstance(o[0], list)]
+    assert any("partial text" in c[-1]["content"] for c in chats)
+    final_chat, turns, sources = outputs[-1][0], outputs[-1][1], outputs[-1][2]
+    assert "partial text" not in final_chat[-1]["content"]
+    assert '<sup class="rag-cite" title="[1] Erasing Concepts">' in final_chat[-1]["content"]
+    assert "fallback notice" in final_chat[-1]["content"]
+    assert "<mark" in sources
+    assert assistant.calls[0][1]["mode"] == "bm25" and assistant.calls[0][1]["top_k"] == 3
+    assert assistant.calls[0][1]["extractive"] is False  # no LLM: the Assistant picks extractive itself
+
+    list(respond("and which of them release code?", turns, None, "hybrid", 6, "extractive"))
+    history = assistant.calls[1][1]["history"]
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[0]["content"] == "which papers erase concepts?"
+
+
+def test_only_ask_is_public_api(stub_app):
+    app, _ = stub_app(lambda q, **kw: iter(()))
+    public = [fn.api_name for fn in app.fns.values() if getattr(fn, "api_visibility", "public") != "private"]
+    assert public == ["ask"]
+
+
+def test_eval_tab_hint_and_report(tmp_path):
+    from ui.app import load_eval_report
+
+    md, images = load_eval_report(tmp_path / "missing")
+    assert "make eval" in md and "rag eval --dataset eval/datasets/dev.jsonl --answer extractive --out eval/reports/latest" in md
+    assert images == ""
+    report = tmp_path / "latest"
+    report.mkdir()
+    (report / "report.md").write_text("# Eval\n\n| metric | value |\n|---|---|\n| recall@10 | 0.9 |\n<script>x</script>\n")
+    (report / "recall.png").write_bytes(b"\x89PNG\r\n\x1a\n fake")
+    md, images = load_eval_report(report)
+    assert "recall@10" in md and "<script>" not in md
+    assert "data:image/png;base64," in images and "recall.png" in images
+
+
+def test_status_and_auth_parsing(make_settings):
+    from pydantic import SecretStr
+
+    from rag.errors import ConfigError
+    from ui.app import is_loopback, parse_auth, status_text
+
+    assistant = _StubAssistant(lambda q, **kw: iter(()))
+    assert "extractive (no LLM configured)" in status_text(make_settings(), assistant)
+    assert "1 papers" in status_text(make_settings(), assistant) and "embedded" in status_text(make_settings(), assistant)
+    assistant.llm = object()
+    line = status_text(make_settings(llm_base_url="http://user:pw@10.0.0.5:8000/v1", llm_model="my-model"), assistant)
+    assert "my-model" in line and "10.0.0.5:8000" in line and "pw" not in line
+    assert parse_auth(SecretStr("alice:s3:cret")) == ("alice", "s3:cret")
+    assert parse_auth(None) is None
+    with pytest.raises(ConfigError):
+        parse_auth(SecretStr("no-colon"))
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
