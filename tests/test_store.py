@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from conftest import free_port
-from rag.chunking import Chunker
 from rag.embeddings import HashEmbedder
 from rag.errors import ConfigError, StoreUnavailableError
 from rag.index import ingest, open_index_state
