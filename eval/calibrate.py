@@ -27,11 +27,12 @@ def features(dataset: Path, settings) -> list[dict]:
         if not line.strip():
             continue
         item = json.loads(line)
-        hits = retriever.search(item["question"], settings.answer_top_k, "hybrid", query_vec=retriever.embed_query(item["question"]))
+        found = retriever.retrieve(item["question"], settings.answer_top_k, "hybrid", query_vec=retriever.embed_query(item["question"]))
+        hits = found.hits
         rows.append({
             "id": item["id"],
             "answerable": item["type"] != "unanswerable",
-            "similarity": round(float(retriever.last_top_similarity or 0.0), 4),
+            "similarity": round(float(found.top_similarity or 0.0), 4),
             "coverage": round(assistant.coverage(item["question"], hits[:3]), 4),
             "question": item["question"],
         })

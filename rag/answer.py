@@ -20,7 +20,8 @@ from rag.records import Answer, Hit, Source
 
 log = logging.getLogger(__name__)
 
-_CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_CITE_ITEM = r"\d+(?:\s*[-–]\s*\d+)?"  # a number or a range such as 2-4
+_CITATION = re.compile(rf"\[({_CITE_ITEM}(?:\s*[,;]\s*{_CITE_ITEM})*)\]")
 _LIST_QUESTION = re.compile(
     r"^\s*(which|what|list|find|show|any|name|give)\b.*\b(papers?|works?|methods?|approaches|studies|articles)\b"
     r"|^\s*(papers?|works?|research|methods?|approaches)\b"
@@ -67,13 +68,18 @@ def verify_citations(text: str, sources: list[Source]) -> tuple[str, list[dict],
         nonlocal invalid
         keep = []
         for part in re.split(r"\s*[,;]\s*", match.group(1)):
-            n = int(part)
-            if n in valid:
-                keep.append(n)
-                if n not in cited:
-                    cited.append(n)
-            else:
+            lo, _, hi = re.sub(r"\s*[-–]\s*", "-", part).partition("-")
+            lo, hi = int(lo), int(hi or lo)
+            if hi < lo or hi - lo > 50:  # not a sensible range of sources
                 invalid += 1
+                continue
+            for n in range(lo, hi + 1):
+                if n in valid:
+                    keep.append(n)
+                    if n not in cited:
+                        cited.append(n)
+                else:
+                    invalid += 1
         return "[" + ", ".join(str(n) for n in keep) + "]" if keep else ""
 
     clean = _CITATION.sub(fix, text)
@@ -215,6 +221,11 @@ class Assistant:
                     streamed = True
                     yield StreamEvent("token", token)
                 text, mode_used = "".join(parts), "llm"
+                if not text.strip():  # an empty reply is no answer: fall back like a failure
+                    if streamed:
+                        yield StreamEvent("reset")
+                    text, mode_used = None, "extractive"
+                    notice = "The LLM returned an empty answer. Showing an extractive answer instead (sentences quoted from the abstracts)."
             except LLMError as exc:
                 log.warning("LLM failed: %s", exc)
                 if streamed:
@@ -256,8 +267,8 @@ class Assistant:
         else:
             k = top_k or self.settings.answer_top_k
             qv = self.retriever.embed_query(query)
-            hits = self.retriever.search(query, k, mode, query_vec=qv)
-            top_sim = self.retriever.last_top_similarity
+            found = self.retriever.retrieve(query, k, mode, query_vec=qv)
+            hits, top_sim = found.hits, found.top_similarity
         sources, used = [], 0
         fmt = self.prompts["source"]
         for i, hit in enumerate(hits, start=1):

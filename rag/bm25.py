@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from rag.errors import IndexCorruptError
+
+
+def _bm25s():
+    """Import bm25s without its import-time `setLevel(DEBUG)` overriding the application's log level."""
+    logger = logging.getLogger("bm25s")
+    level = logger.level
+    import bm25s
+
+    logger.setLevel(level)
+    return bm25s
 
 
 def _tokenizer():
@@ -32,7 +43,7 @@ class BM25Index:
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str]) -> "BM25Index":
-        import bm25s
+        bm25s = _bm25s()
 
         tok = _tokenizer()
         tokens = tok.tokenize(list(texts), update_vocab=True, return_as="tuple", show_progress=False)
@@ -50,7 +61,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, directory: Path) -> "BM25Index":
-        import bm25s
+        bm25s = _bm25s()
 
         try:
             retriever = bm25s.BM25.load(str(directory), show_progress=False, mmap=False)

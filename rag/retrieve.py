@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rag.chunking import content_terms, split_sentences
 from rag.errors import ConfigError
 from rag.records import Hit, Paper
 
@@ -85,8 +86,6 @@ class Retriever:
                 "run `rag ingest` to rebuild, or set RAG_EMBED_MODEL_PATH back"
             )
         self.embedder = embedder
-        self._chunk_text: dict[str, str] = {}
-        self.last_top_similarity: float | None = None
 
     def idf(self, term: str) -> float:
         """Inverse document frequency of a content term (see rag.chunking.content_terms)."""
@@ -95,25 +94,33 @@ class Retriever:
     def embed_query(self, text: str) -> np.ndarray:
         return self.embedder.embed([text])[0]
 
-    def dense(self, query_vec: np.ndarray, n: int) -> list[tuple[str, float]]:
+    def dense(self, query_vec: np.ndarray, n: int) -> tuple[list[tuple[str, float]], dict[str, str]]:
+        """Ranked (chunk_id, cosine similarity) pairs and the chunk bodies, from Chroma."""
         hits = self.store.query(query_vec, n)
-        for h in hits:
-            self._chunk_text[h.chunk_id] = h.body
-        return [(h.chunk_id, h.similarity) for h in hits]
+        return [(h.chunk_id, h.similarity) for h in hits], {h.chunk_id: h.body for h in hits}
 
     def search(self, query: str, top_k: int | None = None, mode: str | None = None, query_vec=None) -> list[Hit]:
         """Best `top_k` papers for `query`, one hit per paper, best first."""
+        return self.retrieve(query, top_k, mode, query_vec).hits
+
+    def retrieve(self, query: str, top_k: int | None = None, mode: str | None = None, query_vec=None) -> "Retrieval":
+        """Like `search`, plus the best dense similarity (the answerer's relevance signal).
+
+        Keeps no per-call state on the instance, so one Retriever serves concurrent requests.
+        `query_vec` (if given) also runs the dense search in bm25 mode, for that similarity.
+        """
         top_k = check_top_k(top_k or self.settings.top_k)
         mode = check_mode(mode or self.settings.mode)
         n = max(self.settings.candidates, top_k * 3)
         dense_ev: dict[str, PaperEvidence] = {}
         bm25_ev: dict[str, PaperEvidence] = {}
-        self.last_top_similarity = None
+        bodies: dict[str, str] = {}
+        top_similarity = None
         if mode in ("dense", "hybrid") or query_vec is not None:
             qv = query_vec if query_vec is not None else self.embed_query(query)
-            pairs = self.dense(qv, n)
+            pairs, bodies = self.dense(qv, n)
             dense_ev = _by_paper(pairs)
-            self.last_top_similarity = pairs[0][1] if pairs else None
+            top_similarity = pairs[0][1] if pairs else None
         if mode in ("bm25", "hybrid"):
             bm25_ev = _by_paper(self.bm25.query(query, n))
 
@@ -125,27 +132,39 @@ class Retriever:
             scored = rrf([dense_ev, bm25_ev], self.settings.rrf_k)
         ranked = sorted(scored.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
         hits = []
-        for rank, (pid, score) in enumerate(ranked, start=1):
+        for pid, score in ranked:
             paper = self.papers.get(pid)
             if paper is None:  # store and papers.jsonl disagree: skip rather than show a ghost
                 continue
-            ev = dense_ev.get(pid) or bm25_ev.get(pid)
+            ev = dense_ev.get(pid) if mode != "bm25" else None
+            body = bodies.get(ev.chunk_id) if ev else None
             hits.append(
                 Hit(
                     rank=len(hits) + 1,
                     paper_id=pid,
                     title=paper.title,
                     score=score,
-                    snippet=self._snippet(ev.chunk_id, paper),
+                    snippet=_shorten(body) if body else _best_sentence(query, paper),
                     dense_sim=dense_ev[pid].score if pid in dense_ev else None,
                 )
             )
-        return hits
+        return Retrieval(hits, top_similarity)
 
-    def _snippet(self, chunk_id: str, paper: Paper, limit: int = 300) -> str:
-        text = self._chunk_text.get(chunk_id)
-        if text is None:
-            # BM25-only hit: the chunk body is the abstract piece; chunk 0 starts the abstract.
-            text = paper.abstract
-        text = " ".join(text.split())
-        return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+@dataclass
+class Retrieval:
+    hits: list[Hit]
+    top_similarity: float | None
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _best_sentence(query: str, paper: Paper) -> str:
+    """Snippet for a lexical hit: the abstract sentence sharing most terms with the query."""
+    terms = set(content_terms(query))
+    sentences = split_sentences(paper.abstract) or [paper.abstract]
+    best = max(sentences, key=lambda s: len(terms & set(content_terms(s))))
+    return _shorten(best)

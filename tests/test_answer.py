@@ -114,14 +114,23 @@ def test_verify_citations(text, clean, cited, invalid):
     assert bad == invalid
 
 
-@pytest.mark.parametrize("marker", ["[2-9]", "[2–9]", "[5 - 8]"])
-def test_citation_ranges_are_verified_too(marker):
+@pytest.mark.parametrize(
+    "text, clean, cited, invalid",
+    [
+        ("Several papers do this [2-4].", "Several papers do this [2, 3, 4].", [2, 3, 4], 0),
+        ("Several papers do this [2–9].", "Several papers do this [2, 3, 4, 5, 6].", [2, 3, 4, 5, 6], 3),
+        ("Several papers do this [5 - 8].", "Several papers do this [5, 6].", [5, 6], 2),
+        ("Mixed [1, 3-4; 9].", "Mixed [1, 3, 4].", [1, 3, 4], 1),
+        ("Backwards [9-2].", "Backwards.", [], 1),
+        ("Absurd [1-99999999999].", "Absurd.", [], 1),
+    ],
+)
+def test_citation_ranges_are_verified_too(text, clean, cited, invalid):
     """A range is a citation as well: numbers past the sources must not survive in the text."""
-    out, citations, bad = verify_citations(f"Several papers do this {marker}.", _sources(6))
-    assert "9" not in out and "7" not in out and "8" not in out
-    assert bad > 0
-    assert {c["n"] for c in citations} <= {1, 2, 3, 4, 5, 6}
-    assert cited_numbers(out) == {c["n"] for c in citations}
+    out, citations, bad = verify_citations(text, _sources(6))
+    assert out == clean
+    assert [c["n"] for c in citations] == cited
+    assert bad == invalid
 
 
 # ---------------------------------------------------------------- questions and prompts (fast)
@@ -300,8 +309,7 @@ def test_cut_stream_resets_then_gives_an_extractive_answer(llm_assistant, fake_l
     answer = events[-1].answer
     assert answer.mode == "extractive"
     assert answer.notice and "cut" in answer.notice
-    assert "negative guid" not in answer.answer.split("[")[-1]  # the partial LLM text is not the answer
-    assert answer.answer != partial
+    assert partial not in answer.answer  # the half-streamed LLM text is not the answer
     assert answer.citations
     assert_citations_valid(answer, real_retriever.papers)
 

@@ -223,6 +223,7 @@ def test_ingest_json_report_hash_backend(tmp_path, small_corpus):
     third = run_cli("ingest", env=env)
     assert third.returncode == 0, third.stderr
     assert len(third.stdout.strip().splitlines()) == 1
+    assert third.stderr.strip() == "" and first.stderr.strip() == ""  # no library debug chatter
     assert "20 papers" in third.stdout and "embedded 0" in third.stdout
 
 

@@ -248,10 +248,13 @@ def test_eval_tab_hint_and_report(tmp_path):
     assert images == ""
     report = tmp_path / "latest"
     report.mkdir()
-    (report / "report.md").write_text("# Eval\n\n| metric | value |\n|---|---|\n| recall@10 | 0.9 |\n<script>x</script>\n")
+    (report / "report.md").write_text(
+        "# Eval\n\n| metric | value |\n|---|---|\n| recall@10 | 0.9 |\n<script>x</script>\n\n![recall](recall.png)\n"
+    )
     (report / "recall.png").write_bytes(b"\x89PNG\r\n\x1a\n fake")
     md, images = load_eval_report(report)
     assert "recall@10" in md and "<script>" not in md
+    assert "](recall.png)" not in md and "plot recall.png: shown below" in md
     assert "data:image/png;base64," in images and "recall.png" in images
 
 

@@ -15,8 +15,8 @@ import base64
 import ipaddress
 import logging
 import os
+import re
 import tempfile
-import threading
 import time
 import warnings
 from datetime import datetime
@@ -137,28 +137,14 @@ def load_eval_report(eval_dir: Path) -> tuple[str, str]:
             f"<figcaption>{render.esc(png.name)}</figcaption></figure>"
         )
     gallery = f'<div class="rag-eval-images">{"".join(images)}</div>' if images else ""
+    # Relative plot links cannot load from the page: the plots are shown below the report instead.
+    text = re.sub(
+        r"!\[([^\]]*)\]\(([\w.-]+\.png)\)",
+        lambda m: f"_(plot {m.group(2)}: shown below)_" if (eval_dir / m.group(2)).is_file() else m.group(0),
+        text,
+    )
     # The report is Markdown; raw HTML in it is shown as text.
     return header + text.replace("<", "&lt;"), gallery
-
-
-def _serialize_retrieval(assistant) -> None:
-    """Run the retrieval step of concurrent answers one at a time.
-
-    `Retriever.search` keeps per-call state on the instance (`last_top_similarity`, the snippet
-    cache) and the tokenizer is not re-entrant, so two UI workers retrieving at once could read each
-    other's top similarity. Retrieval takes milliseconds; generation (the slow part) stays parallel.
-    """
-    inner = getattr(assistant, "_sources", None)
-    if inner is None or getattr(inner, "_ui_locked", False):
-        return
-    lock = threading.Lock()
-
-    def locked(*args, **kwargs):
-        with lock:
-            return inner(*args, **kwargs)
-
-    locked._ui_locked = True
-    assistant._sources = locked
 
 
 def friendly_error(exc: BaseException) -> str:
@@ -179,7 +165,6 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
         from rag.answer import Assistant
 
         assistant = Assistant.from_settings(settings)
-    _serialize_retrieval(assistant)
     papers = assistant.retriever.papers
     llm_available = assistant.llm is not None
     default_mode = settings.mode
