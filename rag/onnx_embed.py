@@ -35,12 +35,20 @@ def _model_fingerprint(model_path: Path) -> str:
 
 
 def export_onnx(model_path: Path, out: Path) -> None:
-    """Export the transformer (token embeddings) to ONNX and verify parity with sentence-transformers."""
+    """Export the transformer (token embeddings) to ONNX, fuse it for ONNX Runtime's CPU kernels,
+    and verify parity with sentence-transformers before accepting it."""
+    import warnings
+
     import torch
+    from onnxruntime.transformers.optimizer import optimize_model
     from sentence_transformers import SentenceTransformer
+    from transformers import AutoConfig, AutoModel
 
     st = SentenceTransformer(str(model_path), device="cpu")
-    transformer = st[0].auto_model.eval()
+    # Eager attention exports as plain MatMul/Softmax, which ORT's BERT optimizer fuses into its
+    # Attention kernel (SDPA exports are not fused); the vectors stay the same.
+    model = AutoModel.from_pretrained(str(model_path), attn_implementation="eager").eval()
+    config = AutoConfig.from_pretrained(str(model_path))
     tok = st.tokenizer(["hello world"], return_tensors="pt")
 
     class Wrapper(torch.nn.Module):
@@ -52,18 +60,26 @@ def export_onnx(model_path: Path, out: Path) -> None:
             return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    raw = out.with_suffix(".raw.onnx")
     tmp = out.with_suffix(".tmp.onnx")
     dyn = {0: "batch", 1: "seq"}
-    torch.onnx.export(
-        Wrapper(transformer),
-        (tok["input_ids"], tok["attention_mask"], tok["token_type_ids"]),
-        str(tmp),
-        input_names=["input_ids", "attention_mask", "token_type_ids"],
-        output_names=["last_hidden_state"],
-        dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "token_type_ids": dyn, "last_hidden_state": dyn},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Wrapper(model),
+            (tok["input_ids"], tok["attention_mask"], tok["token_type_ids"]),
+            str(raw),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "token_type_ids": dyn, "last_hidden_state": dyn},
+            opset_version=17,
+            dynamo=False,
+        )
+        fused = optimize_model(
+            str(raw), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+        )
+        fused.save_model_to_file(str(tmp))
+    raw.unlink(missing_ok=True)
     reference = st.encode(PROBES, normalize_embeddings=True, convert_to_numpy=True)
     candidate = _OnnxRunner(tmp, model_path).embed(PROBES)
     worst = float(np.min(np.sum(reference * candidate, axis=1)))
@@ -122,7 +138,7 @@ class OnnxEmbedder:
         path = Path(model_path)
         if not path.is_dir():
             raise ConfigError(f"embedding model folder {model_path} not found: set RAG_EMBED_MODEL_PATH")
-        onnx_path = Path(cache_dir) / f"minilm-{_model_fingerprint(path)}.onnx"
+        onnx_path = Path(cache_dir) / f"minilm-{_model_fingerprint(path)}-fused.onnx"
         if not onnx_path.exists():
             export_onnx(path, onnx_path)
         self._runner = _OnnxRunner(onnx_path, path, batch_size=min(batch_size, 64))
