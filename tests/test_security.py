@@ -1,0 +1,103 @@
+"""API keys never leak: not in CLI output or logs, not in eval reports, not in the UI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+
+import pytest
+
+from conftest import free_port, run_cli
+from rag.embeddings import HashEmbedder
+from rag.index import ingest
+
+SENTINEL = "sk-SENTINEL-do-not-leak-42"
+PAPERS = [
+    {"title": "Erasing Concepts from Diffusion Models", "abstract": "We erase a visual concept from a pre-trained diffusion model using negative guidance as a teacher. The method removes artistic styles and nudity."},
+    {"title": "Sparse Autoencoders Find Interpretable Features", "abstract": "Sparse autoencoders decompose language model activations into interpretable features. We evaluate them on several models."},
+]
+
+
+@pytest.fixture
+def tiny_index(tmp_path, make_settings):
+    corpus = tmp_path / "tiny.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in PAPERS))
+    settings = make_settings(corpus=str(corpus), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    return settings
+
+
+def _env(settings, fake_llm, **extra):
+    return {"RAG_DATA_DIR": str(settings.data_dir), "RAG_EMBED_BACKEND": "hash", "RAG_CORPUS": settings.corpus,
+            "RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_API_KEY": SENTINEL, "RAG_LLM_MAX_ATTEMPTS": "2",
+            "RAG_LLM_MAX_WAIT": "2", "RAG_LLM_TIMEOUT": "2", **extra}
+
+
+def test_key_absent_from_cli_output_and_verbose_logs_on_errors(tiny_index, fake_llm):
+    fake_llm.queue_error(401, body=json.dumps({"error": {"message": f"Incorrect API key provided: {SENTINEL}"}}))
+    for status in (500, 500, 500):
+        fake_llm.queue_error(status, body=json.dumps({"error": {"message": f"boom {SENTINEL}"}}))
+    for _ in range(2):
+        r = run_cli("-v", "ask", "which papers erase concepts in diffusion models?", "--json", env=_env(tiny_index, fake_llm))
+        assert r.returncode == 0, r.stderr
+        assert SENTINEL not in r.stdout and SENTINEL not in r.stderr
+        assert json.loads(r.stdout)["mode"] == "extractive"  # fell back, with a notice
+    assert fake_llm.requests and all(req["headers"]["authorization"] == f"Bearer {SENTINEL}" for req in fake_llm.requests)
+
+
+def test_key_absent_from_settings_repr_and_logs(tiny_index, caplog):
+    from rag.settings import load_settings
+
+    settings = load_settings(llm_api_key=SENTINEL, llm_base_url="http://127.0.0.1:9/v1")
+    assert SENTINEL not in repr(settings) and SENTINEL not in str(settings.model_dump())
+    from rag.llm import OpenAIChatLLM
+
+    llm = OpenAIChatLLM.from_settings(settings)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(Exception) as exc:
+            llm.complete([{"role": "user", "content": "hi"}])
+    assert SENTINEL not in str(exc.value)
+    assert SENTINEL not in caplog.text
+
+
+def test_key_absent_from_eval_report(tiny_index, fake_llm, tmp_path):
+    dataset = tmp_path / "ds.jsonl"
+    dataset.write_text(json.dumps({"id": "q1", "type": "list", "question": "which papers erase concepts?",
+                                   "gold_titles": [PAPERS[0]["title"]], "key_facts": [], "notes": ""}) + "\n")
+    fake_llm.default_reply = f"**{PAPERS[0]['title']}** erases concepts [1]."
+    out = tmp_path / "report"
+    r = run_cli("eval", "--dataset", str(dataset), "--answer", "llm", "--modes", "hybrid", "--out", str(out),
+                env=_env(tiny_index, fake_llm))
+    assert r.returncode == 0, r.stderr
+    for path in out.iterdir():
+        if path.suffix in (".json", ".md"):
+            assert SENTINEL not in path.read_text(), path.name
+    assert SENTINEL not in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_key_absent_from_ui_page_config_and_api(tiny_index, fake_llm):
+    from gradio_client import Client
+
+    from rag.answer import Assistant
+    from rag.llm import OpenAIChatLLM
+    from rag.retrieve import Retriever
+    from ui.app import build_app
+
+    settings = tiny_index.model_copy(update={"llm_base_url": fake_llm.base_url})
+    llm = OpenAIChatLLM(fake_llm.base_url, SENTINEL, "fake-model", timeout=2, max_attempts=1, max_wait=1)
+    assistant = Assistant(settings, Retriever(settings, embedder=HashEmbedder()), llm)
+    app = build_app(settings, assistant)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        page = urllib.request.urlopen(url, timeout=10).read().decode()
+        config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
+        assert SENTINEL not in page and SENTINEL not in config
+        fake_llm.queue_error(401, body=json.dumps({"error": {"message": f"bad key {SENTINEL}"}}))
+        result = Client(url, verbose=False).predict("which papers erase concepts in diffusion models?", api_name="/ask")
+        assert SENTINEL not in json.dumps(result)
+    finally:
+        app.close()
