@@ -97,3 +97,13 @@ def content_terms(text: str) -> list[str]:
     """Stemmed content words (stopwords and question filler removed), for lexical relevance."""
     stem = _stemmer()
     return [stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]
+
+
+def matched_terms(query_terms: set[str], text_terms: set[str]) -> set[str]:
+    """Query terms present in the text, exactly or as a stem prefix of at least 4 letters
+    (the Porter stems of "erase" and "erasure" are "eras" and "erasur")."""
+    found = query_terms & text_terms
+    for q in query_terms - found:
+        if len(q) >= 4 and any(t.startswith(q) for t in text_terms):
+            found.add(q)
+    return found

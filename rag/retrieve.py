@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.chunking import content_terms, split_sentences
+from rag.chunking import content_terms, matched_terms, split_sentences
 from rag.errors import ConfigError
 from rag.records import Hit, Paper
 
@@ -166,5 +166,5 @@ def _best_sentence(query: str, paper: Paper) -> str:
     """Snippet for a lexical hit: the abstract sentence sharing most terms with the query."""
     terms = set(content_terms(query))
     sentences = split_sentences(paper.abstract) or [paper.abstract]
-    best = max(sentences, key=lambda s: len(terms & set(content_terms(s))))
+    best = max(sentences, key=lambda s: len(matched_terms(terms, set(content_terms(s)))))
     return _shorten(best)
