@@ -142,7 +142,12 @@ def cmd_search(args) -> int:
     retriever = Retriever(settings)
     if args.questions:
         for item in _read_questions(args.questions):
-            hits = retriever.search(_check_question(item["question"], settings), args.top_k, args.mode)
+            try:
+                question = _check_question(item["question"], settings)
+            except RagError as exc:  # one bad question must not stop the batch
+                print(f"warning: {args.questions}: question {item['id']!r}: {exc}: skipped", file=sys.stderr)
+                continue
+            hits = retriever.search(question, args.top_k, args.mode)
             print(json.dumps({"id": item["id"], "question": item["question"], "hits": [h.public() for h in hits]}), flush=True)
         return 0
     hits = retriever.search(_check_question(args.question, settings), args.top_k, args.mode)
@@ -272,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except RagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `rag search ... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted; run the command again to continue (ingest resumes where it stopped)", file=sys.stderr)
         return 130

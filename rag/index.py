@@ -160,9 +160,13 @@ def ingest(
     started = time.perf_counter()
     data_dir = Path(settings.data_dir)
     _ensure_writable(data_dir)
-    paths = corpus_paths or settings.corpus_paths
     report = IngestReport(chroma_mode="server" if settings.chroma_url else "embedded")
     with ingest_lock(data_dir):
+        try:
+            previous = read_manifest(data_dir)
+        except IndexCorruptError:
+            previous = None
+        paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, previous)
         files = corpus_files(paths)
         fingerprint = corpus_fingerprint(files)
         model_name = embedder.name if embedder is not None else _model_name(settings)
@@ -201,7 +205,13 @@ def ingest(
             report.rebuilt = manifest is not None or rebuild
             report.reason = report.reason or ("rebuild requested" if rebuild else "new index")
             store.drop()
-        state = {"version": MANIFEST_VERSION, "params": params, "papers": stored, "complete": False}
+        state = {
+            "version": MANIFEST_VERSION,
+            "params": params,
+            "papers": stored,
+            "complete": False,
+            "corpus_paths": [str(p.resolve()) for p in paths],
+        }
 
         hashes = scan.hashes
         removed = [pid for pid in stored if pid not in hashes]
@@ -271,6 +281,15 @@ def ingest(
     return report
 
 
+def indexed_corpus(settings, manifest: dict | None) -> list[Path]:
+    """RAG_CORPUS when set; else the corpus this index was built from; else the vendored corpus."""
+    if settings.corpus:
+        return settings.corpus_paths
+    if manifest and manifest.get("corpus_paths"):
+        return [Path(p) for p in manifest["corpus_paths"]]
+    return settings.corpus_paths
+
+
 def _model_name(settings) -> str:
     from rag.embeddings import DEFAULT_MODEL_NAME, HashEmbedder
 
@@ -311,7 +330,7 @@ def open_index_state(settings, check_stale: bool = True) -> IndexState:
     stale = None
     if check_stale:
         try:
-            files = corpus_files(settings.corpus_paths)
+            files = corpus_files(indexed_corpus(settings, manifest))
             if corpus_fingerprint(files) != manifest.get("corpus_fingerprint"):
                 stale = "the corpus changed since the last ingest: run `rag ingest` to update the index"
         except RagError:

@@ -109,7 +109,7 @@ class Retriever:
         Keeps no per-call state on the instance, so one Retriever serves concurrent requests.
         `query_vec` (if given) also runs the dense search in bm25 mode, for that similarity.
         """
-        top_k = check_top_k(top_k or self.settings.top_k)
+        top_k = check_top_k(self.settings.top_k if top_k is None else top_k)
         mode = check_mode(mode or self.settings.mode)
         n = max(self.settings.candidates, top_k * 3)
         dense_ev: dict[str, PaperEvidence] = {}

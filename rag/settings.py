@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -33,9 +34,10 @@ class Settings(BaseSettings):
 
     # corpus and index
     data_dir: Path = Field(Path(".rag"), description="Where the index, manifest and caches live.")
-    corpus: str = Field(
-        str(DEFAULT_CORPUS),
-        description="Corpus files or directories (.txt listing pages, .jsonl), separated by ':'.",
+    corpus: str | None = Field(
+        None,
+        description="Corpus files or directories (.txt listing pages, .jsonl), separated by ':'; unset = "
+        "what the index was built from, else the vendored data/corpus.",
     )
     chroma_url: str | None = Field(
         None, description="http://host:port of a Chroma server; unset = embedded Chroma in data_dir."
@@ -94,6 +96,14 @@ class Settings(BaseSettings):
     ui_auth: SecretStr | None = Field(None, description="'user:password' enables basic auth on the UI.")
     ui_concurrency: int = Field(4, ge=1, le=64, description="Answers computed at once by the UI.")
 
+    @field_validator("collection")
+    @classmethod
+    def _collection(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]", v):
+            raise ValueError("a Chroma collection name is 3-63 characters of letters, digits, '.', '_' or '-', "
+                             "starting and ending with a letter or digit")
+        return v
+
     @field_validator("chroma_url", "llm_base_url")
     @classmethod
     def _url(cls, v, info):
@@ -109,6 +119,9 @@ class Settings(BaseSettings):
 
     @property
     def corpus_paths(self) -> list[Path]:
+        """The corpus asked for (RAG_CORPUS), or the vendored one."""
+        if not self.corpus:
+            return [DEFAULT_CORPUS]
         return [Path(p) for p in self.corpus.split(os.pathsep) if p]
 
     @property
