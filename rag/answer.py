@@ -119,18 +119,20 @@ class Extractor:
         scored.sort(key=lambda r: r[0], reverse=True)
         return scored
 
-    def answer(self, question: str, sources: list[Source], keep: set[int] | None = None) -> str:
+    def answer(self, question: str, sources: list[Source], keep: set[int] | None = None) -> tuple[str, list[int]]:
+        """Markdown bullets of quoted sentences, and the source numbers they cite."""
         ranked = self.rank(question, sources)
         if not ranked:
-            return NOT_IN_CORPUS
+            return NOT_IN_CORPUS, []
         if is_list_question(question):
             best: dict[int, tuple[float, Source, str]] = {}
             for row in ranked:
                 best.setdefault(row[1].n, row)
             if keep is not None:  # papers judged relevant enough to list; always the top one
                 best = {n: row for n, row in best.items() if n in keep or n == min(best)}
-            lines = [f"- **{src.title}** — {sentence} [{src.n}]" for _, src, sentence in sorted(best.values(), key=lambda r: r[1].n)]
-            return "\n".join(lines)
+            rows = sorted(best.values(), key=lambda r: r[1].n)
+            lines = [f"- **{src.title}** — {sentence} [{src.n}]" for _, src, sentence in rows]
+            return "\n".join(lines), [src.n for _, src, _ in rows]
         picked = ranked[:3]
         by_paper: dict[int, list[str]] = {}
         for _, src, sentence in picked:
@@ -139,7 +141,7 @@ class Extractor:
         for n in sorted(by_paper, key=lambda n: min(i for i, r in enumerate(picked) if r[1].n == n)):
             src = next(s for s in sources if s.n == n)
             lines.append(f"- **{src.title}** — " + " ".join(f"{s} [{n}]" for s in by_paper[n]))
-        return "\n".join(lines)
+        return "\n".join(lines), sorted(by_paper)
 
 
 class Assistant:
@@ -200,7 +202,10 @@ class Assistant:
                 "set RAG_LLM_BASE_URL for generated answers."
             )
 
-        standalone = self._standalone(question, history, use_llm)
+        standalone, failure = self._standalone(question, history, use_llm)
+        if failure is not None and failure.transient:  # unreachable or overloaded after its retries: don't wait twice
+            use_llm = False
+            notice = f"{failure}. Showing an extractive answer instead (sentences quoted from the abstracts)."
         t0 = time.perf_counter()
         sources, top_sim, hits = self._sources(standalone, top_k, mode, paper_ids)
         t_retrieve = (time.perf_counter() - t0) * 1000
@@ -211,7 +216,7 @@ class Assistant:
             return
 
         t1 = time.perf_counter()
-        text, mode_used = None, "extractive"
+        text, mode_used, quoted_from = None, "extractive", []
         if use_llm:
             streamed = False
             try:
@@ -224,7 +229,7 @@ class Assistant:
                 if not text.strip():  # an empty reply is no answer: fall back like a failure
                     if streamed:
                         yield StreamEvent("reset")
-                    text, mode_used = None, "extractive"
+                    text, mode_used, quoted_from = None, "extractive", []
                     notice = "The LLM returned an empty answer. Showing an extractive answer instead (sentences quoted from the abstracts)."
             except LLMError as exc:
                 log.warning("LLM failed: %s", exc)
@@ -232,14 +237,19 @@ class Assistant:
                     yield StreamEvent("reset")
                 notice = f"{exc}. Showing an extractive answer instead (sentences quoted from the abstracts)."
         if text is None:
-            text = self.extractor.answer(question, sources, self._list_keep(standalone, sources))
+            text, quoted_from = self.extractor.answer(question, sources, self._list_keep(standalone, sources))
             yield StreamEvent("token", text)
         t_generate = (time.perf_counter() - t1) * 1000
 
         if _says_not_found(text):
             yield StreamEvent("final", answer=self._abstain(base, hits, mode_used, notice, t_retrieve, started, t_generate))
             return
-        clean, citations, invalid = verify_citations(text, sources)
+        if mode_used == "extractive":
+            # Cited by construction; quoted abstract text may itself contain "[12]", which is not a citation.
+            clean, invalid = text, 0
+            citations = [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in sources if s.n in quoted_from]
+        else:
+            clean, citations, invalid = verify_citations(text, sources)
         if invalid:
             log.warning("removed %d citation(s) that name no source", invalid)
         answer = Answer(
@@ -321,11 +331,15 @@ class Assistant:
         user = self.prompts["answer"].render(question=question, sources=blocks, not_found_phrase=NOT_IN_CORPUS)
         return [{"role": "system", "content": system}, *history, {"role": "user", "content": user}]
 
-    def _standalone(self, question: str, history: list[dict], use_llm: bool) -> str:
-        """Rewrite a follow-up into a standalone question (LLM if available, else a rule)."""
+    def _standalone(self, question: str, history: list[dict], use_llm: bool) -> tuple[str, LLMError | None]:
+        """Rewrite a follow-up into a standalone question (LLM if available, else a rule).
+
+        Returns the question and, if the LLM failed, its error (so the answer does not wait on it twice).
+        """
         previous = [m["content"] for m in history if m.get("role") == "user"]
         if not previous:
-            return question
+            return question, None
+        failure = None
         if use_llm:
             convo = "\n".join(f"{m['role']}: {m['content']}" for m in history)
             try:
@@ -333,10 +347,15 @@ class Assistant:
                     [{"role": "user", "content": self.prompts["rewrite"].render(history=convo, question=question)}]
                 ).strip()
                 if rewritten:
-                    return " ".join(rewritten.split())[: self.settings.max_question_chars]
+                    return " ".join(rewritten.split())[: self.settings.max_question_chars], None
             except LLMError as exc:
                 log.warning("follow-up rewrite failed, using the rule: %s", exc)
-        return rewrite_follow_up(question, previous[-1])
+                failure = exc
+        # The rule along the whole conversation, so a third-turn follow-up keeps the first topic.
+        topic = previous[0]
+        for earlier in previous[1:]:
+            topic = rewrite_follow_up(earlier, topic)
+        return rewrite_follow_up(question, topic)[: self.settings.max_question_chars], failure
 
     def _trim_history(self, history: list[dict]) -> list[dict]:
         """Keep the most recent messages that fit in `history_tokens`."""

@@ -170,6 +170,8 @@ def cmd_ask(args) -> int:
     settings = _settings(args)
     if args.question is None and not args.questions:
         raise ConfigError("give a QUESTION or --questions FILE")
+    if args.question is not None:
+        _check_question(args.question, settings)  # fail fast, before loading the index and model
     assistant = Assistant.from_settings(settings)
     kw = {"top_k": args.top_k, "mode": args.mode, "extractive": args.extractive}
     if args.questions:

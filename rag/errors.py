@@ -43,6 +43,9 @@ class StoreUnavailableError(RagError):
 class LLMError(RagError):
     """The LLM endpoint failed after all retries, or is misconfigured."""
 
+    #: True when the endpoint was unreachable, overloaded or too slow (worth not calling again now).
+    transient = False
+
 
 class PromptError(RagError):
     """A prompt file is missing or lacks a placeholder."""

@@ -135,6 +135,11 @@ class OpenAIChatLLM:
         return text.replace(self._key, "***") if self._key else text
 
     def _fail(self, exc: BaseException) -> LLMError:
+        error = self._error(exc)
+        error.transient = is_transient(exc)
+        return error
+
+    def _error(self, exc: BaseException) -> LLMError:
         if isinstance(exc, openai.AuthenticationError):
             return LLMError(f"the LLM endpoint {self.base_url} rejected the API key: check RAG_LLM_API_KEY")
         if isinstance(exc, openai.NotFoundError):

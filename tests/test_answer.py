@@ -563,3 +563,47 @@ def test_long_history_is_trimmed_to_the_token_budget(llm_assistant, fake_llm, re
     for req in sent:
         body = json.dumps(req["messages"])
         assert "MSG-0" not in body and "MSG-1 " not in body
+
+
+@pytest.mark.slow
+def test_third_turn_follow_up_keeps_the_first_topic(extractive):
+    history = [
+        {"role": "user", "content": ERASE_Q},
+        {"role": "assistant", "content": "several papers"},
+        {"role": "user", "content": ADV_FOLLOW_UP},
+        {"role": "assistant", "content": "one paper"},
+    ]
+    answer = extractive.ask("and which of those are scalable?", history=history)
+    assert "erase concepts in diffusion models" in answer.standalone_question
+    assert answer.citations and not answer.abstained
+
+
+@pytest.mark.slow
+def test_unreachable_llm_in_the_rewrite_is_not_waited_on_again(real_index, real_retriever):
+    import socket
+    import time
+
+    from rag.llm import OpenAIChatLLM
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    calls = []
+
+    class Counting(OpenAIChatLLM):
+        def complete(self, messages):
+            calls.append("complete")
+            return super().complete(messages)
+
+        def stream(self, messages):
+            calls.append("stream")
+            return super().stream(messages)
+
+    llm = Counting(dead, "sk-test", "m", timeout=1, max_attempts=2, max_wait=1)
+    assistant = Assistant(real_index, retriever=real_retriever, llm=llm)
+    history = [{"role": "user", "content": ERASE_Q}, {"role": "assistant", "content": "papers"}]
+    t = time.perf_counter()
+    answer = assistant.ask(ADV_FOLLOW_UP, history=history)
+    assert calls == ["complete"]  # the answer did not try the dead endpoint a second time
+    assert answer.mode == "extractive" and "cannot connect" in answer.notice
+    assert time.perf_counter() - t < 10
