@@ -44,6 +44,9 @@ def export_onnx(model_path: Path, out: Path) -> None:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoConfig, AutoModel
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the "Loading weights" bars are noise in `rag ingest`
     st = SentenceTransformer(str(model_path), device="cpu")
     # Eager attention exports as plain MatMul/Softmax, which ORT's BERT optimizer fuses into its
     # Attention kernel (SDPA exports are not fused); the vectors stay the same.
