@@ -33,7 +33,7 @@ def features(dataset: Path, settings) -> list[dict]:
             "id": item["id"],
             "answerable": item["type"] != "unanswerable",
             "similarity": round(float(found.top_similarity or 0.0), 4),
-            "coverage": round(assistant.coverage(item["question"], hits[:3]), 4),
+            "coverage": round(assistant.coverage(item["question"], [h.paper_id for h in hits[:3]]), 4),
             "question": item["question"],
         })
     return rows

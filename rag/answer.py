@@ -293,7 +293,7 @@ class Assistant:
 
     def _list_keep(self, query: str, sources: list[Source]) -> set[int]:
         """Sources worth a bullet in an extractive list: their abstract covers most of what the best one covers."""
-        cov = {s.n: self.coverage(query, [Hit(s.n, s.paper_id, s.title, s.score, "")]) for s in sources}
+        cov = {s.n: self.coverage(query, [s.paper_id]) for s in sources}
         top = max(cov.values(), default=0.0)
         return {n for n, c in cov.items() if c >= LIST_KEEP_RATIO * top}
 
@@ -308,18 +308,18 @@ class Assistant:
             return True
         if top_sim >= self.settings.abstain_sim:
             return False
-        return self.coverage(query, hits[:3]) < self.settings.abstain_coverage
+        return self.coverage(query, [h.paper_id for h in hits[:3]]) < self.settings.abstain_coverage
 
-    def coverage(self, query: str, hits: list[Hit]) -> float:
-        """Share of the question's idf-weighted content terms found in the best of `hits`."""
+    def coverage(self, query: str, paper_ids: list[str]) -> float:
+        """Share of the question's idf-weighted content terms found in the best of these papers."""
         terms = set(content_terms(query))
         if not terms:
             return 1.0
         idf = self.retriever.idf
         total = sum(idf(t) for t in terms)
         best = 0.0
-        for hit in hits:
-            paper = self.retriever.papers[hit.paper_id]
+        for pid in paper_ids:
+            paper = self.retriever.papers[pid]
             present = matched_terms(terms, set(content_terms(paper.title + " " + paper.abstract)))
             best = max(best, sum(idf(t) for t in present) / total)
         return best

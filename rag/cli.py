@@ -192,18 +192,7 @@ def cmd_ask(args) -> int:
 
 def _print_answer(answer) -> None:
     print(answer.answer)
-    if answer.sources and not answer.abstained:
-        print("\nSources:")
-        cited = {c["n"] for c in answer.citations}
-        for s in answer.sources:
-            if s.n in cited:
-                print(f"  [{s.n}] {s.title}")
-    if answer.possibly_related:
-        print("\nPossibly related:")
-        for p in answer.possibly_related:
-            print(f"  - {p['title']}")
-    if answer.notice:
-        print(f"\n({answer.notice})")
+    _print_answer_footer(answer)
 
 
 def cmd_chat(args) -> int:
@@ -238,10 +227,12 @@ def cmd_chat(args) -> int:
 
 
 def _print_answer_footer(answer) -> None:
-    cited = {c["n"] for c in answer.citations}
-    for s in answer.sources:
-        if s.n in cited:
-            print(f"  [{s.n}] {s.title}")
+    """Cited titles, "possibly related" papers on abstention, and the notice."""
+    cited = [s for s in answer.sources if s.n in {c["n"] for c in answer.citations}]
+    if cited:
+        print("\nSources:")
+    for s in cited:
+        print(f"  [{s.n}] {s.title}")
     for p in answer.possibly_related:
         print(f"  possibly related: {p['title']}")
     if answer.notice:

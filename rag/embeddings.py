@@ -74,12 +74,19 @@ class HashEmbedder:
         return out
 
 
+def embedder_name(settings) -> str:
+    """The name the index records for the configured model (backends with the same vectors share it)."""
+    if settings.embed_backend == "hash":
+        return HashEmbedder().name
+    return str(settings.embed_model_path) if settings.embed_model_path else DEFAULT_MODEL_NAME
+
+
 def make_embedder(settings) -> Embedder:
     """The embedder the settings ask for."""
     if settings.embed_backend == "hash":
         return HashEmbedder()
     path = settings.model_path()
-    name = DEFAULT_MODEL_NAME if not settings.embed_model_path else str(settings.embed_model_path)
+    name = embedder_name(settings)
     if settings.embed_backend == "onnx":
         from rag.onnx_embed import OnnxEmbedder
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rag.chunking import Chunker, content_terms
 from rag.corpus import corpus_files, corpus_fingerprint, iter_unique, scan_corpus
-from rag.embeddings import EmbeddingCache, embed_with_cache, make_embedder
+from rag.embeddings import EmbeddingCache, embed_with_cache, embedder_name, make_embedder
 from rag.errors import ConfigError, IndexCorruptError, IndexLockedError, IndexMissingError, RagError
 from rag.records import Paper
 
@@ -169,7 +169,7 @@ def ingest(
         paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, previous)
         files = corpus_files(paths)
         fingerprint = corpus_fingerprint(files)
-        model_name = embedder.name if embedder is not None else _model_name(settings)
+        model_name = embedder.name if embedder is not None else embedder_name(settings)
         params = index_params(settings, model_name)
         try:
             manifest = read_manifest(data_dir)
@@ -288,14 +288,6 @@ def indexed_corpus(settings, manifest: dict | None) -> list[Path]:
     if manifest and manifest.get("corpus_paths"):
         return [Path(p) for p in manifest["corpus_paths"]]
     return settings.corpus_paths
-
-
-def _model_name(settings) -> str:
-    from rag.embeddings import DEFAULT_MODEL_NAME, HashEmbedder
-
-    if settings.embed_backend == "hash":
-        return HashEmbedder().name
-    return DEFAULT_MODEL_NAME if not settings.embed_model_path else str(settings.embed_model_path)
 
 
 @dataclass

@@ -135,7 +135,6 @@ class ChromaStore:
             offset += step
 
     def query(self, vector: np.ndarray, n: int) -> list[DenseHit]:
-        n = max(1, min(n, self.count() or 1))
         res = self._call(
             self._col.query,
             query_embeddings=[np.asarray(vector, dtype=np.float32)],

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 from rag.prompts import NOT_IN_CORPUS
 
 ERASE_Q = "which papers erase concepts in diffusion models?"
@@ -15,9 +14,7 @@ CONTRACT = {"question", "answer", "mode", "abstained", "citations", "sources", "
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # nothing listens there once the probe socket is closed
 
 
 @pytest.fixture(scope="module")
