@@ -1,7 +1,7 @@
-"""Paper RAG: question answering over ML paper abstracts, with cited paper titles."""
+"""Paper RAG: question answering over ML paper abstracts, with cited paper titles.
 
-from rag import _env
+Importing the package has no side effects; entry points (CLI, UI, eval, MCP) configure the process
+with `rag.env.configure_process()`.
+"""
 
-_env.configure()
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"

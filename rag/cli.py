@@ -7,9 +7,11 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from rag.errors import ConfigError, RagError
+from rag.text import terminal_safe
 
 log = logging.getLogger("rag")
 
@@ -67,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port (default 7860)")
     s.add_argument("--auth", help="'user:password' for basic auth (env RAG_UI_AUTH)")
 
+    sub.add_parser("mcp", help="serve the index as MCP tools over stdio (search_papers, ask, get_paper)")
     sub.add_parser("bench", help="run the benchmarks (ingest, latency, embedding, scale); see `rag bench --help`")
 
-    from eval.cli import add_eval_parser
+    from rag.eval.cli import add_eval_parser
 
     add_eval_parser(sub)
     return p
@@ -103,16 +106,16 @@ def _read_questions(path: Path) -> list[dict]:
 
 
 def cmd_ingest(args) -> int:
-    from rag.index import ingest
+    from rag.ingest import ingest
 
     settings = _settings(args)
     paths = (args.corpus or []) + (args.jsonl or [])
     report = ingest(settings, paths or None, strict=args.strict, rebuild=args.rebuild, progress=not args.json)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(_json(report.to_dict()))
     else:
         for issue in report.issues[:20]:
-            print(f"warning: {issue}", file=sys.stderr)
+            print(f"warning: {terminal_safe(issue)}", file=sys.stderr)
         print(
             f"{report.papers} papers ({report.entries} entries, {report.duplicates} duplicates), "
             f"{report.chunks} chunks; added {report.added}, changed {report.changed}, "
@@ -128,9 +131,10 @@ def _print_table(hits) -> None:
         return
     width = min(max(len(h.title) for h in hits), 90)
     for h in hits:
-        title = h.title if len(h.title) <= width else h.title[: width - 1] + "…"
+        title = terminal_safe(h.title)
+        title = title if len(title) <= width else title[: width - 1] + "…"
         print(f"{h.rank:>3}  {h.score:8.4f}  {title}")
-        print(f"     {h.snippet[:160]}")
+        print(f"     {terminal_safe(h.snippet)[:160]}")
 
 
 def cmd_search(args) -> int:
@@ -139,7 +143,7 @@ def cmd_search(args) -> int:
     settings = _settings(args)
     if args.question is None and not args.questions:
         raise ConfigError("give a QUESTION or --questions FILE")
-    retriever = Retriever(settings)
+    retriever = Retriever.from_settings(settings)
     if args.questions:
         for item in _read_questions(args.questions):
             try:
@@ -148,11 +152,11 @@ def cmd_search(args) -> int:
                 print(f"warning: {args.questions}: question {item['id']!r}: {exc}: skipped", file=sys.stderr)
                 continue
             hits = retriever.search(question, args.top_k, args.mode)
-            print(json.dumps({"id": item["id"], "question": item["question"], "hits": [h.public() for h in hits]}), flush=True)
+            print(_json({"id": item["id"], "question": item["question"], "hits": [h.public() for h in hits]}), flush=True)
         return 0
     hits = retriever.search(_check_question(args.question, settings), args.top_k, args.mode)
     if args.json:
-        print(json.dumps([h.public() for h in hits]))
+        print(_json([h.public() for h in hits]))
     else:
         _print_table(hits)
     return 0
@@ -162,6 +166,11 @@ def _check_question(question: str, settings) -> str:
     from rag.answer import check_question
 
     return check_question(question, settings.max_question_chars)
+
+
+def _json(obj) -> str:
+    """JSON for stdout: non-ASCII escaped, so control and bidi characters in corpus text cannot act on a terminal."""
+    return json.dumps(obj, ensure_ascii=True)
 
 
 def cmd_ask(args) -> int:
@@ -180,18 +189,18 @@ def cmd_ask(args) -> int:
                 record = assistant.ask(item["question"], **kw).to_dict()
             except RagError as exc:  # one bad question must not stop the batch
                 record = {"question": item["question"], "error": str(exc)}
-            print(json.dumps({"id": item["id"], **record}), flush=True)
+            print(_json({"id": item["id"], **record}), flush=True)
         return 0
     answer = assistant.ask(args.question, **kw)
     if args.json:
-        print(json.dumps(answer.to_dict()))
+        print(_json(answer.to_dict()))
     else:
         _print_answer(answer)
     return 0
 
 
 def _print_answer(answer) -> None:
-    print(answer.answer)
+    print(terminal_safe(answer.answer))
     _print_answer_footer(answer)
 
 
@@ -202,7 +211,7 @@ def cmd_chat(args) -> int:
     assistant = Assistant.from_settings(settings)
     history: list[dict] = []
     mode = "extractive" if args.extractive or not settings.llm_configured else f"LLM {settings.llm_model}"
-    print(f"Paper RAG chat ({assistant.retriever.state.papers} papers, {mode}). Empty line or Ctrl-D to quit.")
+    print(f"Paper RAG chat ({assistant.index_info()['papers']} papers, {mode}). Empty line or Ctrl-D to quit.")
     while True:
         try:
             question = input("\n> ").strip()
@@ -215,7 +224,7 @@ def cmd_chat(args) -> int:
             answer = None
             for event in assistant.ask_stream(question, history=history, top_k=args.top_k, mode=args.mode, extractive=args.extractive):
                 if event.kind == "token":
-                    print(event.text, end="", flush=True)
+                    print(terminal_safe(event.text), end="", flush=True)
                 elif event.kind == "final":
                     answer = event.answer
             print()
@@ -232,38 +241,70 @@ def _print_answer_footer(answer) -> None:
     if cited:
         print("\nSources:")
     for s in cited:
-        print(f"  [{s.n}] {s.title}")
+        print(f"  [{s.n}] {terminal_safe(s.title)}")
     for p in answer.possibly_related:
-        print(f"  possibly related: {p['title']}")
+        print(f"  possibly related: {terminal_safe(p['title'])}")
     if answer.notice:
-        print(f"  ({answer.notice})")
+        print(f"  ({terminal_safe(answer.notice)})")
 
 
 def cmd_ui(args) -> int:
-    from ui.app import launch
+    from rag.ui.app import launch
 
     settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth=args.auth)
     launch(settings)
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui}
+def cmd_mcp(args) -> int:
+    from rag.mcp_server import serve
+
+    serve(_settings(args))
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui, "mcp": cmd_mcp}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from rag.env import configure_process
+
+    configure_process()
     if argv[:1] == ["bench"]:  # its own argparse, so its flags pass through untouched
-        from eval.bench import main as bench_main
+        from rag.eval.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "chromadb", "sentence_transformers", "bm25s", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    with _logging(args.verbose):
+        return _run(args)
+
+
+_NOISY = ("httpx", "chromadb", "sentence_transformers", "transformers", "bm25s", "urllib3", "mcp")
+
+
+@contextmanager
+def _logging(verbose: bool):
+    """Log records to stderr as "LEVEL: message" for this command (removed again after it: main()
+    can run several times in one process, e.g. in tests)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    saved = (root.level, {name: logging.getLogger(name).level for name in _NOISY})
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        for name, level in saved[1].items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _run(args) -> int:
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:
         return handler(args) or 0
@@ -277,10 +318,19 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run the command again to continue (ingest resumes where it stopped)", file=sys.stderr)
         return 130
     except Exception as exc:  # the edge: never a traceback for the user
-        if os.environ.get("RAG_DEBUG"):
+        if _debug():
             raise
         print(f"error: unexpected {exc.__class__.__name__}: {exc} (set RAG_DEBUG=1 for a traceback)", file=sys.stderr)
         return 1
+
+
+def _debug() -> bool:
+    try:
+        from rag.settings import load_settings
+
+        return load_settings().debug
+    except RagError:
+        return False
 
 
 if __name__ == "__main__":

@@ -1,72 +1,32 @@
-"""Build and open the index: Chroma chunks + BM25 + the paper records + a manifest.
+"""The index on disk and its read side.
 
-Ingest is incremental and resumable. The manifest lists, per paper, the content hash that is
-fully written to the store; it is rewritten after every batch, so an ingest stopped by Ctrl-C or
-`kill -9` continues where it stopped. Vectors are cached by content hash, so unchanged text is
-never embedded twice, and an unchanged corpus does not even load the model.
+An index in `DATA_DIR` is: `manifest.json` (what was built, from which corpus, with which model),
+`papers.jsonl` (the paper records), `term_df.json` (document frequencies of content terms), the
+lexical index (`bm25/`) and the Chroma collection (embedded under `chroma/`, or on a server).
+`rag.ingest` writes it; `Index.open` reads it, and everything else (retriever, answerer, UI, eval,
+MCP) goes through `Index` methods.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
+import math
 import os
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-
-from rag.chunking import Chunker, content_terms
-from rag.corpus import corpus_files, corpus_fingerprint, iter_unique, scan_corpus
-from rag.embeddings import EmbeddingCache, embed_with_cache, embedder_name, make_embedder
-from rag.errors import ConfigError, IndexCorruptError, IndexLockedError, IndexMissingError, RagError
+from rag.errors import ConfigError, IndexCorruptError, IndexMissingError, RagError
 from rag.records import Paper
+from rag.text import content_terms
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-PARSER_VERSION = 4  # bump when parsing or cleaning changes what a paper's text is
-PAPER_BATCH = 256
 
 
-@dataclass
-class IngestReport:
-    papers: int = 0
-    chunks: int = 0
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    embedded: int = 0
-    rebuilt: bool = False
-    reason: str = ""
-    seconds: float = 0.0
-    entries: int = 0
-    duplicates: int = 0
-    issues: list[str] = field(default_factory=list)
-    chroma_mode: str = "embedded"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def index_params(settings, model_name: str) -> dict:
-    """What the stored vectors depend on: a change here forces a rebuild."""
-    return {
-        "embedding_model": model_name,
-        "parser_version": PARSER_VERSION,
-        "chunk_size": settings.chunk_size,
-        "chunk_overlap": settings.chunk_overlap,
-        "tokenizer": settings.tokenizer,
-        "collection": settings.collection,
-        "chroma_url": settings.chroma_url,
-    }
-
-
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old or the new file, never a partial one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
         fh.write(text)
@@ -76,6 +36,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def read_manifest(data_dir: Path) -> dict | None:
+    """The manifest, None when there is none, IndexCorruptError when it is unreadable."""
     path = Path(data_dir) / MANIFEST
     if not path.exists():
         return None
@@ -85,204 +46,11 @@ def read_manifest(data_dir: Path) -> dict | None:
             raise ValueError("unknown manifest version")
         return manifest
     except (OSError, ValueError) as exc:
-        raise IndexCorruptError(
-            f"index manifest {path} is unreadable ({exc}): run `rag ingest --rebuild`"
-        ) from None
-
-
-def _ensure_writable(data_dir: Path) -> None:
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise ConfigError(f"no space left on the device holding {data_dir}: free some space or set RAG_DATA_DIR") from None
-        raise ConfigError(
-            f"data dir {data_dir} is not writable ({exc.strerror}): fix its permissions or set RAG_DATA_DIR"
-        ) from None
-
-
-@contextmanager
-def ingest_lock(data_dir: Path):
-    """One writer at a time; the OS releases the lock if the process dies."""
-    path = data_dir / "ingest.lock"
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise IndexLockedError(
-            f"the index in {data_dir} is being written by {holder}: wait for that `rag ingest` to finish"
-        ) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"pid {os.getpid()}")
-    fh.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-
-
-def load_term_df(data_dir: Path) -> tuple[int, dict[str, int]]:
-    path = Path(data_dir) / "term_df.json"
-    try:
-        data = json.loads(path.read_text())
-        return int(data["n"]), data["df"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise IndexCorruptError(f"{path} is unreadable ({exc.__class__.__name__}): run `rag ingest --rebuild`") from None
-
-
-def ingest(
-    settings,
-    corpus_paths: list[Path] | None = None,
-    strict: bool = False,
-    rebuild: bool = False,
-    embedder=None,
-    store=None,
-    progress: bool = True,
-) -> IngestReport:
-    """Bring the index in `settings.data_dir` up to date with the corpus.
-
-    Two streaming passes: the first hashes every paper (no texts kept), the second embeds and
-    writes the new or changed ones in batches, committing the manifest after each batch.
-    """
-    from tqdm import tqdm
-
-    from rag.bm25 import BM25Index
-    from rag.store import ChromaStore
-
-    started = time.perf_counter()
-    data_dir = Path(settings.data_dir)
-    _ensure_writable(data_dir)
-    report = IngestReport(chroma_mode="server" if settings.chroma_url else "embedded")
-    with ingest_lock(data_dir):
-        try:
-            previous = read_manifest(data_dir)
-        except IndexCorruptError:
-            previous = None
-        paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, previous)
-        files = corpus_files(paths)
-        fingerprint = corpus_fingerprint(files)
-        model_name = embedder.name if embedder is not None else embedder_name(settings)
-        params = index_params(settings, model_name)
-        try:
-            manifest = read_manifest(data_dir)
-        except IndexCorruptError as exc:
-            log.warning("%s; rebuilding", exc)
-            manifest, rebuild = None, True
-        if manifest and manifest.get("params") != params:
-            rebuild, report.reason = True, "embedding model or chunking changed"
-        if manifest and not rebuild and manifest.get("complete") and manifest.get("corpus_fingerprint") == fingerprint:
-            counts = manifest.get("counts", {})
-            report.papers = report.unchanged = counts.get("papers", 0)
-            report.chunks = counts.get("chunks", 0)
-            report.reason = "corpus unchanged"
-            report.seconds = time.perf_counter() - started
-            return report
-
-        scan = scan_corpus(files, strict=strict)
-        report.entries, report.duplicates = scan.entries, scan.duplicates
-        report.issues = [str(i) for i in scan.issues]
-        store = store or ChromaStore(data_dir, settings.chroma_url, settings.collection)
-        cache = EmbeddingCache(data_dir / "embed_cache.sqlite")
-        live = {"model": embedder}
-
-        def get_embedder():
-            if live["model"] is None:
-                live["model"] = make_embedder(settings)
-            return live["model"]
-
-        stored: dict[str, str] = {}
-        if manifest and not rebuild:
-            stored = dict(manifest.get("papers", {}))
-        else:
-            report.rebuilt = manifest is not None or rebuild
-            report.reason = report.reason or ("rebuild requested" if rebuild else "new index")
-            store.drop()
-        state = {
-            "version": MANIFEST_VERSION,
-            "params": params,
-            "papers": stored,
-            "complete": False,
-            "corpus_paths": [str(p.resolve()) for p in paths],
-        }
-
-        hashes = scan.hashes
-        removed = [pid for pid in stored if pid not in hashes]
-        changed = [pid for pid, h in hashes.items() if pid in stored and stored[pid] != h]
-        report.added = sum(1 for pid in hashes if pid not in stored)
-        report.changed, report.removed = len(changed), len(removed)
-        report.unchanged = len(hashes) - report.added - report.changed
-        if removed or changed:
-            store.delete_papers(removed + changed)
-            for pid in removed + changed:
-                stored.pop(pid, None)
-        _atomic_write(data_dir / MANIFEST, json.dumps(state))
-
-        chunker = Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
-        todo = sum(1 for pid in hashes if pid not in stored)
-        bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=None if progress and todo else True)  # None: only on a terminal
-        chunk_ids: list[str] = []
-        chunk_texts: list[str] = []
-        df: dict[str, int] = {}
-        batch: list = []
-
-        def flush() -> None:
-            chunks = chunker.chunk_all(batch)
-            vectors, n = embed_with_cache(None, cache, [c.text for c in chunks], model_name, get_embedder)
-            report.embedded += n
-            store.delete_papers([p.paper_id for p in batch])  # partial leftovers of a killed run
-            store.upsert(chunks, vectors)
-            for p in batch:
-                stored[p.paper_id] = hashes[p.paper_id]
-            _atomic_write(data_dir / MANIFEST, json.dumps(state))
-            bar.update(len(batch))
-            batch.clear()
-
-        papers_tmp = data_dir / "papers.jsonl.tmp"
-        with open(papers_tmp, "w") as papers_out:
-            for paper in iter_unique(scan):
-                papers_out.write(json.dumps(paper.to_dict()) + "\n")
-                for chunk in chunker.chunk(paper):
-                    chunk_ids.append(chunk.chunk_id)
-                    chunk_texts.append(chunk.text)
-                for term in set(content_terms(paper.title + " " + paper.abstract)):
-                    df[term] = df.get(term, 0) + 1
-                if paper.paper_id not in stored:
-                    batch.append(paper)
-                    if len(batch) >= PAPER_BATCH:
-                        flush()
-            if batch:
-                flush()
-        bar.close()
-        cache.close()
-
-        # Derived from the whole corpus on every change: BM25 over all chunks, term statistics, papers.
-        BM25Index.build(chunk_ids, chunk_texts).save(data_dir / "bm25")
-        _atomic_write(data_dir / "term_df.json", json.dumps({"n": len(hashes), "df": df}))
-        papers_tmp.replace(data_dir / "papers.jsonl")
-
-        report.papers, report.chunks = len(hashes), len(chunk_ids)
-        state.update(
-            complete=True,
-            corpus_fingerprint=fingerprint,
-            corpus_files=[str(f) for f in files],
-            counts={"papers": report.papers, "chunks": report.chunks},
-            updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        _atomic_write(data_dir / MANIFEST, json.dumps(state))
-    report.seconds = time.perf_counter() - started
-    return report
+        raise IndexCorruptError(f"index manifest {path} is unreadable ({exc}): run `rag ingest --rebuild`") from None
 
 
 def indexed_corpus(settings, manifest: dict | None) -> list[Path]:
-    """RAG_CORPUS when set; else the corpus this index was built from; else the vendored corpus."""
+    """RAG_CORPUS when set; else the corpus this index was built from; else the default corpus."""
     if settings.corpus:
         return settings.corpus_paths
     if manifest and manifest.get("corpus_paths"):
@@ -290,26 +58,11 @@ def indexed_corpus(settings, manifest: dict | None) -> list[Path]:
     return settings.corpus_paths
 
 
-@dataclass
-class IndexState:
-    """What a reader needs to know about the index on disk."""
-
-    manifest: dict
-    stale: str | None
-
-    @property
-    def papers(self) -> int:
-        return self.manifest.get("counts", {}).get("papers", 0)
-
-
-def open_index_state(settings, check_stale: bool = True) -> IndexState:
-    """Manifest of a complete index, or a clear error saying how to build one."""
+def check_manifest(settings, manifest: dict | None) -> dict:
+    """The manifest of a complete index for these settings, or an error saying how to get one."""
     data_dir = Path(settings.data_dir)
-    manifest = read_manifest(data_dir)
     if manifest is None:
-        raise IndexMissingError(
-            f"no index in {data_dir.resolve()}: build it with `rag ingest` (or set RAG_DATA_DIR)"
-        )
+        raise IndexMissingError(f"no index in {data_dir.resolve()}: build it with `rag ingest` (or set RAG_DATA_DIR)")
     if not manifest.get("complete"):
         raise IndexMissingError(
             f"the index in {data_dir.resolve()} is incomplete (an ingest was interrupted): run `rag ingest` to finish it"
@@ -319,15 +72,20 @@ def open_index_state(settings, check_stale: bool = True) -> IndexState:
             f"the index in {data_dir} was built for Chroma at {manifest['params'].get('chroma_url') or 'embedded'}, "
             f"not {settings.chroma_url or 'embedded'}: run `rag ingest` with the current RAG_CHROMA_URL"
         )
-    stale = None
-    if check_stale:
-        try:
-            files = corpus_files(indexed_corpus(settings, manifest))
-            if corpus_fingerprint(files) != manifest.get("corpus_fingerprint"):
-                stale = "the corpus changed since the last ingest: run `rag ingest` to update the index"
-        except RagError:
-            stale = None  # corpus not present here: the index stands alone
-    return IndexState(manifest, stale)
+    return manifest
+
+
+def stale_reason(settings, manifest: dict) -> str | None:
+    """Why the index no longer mirrors its corpus, or None (also None when the corpus is not here)."""
+    from rag.corpus import corpus_files, corpus_fingerprint
+
+    try:
+        files = corpus_files(indexed_corpus(settings, manifest))
+        if corpus_fingerprint(files) != manifest.get("corpus_fingerprint"):
+            return "the corpus changed since the last ingest: run `rag ingest` to update the index"
+    except RagError:
+        return None  # corpus not present here: the index stands alone
+    return None
 
 
 def load_papers(data_dir: Path) -> dict[str, Paper]:
@@ -337,3 +95,116 @@ def load_papers(data_dir: Path) -> dict[str, Paper]:
             return {p.paper_id: p for p in (Paper.from_dict(json.loads(line)) for line in fh)}
     except (OSError, ValueError, TypeError) as exc:
         raise IndexCorruptError(f"{path} is unreadable ({exc.__class__.__name__}): run `rag ingest --rebuild`") from None
+
+
+def load_term_df(data_dir: Path) -> tuple[int, dict[str, int]]:
+    path = Path(data_dir) / "term_df.json"
+    try:
+        data = json.loads(path.read_text())
+        return int(data["n"]), data["df"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IndexCorruptError(f"{path} is unreadable ({exc.__class__.__name__}): run `rag ingest --rebuild`") from None
+
+
+class Index:
+    """Read side of an index: papers, term statistics, the dense store and the lexical index."""
+
+    def __init__(self, *, manifest: dict, papers: dict[str, Paper], n_docs: int, df: dict[str, int],
+                 store, lexical, stale: str | None = None):
+        self._manifest = manifest
+        self._papers = papers
+        self._n_docs = n_docs
+        self._df = df
+        self._store = store
+        self._lexical = lexical
+        self.stale = stale
+        self._terms = lru_cache(maxsize=8192)(self._paper_terms)
+
+    @classmethod
+    def open(cls, settings, store=None, check_stale: bool = True) -> "Index":
+        """Open the index in `settings.data_dir`; one clear error if it is missing, partial or unreadable."""
+        from rag.lexical import LexicalIndex
+        from rag.store import ChromaStore
+
+        data_dir = Path(settings.data_dir)
+        manifest = check_manifest(settings, read_manifest(data_dir))
+        stale = stale_reason(settings, manifest) if check_stale else None
+        if stale:
+            log.warning("%s", stale)
+        papers = load_papers(data_dir)
+        n_docs, df = load_term_df(data_dir)
+        lexical = LexicalIndex.load(data_dir / "bm25")
+        store = store or ChromaStore(data_dir, settings.chroma_url, settings.collection)
+        return cls(manifest=manifest, papers=papers, n_docs=n_docs, df=df, store=store, lexical=lexical, stale=stale)
+
+    # -- papers ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._papers)
+
+    def __contains__(self, paper_id: object) -> bool:
+        return paper_id in self._papers
+
+    def get(self, paper_id: str) -> Paper | None:
+        return self._papers.get(paper_id)
+
+    def paper(self, paper_id: str) -> Paper:
+        """The paper, or KeyError."""
+        return self._papers[paper_id]
+
+    __getitem__ = paper
+
+    def papers(self) -> list[Paper]:
+        return list(self._papers.values())
+
+    def paper_terms(self, paper_id: str) -> set[str]:
+        """Content terms of the paper's title and abstract (cached)."""
+        return self._terms(paper_id)
+
+    def _paper_terms(self, paper_id: str) -> frozenset[str]:
+        paper = self._papers.get(paper_id)
+        return frozenset(content_terms(f"{paper.title} {paper.abstract}")) if paper else frozenset()
+
+    # -- term statistics -------------------------------------------------------------------
+
+    def df(self, term: str) -> int:
+        """Papers whose title or abstract contains the content term (see rag.text.content_terms)."""
+        return int(self._df.get(term, 0))
+
+    def idf(self, term: str) -> float:
+        return math.log(1 + self._n_docs / (self._df.get(term, 0) + 0.5))
+
+    # -- search ----------------------------------------------------------------------------
+
+    def dense(self, vector, n: int):
+        """Chunks nearest to `vector`, best first (rag.store.DenseHit: chunk_id, paper_id, similarity, body)."""
+        return self._store.query(vector, n)
+
+    def lexical(self, query: str, n: int) -> list[tuple[str, float]]:
+        """(chunk_id, BM25 score) best first."""
+        return self._lexical.query(query, n)
+
+    # -- about -----------------------------------------------------------------------------
+
+    @property
+    def embedding_model(self) -> str:
+        return self._manifest["params"]["embedding_model"]
+
+    @property
+    def chroma_mode(self) -> str:
+        return self._store.mode
+
+    def info(self) -> dict:
+        """What the UI status line, `rag doctor` and eval reports show about the index."""
+        counts = self._manifest.get("counts", {})
+        return {
+            "papers": counts.get("papers", len(self._papers)),
+            "chunks": counts.get("chunks"),
+            "chroma": self._store.mode,
+            "embedding_model": self.embedding_model,
+            "embedding": self._manifest.get("embedding"),
+            "index_params": self._manifest.get("params"),
+            "corpus_fingerprint": self._manifest.get("corpus_fingerprint"),
+            "updated_at": self._manifest.get("updated_at"),
+            "stale": self.stale,
+        }

@@ -85,7 +85,9 @@ class OpenAIChatLLM:
         max_attempts: int = 4,
         max_wait: float = 30.0,
         temperature: float = 0.0,
+        sleep=None,
     ):
+        """`sleep` (seconds -> None) is what retries wait with: time.sleep, or a recorder in tests."""
         self.model = model
         self.base_url = base_url or "https://api.openai.com/v1"
         self.name = f"{model} @ {self.base_url}"
@@ -99,6 +101,7 @@ class OpenAIChatLLM:
         self._max_attempts = max_attempts
         self._max_wait = max_wait
         self.temperature = temperature
+        self._sleep = sleep
 
     @classmethod
     def from_settings(cls, settings) -> "OpenAIChatLLM":
@@ -119,7 +122,9 @@ class OpenAIChatLLM:
         )
 
     def _retrying(self) -> Retrying:
+        extra = {"sleep": self._sleep} if self._sleep is not None else {}
         return Retrying(
+            **extra,
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._max_wait),
             wait=_Wait(self._max_wait),

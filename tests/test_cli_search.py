@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli, write_listing
 from rag.embeddings import HashEmbedder
-from rag.index import ingest, ingest_lock
+from rag.ingest import ingest, ingest_lock
 from rag.settings import load_settings
 
 HIT_KEYS = ["rank", "paper_id", "title", "score", "snippet"]
@@ -262,8 +262,8 @@ def test_ingest_while_locked_is_one_line(tmp_path, small_corpus):
 
 
 @pytest.fixture(scope="module")
-def real_env(real_index, model_cache):
-    return {"RAG_DATA_DIR": str(real_index.data_dir), "RAG_MODEL_CACHE_DIR": str(model_cache)}
+def real_env(real_index):
+    return {"RAG_DATA_DIR": str(real_index.data_dir), "RAG_EMBED_CACHE_PATH": str(real_index.embed_cache_path)}
 
 
 @pytest.mark.slow
@@ -319,8 +319,9 @@ def test_real_search_empty_question(real_env):
 
 
 @pytest.mark.slow
-def test_real_model_ingest_json(tmp_path, small_corpus, onnx_ready):
-    env = _ingest_env(tmp_path, small_corpus, RAG_EMBED_BACKEND="onnx", RAG_MODEL_CACHE_DIR=str(onnx_ready))
+@pytest.mark.slow
+def test_real_model_ingest_json(tmp_path, small_corpus):
+    env = _ingest_env(tmp_path, small_corpus)
     first = run_cli("ingest", "--json", env=env)
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from eval.dataset import DatasetError, load_dataset
-from eval.judge import Judge, parse_scores
-from eval.metrics import (
+from rag.eval.dataset import DatasetError, load_dataset
+from rag.eval.judge import Judge, parse_scores
+from rag.eval.metrics import (
     METRICS,
     SupportChecker,
     answer_sentences,
@@ -24,7 +24,7 @@ from eval.metrics import (
     summarise,
     unsupported_sentence_rate,
 )
-from eval.report import (
+from rag.eval.report import (
     check_gates,
     compare,
     compare_text,
@@ -32,7 +32,7 @@ from eval.report import (
     parse_gates,
     write_report,
 )
-from eval.runner import run_eval, score_answer
+from rag.eval.runner import run_eval, score_answer
 from rag.corpus import normalise_title
 from rag.errors import ConfigError
 from rag.records import Answer, Hit, Paper, Source
@@ -198,7 +198,7 @@ def test_unsupported_sentence_rate_embedding_threshold():
 
 
 def _q(qtype="specific", gold=("Erasing Concepts from Diffusion Models",), facts=("ESD",)):
-    from eval.dataset import Question
+    from rag.eval.dataset import Question
 
     return Question("q1", qtype, "What does ESD do?", list(gold), list(facts))
 
@@ -339,9 +339,21 @@ def test_dev_set_gold_titles_all_in_corpus(corpus_papers):
 # ---------------------------------------------------------------- runner, report, gates, compare (no model)
 
 
+class FakeIndex:
+    def __init__(self, papers):
+        self._papers = papers
+
+    def papers(self):
+        return list(self._papers.values())
+
+    def info(self):
+        return {"papers": len(self._papers), "index_params": {"fake": True}, "corpus_fingerprint": "f" * 8}
+
+
 class FakeRetriever:
     def __init__(self, papers, ranking, embedder):
         self.papers = {p.paper_id: p for p in papers}
+        self.index = FakeIndex(self.papers)
         self.ranking = ranking  # question -> titles
         self.embedder = embedder
 
@@ -533,7 +545,7 @@ def small_dataset(tmp_path_factory):
 
 
 def _env(settings):
-    return {"RAG_DATA_DIR": str(settings.data_dir), "RAG_MODEL_CACHE_DIR": str(settings.model_cache_dir)}
+    return {"RAG_DATA_DIR": str(settings.data_dir), "RAG_EMBED_CACHE_PATH": str(settings.embed_cache_path)}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 from conftest import ChromaServer, run_cli
 from rag.embeddings import HashEmbedder
 from rag.errors import ConfigError, IndexCorruptError, StoreUnavailableError
-from rag.index import ingest, open_index_state
+from rag.index import Index
+from rag.ingest import ingest
 from rag.retrieve import Retriever
 
 SMALL = [
@@ -32,14 +33,14 @@ def test_chroma_server_down_at_start_and_mid_session_then_recovers(tmp_path, sma
     server = ChromaServer(tmp_path / "chroma").start()
     settings = make_settings(chroma_url=server.url, corpus=str(small_corpus))
     ingest(settings, embedder=HashEmbedder(), progress=False)
-    retriever = Retriever(settings, embedder=HashEmbedder())
+    retriever = Retriever.from_settings(settings, embedder=HashEmbedder())
     assert retriever.search("erase concepts diffusion", 2)[0].title == SMALL[0]["title"]
 
     server.stop()  # mid-session outage
     with pytest.raises(StoreUnavailableError, match="chroma run"):
         retriever.search("erase concepts diffusion", 2)
     with pytest.raises(StoreUnavailableError, match=server.url):
-        Retriever(settings, embedder=HashEmbedder())  # down at start
+        Retriever.from_settings(settings, embedder=HashEmbedder())  # down at start
 
     server.start()  # same port, same data: the same retriever recovers
     assert retriever.search("erase concepts diffusion", 2)[0].title == SMALL[0]["title"]
@@ -78,10 +79,10 @@ def test_corrupt_manifest_names_the_fix_and_ingest_repairs_it(make_settings, sma
     ingest(settings, embedder=HashEmbedder(), progress=False)
     (settings.data_dir / "manifest.json").write_text("{not json")
     with pytest.raises(IndexCorruptError, match="rag ingest --rebuild"):
-        open_index_state(settings)
+        Index.open(settings)
     report = ingest(settings, embedder=HashEmbedder(), progress=False)
     assert report.papers == 3 and report.rebuilt
-    assert open_index_state(settings).papers == 3
+    assert len(Index.open(settings)) == 3
 
 
 def test_cli_corrupt_manifest_one_line(make_settings, small_corpus):

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from conftest import write_listing
-from rag.bm25 import BM25Index
+from rag.lexical import LexicalIndex as BM25Index
 from rag.chunking import Chunker
 from rag.corpus import load_corpus
 from rag.embeddings import HashEmbedder
 from rag.errors import CorpusError, IndexCorruptError, IndexLockedError, IndexMissingError, ParseError
-from rag.index import MANIFEST, ingest, ingest_lock, load_papers, open_index_state, read_manifest
+from rag.index import MANIFEST, Index, load_papers, read_manifest
+from rag.ingest import ingest, ingest_lock
 from rag.records import Paper
 from rag.retrieve import Retriever
 from rag.store import ChromaStore
@@ -75,11 +76,12 @@ def assert_consistent(settings, papers: list[Paper]) -> None:
     assert set(store._col.get(include=[])["ids"]) == {c.chunk_id for c in chunks}
     assert set(BM25Index.load(data_dir / "bm25").ids) == {c.chunk_id for c in chunks}
     assert set(load_papers(data_dir)) == {p.paper_id for p in papers}
-    state = open_index_state(settings)
-    assert state.stale is None
-    assert state.papers == len(papers)
-    assert state.manifest["complete"] is True
-    assert set(state.manifest["papers"]) == {p.paper_id for p in papers}
+    index = Index.open(settings)
+    assert index.stale is None
+    assert len(index) == index.info()["papers"] == len(papers)
+    manifest = read_manifest(data_dir)
+    assert manifest["complete"] is True
+    assert set(manifest["papers"]) == {p.paper_id for p in papers}
 
 
 def rewrite_abstract(corpus_file: Path, title: str, new_abstract: str) -> None:
@@ -144,7 +146,7 @@ def test_changed_abstract_reembeds_only_that_paper(settings, small_corpus, small
     papers = [new_paper if p.paper_id == target.paper_id else p for p in small_papers]
     assert_consistent(settings, papers)
     # the new text is searchable (BM25 over the new words, dense via the same hash vectors)
-    hits = Retriever(settings, embedder=HashEmbedder()).search("zymurgical fermentation yeast", top_k=3)
+    hits = Retriever.from_settings(settings, embedder=HashEmbedder()).search("zymurgical fermentation yeast", top_k=3)
     assert hits[0].paper_id == target.paper_id
 
 
@@ -159,7 +161,7 @@ def test_added_paper(settings, small_corpus, small_papers):
     assert all(t.startswith(extra.title + "\n") for t in emb.texts) and report.embedded >= 1
     new_papers = load_corpus([small_corpus]).papers
     assert_consistent(settings, new_papers)
-    hits = Retriever(settings, embedder=HashEmbedder()).search("Zymurgical Transformers Sequence Brewing", top_k=1)
+    hits = Retriever.from_settings(settings, embedder=HashEmbedder()).search("Zymurgical Transformers Sequence Brewing", top_k=1)
     assert hits[0].title == extra.title
 
 
@@ -177,7 +179,7 @@ def test_removed_paper_is_gone_from_chroma(settings, small_corpus, small_papers)
     assert docs_of(store, gone.paper_id) == {}
     assert gone.paper_id not in load_papers(settings.data_dir)
     assert_consistent(settings, small_papers[:-1])
-    hits = Retriever(settings, embedder=HashEmbedder()).search(gone.title, top_k=19, mode="hybrid")
+    hits = Retriever.from_settings(settings, embedder=HashEmbedder()).search(gone.title, top_k=19, mode="hybrid")
     assert gone.paper_id not in {h.paper_id for h in hits}
 
 
@@ -238,9 +240,9 @@ def test_corrupt_manifest(settings, small_papers):
     run(settings)
     (Path(settings.data_dir) / MANIFEST).write_text('{"version": 1, "papers": {')
     with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
-        open_index_state(settings)
+        Index.open(settings)
     with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
-        Retriever(settings, embedder=HashEmbedder())
+        Retriever.from_settings(settings, embedder=HashEmbedder())
     report = run(settings)
     assert report.rebuilt is True and report.papers == 20
     assert_consistent(settings, small_papers)
@@ -257,23 +259,23 @@ def test_unreadable_manifest_variants(settings, content):
 
 def test_missing_index(settings):
     with pytest.raises(IndexMissingError, match=r"`rag ingest`") as err:
-        open_index_state(settings)
+        Index.open(settings)
     assert str(Path(settings.data_dir).resolve()) in str(err.value)
     with pytest.raises(IndexMissingError, match=r"rag ingest"):
-        Retriever(settings, embedder=HashEmbedder())
+        Retriever.from_settings(settings, embedder=HashEmbedder())
 
 
 def test_stale_index_when_corpus_changes_after_ingest(settings, small_corpus, small_papers):
     run(settings)
-    assert open_index_state(settings).stale is None
+    assert Index.open(settings).stale is None
     rewrite_abstract(small_corpus / "b.txt", small_papers[12].title, NEW_ABSTRACT)
-    state = open_index_state(settings)
+    state = Index.open(settings)
     assert state.stale and "rag ingest" in state.stale
-    assert open_index_state(settings, check_stale=False).stale is None
+    assert Index.open(settings, check_stale=False).stale is None
     # the stale index is still searchable, and a re-ingest makes it fresh
-    Retriever(settings, embedder=HashEmbedder()).search("diffusion", top_k=3)
+    Retriever.from_settings(settings, embedder=HashEmbedder()).search("diffusion", top_k=3)
     assert run(settings).changed == 1
-    assert open_index_state(settings).stale is None
+    assert Index.open(settings).stale is None
 
 
 # ---------------------------------------------------------------- locking and interruption
@@ -313,13 +315,13 @@ def test_lock_held_by_another_thread_blocks_ingest(settings):
 
 
 def test_interrupted_ingest_resumes(settings, small_papers, monkeypatch):
-    import rag.index
+    import rag.ingest
 
-    monkeypatch.setattr(rag.index, "PAPER_BATCH", 5)
+    monkeypatch.setattr(rag.ingest, "PAPER_BATCH", 5)
     with pytest.raises(KeyboardInterrupt):
         run(settings, RecordingEmbedder(fail_on_call=3))  # two batches of 5 papers written, then Ctrl-C
     with pytest.raises(IndexMissingError, match=r"incomplete.*rag ingest"):
-        open_index_state(settings)
+        Index.open(settings)
     manifest = read_manifest(settings.data_dir)
     assert manifest["complete"] is False and len(manifest["papers"]) == 10
     assert len(store_of(settings).paper_ids()) == 10
@@ -341,8 +343,8 @@ def test_parse_issues_are_reported_in_the_ingest_report(settings, small_corpus):
         fh.write("A Title Whose Abstract Went Missing\n")
     with pytest.raises(ParseError, match=r"b\.txt:\d+: .*A Title Whose Abstract Went Missing"):
         run(settings, strict=True)
-    state = open_index_state(settings, check_stale=False)  # the strict failure left the index alone
-    assert state.papers == 20 and state.manifest["complete"] is True
+    index = Index.open(settings, check_stale=False)  # the strict failure left the index alone
+    assert len(index) == 20 and read_manifest(settings.data_dir)["complete"] is True
     report = run(settings)
     assert report.papers == 20 and report.added == report.changed == report.removed == 0
     assert len(report.issues) == 1

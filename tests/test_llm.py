@@ -36,6 +36,13 @@ def chat_posts(fake) -> list[dict]:
     return [r for r in fake.requests if r["path"].endswith("/chat/completions")]
 
 
+class Sleeps(list):
+    """Records the waits a retrying client asks for instead of waiting (tenacity's sleep, injected)."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
 # ---------------------------------------------------------------- plain completions
 
 
@@ -51,19 +58,17 @@ def test_complete_returns_the_reply_and_sends_model_messages_and_key(fake_llm):
 
 
 def test_429_with_retry_after_is_retried_after_the_hinted_wait(fake_llm):
-    # Retry-After 2 s: the backoff alone would wait at most 1 s before the second try,
-    # so an elapsed time >= 2 s proves the header was honoured.
+    # Retry-After 2 s: the backoff alone would wait at most 1 s before the second try.
     fake_llm.queue_error(429, retry_after=2)
     fake_llm.queue_reply("after the rate limit")
-    llm = make_llm(fake_llm.base_url, max_wait=10.0)
-    started = time.monotonic()
+    sleeps = Sleeps()
+    llm = make_llm(fake_llm.base_url, max_wait=10.0, sleep=sleeps)
     assert llm.complete(MSGS) == "after the rate limit"
-    elapsed = time.monotonic() - started
     assert len(chat_posts(fake_llm)) == 2
-    assert 2.0 <= elapsed < 4.5
+    assert sleeps == [2.0]
 
 
-def test_fractional_retry_after_is_honoured(fake_llm):
+def test_retry_after_waits_for_real_without_an_injected_sleep(fake_llm):
     fake_llm.queue_error(429, retry_after=1.5)
     fake_llm.queue_reply("ok")
     started = time.monotonic()
@@ -74,23 +79,22 @@ def test_fractional_retry_after_is_honoured(fake_llm):
 def test_retry_after_longer_than_max_wait_is_capped(fake_llm):
     fake_llm.queue_error(429, retry_after=60)
     fake_llm.queue_reply("ok")
-    llm = make_llm(fake_llm.base_url, max_attempts=2, max_wait=1.0)
-    started = time.monotonic()
-    try:
-        llm.complete(MSGS)
-    except LLMError:
-        pass  # giving up is acceptable; waiting a minute is not
-    assert time.monotonic() - started < 3.5
+    sleeps = Sleeps()
+    llm = make_llm(fake_llm.base_url, max_attempts=2, max_wait=1.0, sleep=sleeps)
+    llm.complete(MSGS)
+    assert sleeps == [1.0]  # capped at max_wait, not a minute
 
 
 def test_429_on_every_try_gives_llm_error_after_max_attempts(fake_llm):
     for _ in range(5):
         fake_llm.queue_error(429, retry_after=0.2)
-    llm = make_llm(fake_llm.base_url, max_attempts=3)
+    sleeps = Sleeps()
+    llm = make_llm(fake_llm.base_url, max_attempts=3, sleep=sleeps)
     with pytest.raises(LLMError) as ei:
         llm.complete(MSGS)
-    assert len(chat_posts(fake_llm)) == 3
+    assert len(chat_posts(fake_llm)) == 3 and sleeps == [0.2, 0.2]
     assert "429" in str(ei.value)
+    fake_llm.expect_unused(2)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -121,7 +125,7 @@ def test_non_transient_status_fails_at_once_without_retry(fake_llm, status, hint
         llm.complete(MSGS)
     assert time.monotonic() - started < 1.5
     assert len(chat_posts(fake_llm)) == 1
-    assert fake_llm.pending() == 1
+    fake_llm.expect_unused(1)
     assert hint in str(ei.value)
     assert fake_llm.base_url in str(ei.value)
 
@@ -132,10 +136,11 @@ def test_non_transient_status_in_stream_fails_at_once(fake_llm):
     with pytest.raises(LLMError, match="RAG_LLM_API_KEY"):
         list(make_llm(fake_llm.base_url).stream(MSGS))
     assert len(chat_posts(fake_llm)) == 1
+    fake_llm.expect_unused(1)
 
 
 def test_slow_response_times_out_after_max_attempts_within_bound(fake_llm):
-    timeout, attempts, max_wait = 1.0, 2, 3.0
+    timeout, attempts, max_wait = 0.5, 2, 2.0
     for _ in range(attempts + 1):
         fake_llm.queue_delay(6, "too late")
     llm = make_llm(fake_llm.base_url, timeout=timeout, max_attempts=attempts, max_wait=max_wait)
@@ -147,17 +152,19 @@ def test_slow_response_times_out_after_max_attempts_within_bound(fake_llm):
     assert elapsed >= attempts * timeout * 0.9
     assert elapsed <= attempts * timeout + max_wait + 0.5
     assert "RAG_LLM_TIMEOUT" in str(ei.value)
+    fake_llm.expect_unused(1)
 
 
 def test_slow_stream_times_out_too(fake_llm):
     for _ in range(3):
         fake_llm.queue_delay(6, "too late")
-    llm = make_llm(fake_llm.base_url, timeout=1.0, max_attempts=2, max_wait=2.0)
+    llm = make_llm(fake_llm.base_url, timeout=0.5, max_attempts=2, max_wait=1.0)
     started = time.monotonic()
     with pytest.raises(LLMError, match="did not answer in time"):
         list(llm.stream(MSGS))
-    assert time.monotonic() - started <= 2 * 1.0 + 2.0 + 0.5
+    assert time.monotonic() - started <= 2 * 0.5 + 1.0 + 0.5
     assert len(chat_posts(fake_llm)) == 2
+    fake_llm.expect_unused(1)
 
 
 def test_connection_refused_says_how_to_fix():
@@ -201,6 +208,7 @@ def test_stream_cut_mid_answer_raises_stream_cut_after_partial_tokens(fake_llm):
     assert isinstance(ei.value, LLMError)
     assert "cut" in str(ei.value)
     assert len(chat_posts(fake_llm)) == 1
+    fake_llm.expect_unused(1)
 
 
 def test_stream_500_before_first_token_is_retried(fake_llm):
@@ -223,9 +231,9 @@ def test_stream_cut_before_first_token_is_retried(fake_llm):
 def test_stream_429_before_first_token_honours_retry_after(fake_llm):
     fake_llm.queue_error(429, retry_after=2)
     fake_llm.queue_reply("streamed after waiting")
-    started = time.monotonic()
-    assert "".join(make_llm(fake_llm.base_url).stream(MSGS)) == "streamed after waiting"
-    assert time.monotonic() - started >= 2.0
+    sleeps = Sleeps()
+    assert "".join(make_llm(fake_llm.base_url, sleep=sleeps).stream(MSGS)) == "streamed after waiting"
+    assert sleeps == [2.0]
 
 
 # ---------------------------------------------------------------- the API key never leaks

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import VENV_BIN, run_cli
-from eval.synth import write_jsonl
+from rag.eval.synth import write_jsonl
 from rag.chunking import Chunker
 from rag.corpus import load_corpus
 from rag.settings import load_settings

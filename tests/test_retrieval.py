@@ -1,4 +1,4 @@
-"""Retrieval over the whole corpus with the real packaged model (ONNX); the index is built once per session."""
+"""Retrieval over the whole corpus with the real packaged model; the index is built once per session."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from rag.errors import ConfigError
-from rag.retrieve import MODES, check_mode, check_top_k, rrf, _by_paper
+from rag.retrieve import MODES, check_mode, check_top_k, rrf, by_paper
 
 ERASURE = re.compile(r"eras|unlearn|forget|remov|ablat", re.I)
 QUESTION = "which papers erase concepts in diffusion models?"
@@ -24,7 +24,7 @@ def assert_well_formed(hits, retriever, top_k):
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True), "best first"
     for h in hits:
-        paper = retriever.papers[h.paper_id]
+        paper = retriever.index[h.paper_id]
         assert h.title == paper.title
         assert h.snippet and len(h.snippet) <= 300
         body = h.snippet.removesuffix("…")
@@ -39,7 +39,7 @@ def test_concept_erasure_question_top5_hybrid_are_all_erasure_papers(real_retrie
     titles = [h.title for h in hits]
     assert len(hits) == 5
     assert all(ERASURE.search(t) for t in titles), titles
-    assert all(re.search(r"diffusion|text-to-image", real_retriever.papers[h.paper_id].abstract, re.I) for h in hits)
+    assert all(re.search(r"diffusion|text-to-image", real_retriever.index[h.paper_id].abstract, re.I) for h in hits)
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_each_mode_returns_top_k_unique_papers_with_snippets(real_retriever, mod
     assert_well_formed(hits, real_retriever, top_k)
     if mode == "dense":
         assert all(-1.0 <= h.score <= 1.0001 for h in hits)
-        assert all(h.dense_sim == h.score for h in hits)
+        assert all(h.similarity == h.score for h in hits)
     if mode == "hybrid":
         assert all(0 < h.score <= 2 / (real_retriever.settings.rrf_k + 1) for h in hits)
 
@@ -125,8 +125,8 @@ def test_check_mode_and_top_k():
 
 
 def test_rrf_fuses_per_paper():
-    dense = _by_paper([("a:0", 0.9), ("a:1", 0.8), ("b:0", 0.7)])
-    bm25 = _by_paper([("b:2", 9.0), ("c:0", 5.0)])
+    dense = by_paper([("a:0", 0.9), ("a:1", 0.8), ("b:0", 0.7)])
+    bm25 = by_paper([("b:2", 9.0), ("c:0", 5.0)])
     assert dense["a"].rank == 1 and dense["a"].chunk_id == "a:0" and dense["b"].rank == 2
     fused = rrf([dense, bm25], k=60)
     assert fused["b"] == pytest.approx(1 / 62 + 1 / 61)

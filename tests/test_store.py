@@ -11,7 +11,8 @@ import pytest
 from conftest import free_port
 from rag.embeddings import HashEmbedder
 from rag.errors import ConfigError, StoreUnavailableError
-from rag.index import ingest, open_index_state
+from rag.index import Index
+from rag.ingest import ingest
 from rag.records import Chunk
 from rag.retrieve import Retriever
 from rag.store import ChromaStore
@@ -29,15 +30,14 @@ def _chunks(paper_no: int, n: int) -> list[Chunk]:
             chunk_no=i,
             text=f"Title of paper {paper_no}\nbody {paper_no} {i} topic{paper_no} words",
             body=f"body {paper_no} {i} topic{paper_no} words",
-            sources=("a.txt", "b.txt") if paper_no % 2 else ("a.txt",),
         )
         for i in range(n)
     ]
 
 
 @pytest.fixture
-def store(chroma_mode, tmp_path):
-    return ChromaStore(tmp_path / "index", chroma_mode, "test_papers")
+def store(chroma_mode, tmp_path, collection_name):
+    return ChromaStore(tmp_path / "index", chroma_mode, collection_name)
 
 
 def _mode_param(request) -> str:
@@ -68,7 +68,7 @@ def test_store_roundtrip(store, chroma_mode):
 
     # metadata is stored as documented
     got = store._col.get(ids=[chunks[1].chunk_id], include=["metadatas", "documents"])
-    assert got["metadatas"][0] == {"paper_id": "paper001", "title": "Title of paper 1", "chunk_no": 0, "sources": "a.txt,b.txt"}
+    assert got["metadatas"][0] == {"paper_id": "paper001", "title": "Title of paper 1", "chunk_no": 0}
 
     # upsert is idempotent and replaces documents
     changed = [Chunk(**{**chunks[0].__dict__, "body": "replaced body"})]
@@ -91,14 +91,14 @@ def test_store_roundtrip(store, chroma_mode):
     assert store.count() == 2
 
 
-def test_store_persists_across_clients(chroma_mode, tmp_path):
+def test_store_persists_across_clients(chroma_mode, tmp_path, collection_name):
     emb = HashEmbedder()
     chunks = _chunks(1, 2)
-    ChromaStore(tmp_path / "index", chroma_mode, "persist").upsert(chunks, emb.embed([c.text for c in chunks]))
-    again = ChromaStore(tmp_path / "index", chroma_mode, "persist")
+    ChromaStore(tmp_path / "index", chroma_mode, collection_name).upsert(chunks, emb.embed([c.text for c in chunks]))
+    again = ChromaStore(tmp_path / "index", chroma_mode, collection_name)
     assert again.count() == 2 and again.paper_ids() == {"paper001"}
     # collections are separate
-    assert ChromaStore(tmp_path / "index", chroma_mode, "other").count() == 0
+    assert ChromaStore(tmp_path / "index", chroma_mode, collection_name + "-other").count() == 0
 
 
 def test_store_large_batches_and_paging(store):
@@ -119,8 +119,8 @@ def test_store_large_batches_and_paging(store):
     assert store.paper_ids() == set(sorted(ids)[600:])
 
 
-def test_ingest_and_search_in_each_chroma_mode(chroma_mode, make_settings, small_corpus, small_papers):
-    settings = make_settings(corpus=str(small_corpus), chroma_url=chroma_mode)
+def test_ingest_and_search_in_each_chroma_mode(chroma_mode, make_settings, small_corpus, small_papers, collection_name):
+    settings = make_settings(corpus=str(small_corpus), chroma_url=chroma_mode, collection=collection_name)
     report = ingest(settings, embedder=HashEmbedder(), progress=False)
     assert report.chroma_mode == ("server" if chroma_mode else "embedded")
     assert report.papers == 20 and report.embedded > 0
@@ -128,7 +128,7 @@ def test_ingest_and_search_in_each_chroma_mode(chroma_mode, make_settings, small
     assert store.paper_ids() == {p.paper_id for p in small_papers}
     assert store.count() == report.chunks
 
-    retriever = Retriever(settings, embedder=HashEmbedder())
+    retriever = Retriever.from_settings(settings, embedder=HashEmbedder())
     target = small_papers[-1]
     for mode in ("hybrid", "dense", "bm25"):
         hits = retriever.search(target.title, top_k=5, mode=mode)
@@ -138,15 +138,15 @@ def test_ingest_and_search_in_each_chroma_mode(chroma_mode, make_settings, small
     assert ingest(settings, embedder=HashEmbedder(), progress=False).reason == "corpus unchanged"
 
 
-def test_index_is_bound_to_its_chroma_mode(make_settings, small_corpus, chroma_server):
+def test_index_is_bound_to_its_chroma_mode(make_settings, small_corpus, shared_chroma, collection_name):
     """An index built against a server is not silently read from embedded Chroma (and vice versa)."""
-    server_settings = make_settings(corpus=str(small_corpus), chroma_url=chroma_server.url)
+    server_settings = make_settings(corpus=str(small_corpus), chroma_url=shared_chroma.url, collection=collection_name)
     ingest(server_settings, embedder=HashEmbedder(), progress=False)
-    assert open_index_state(server_settings).papers == 20
+    assert len(Index.open(server_settings)) == 20
     with pytest.raises(ConfigError, match="RAG_CHROMA_URL"):
-        open_index_state(make_settings(corpus=str(small_corpus)))
+        Index.open(make_settings(corpus=str(small_corpus), collection=collection_name))
     # switching the same data dir to embedded Chroma is a rebuild
-    embedded = make_settings(corpus=str(small_corpus))
+    embedded = make_settings(corpus=str(small_corpus), collection=collection_name)
     report = ingest(embedded, embedder=HashEmbedder(), progress=False)
     assert report.rebuilt is True and report.chroma_mode == "embedded"
     assert ChromaStore(embedded.data_dir, None, embedded.collection).count() == report.chunks
@@ -182,7 +182,7 @@ def test_ingest_against_dead_server_gives_store_unavailable(make_settings, small
 def test_server_going_away_mid_session_gives_store_unavailable(make_settings, small_corpus, chroma_server):
     settings = make_settings(corpus=str(small_corpus), chroma_url=chroma_server.url)
     ingest(settings, embedder=HashEmbedder(), progress=False)
-    retriever = Retriever(settings, embedder=HashEmbedder())
+    retriever = Retriever.from_settings(settings, embedder=HashEmbedder())
     assert retriever.search("diffusion", top_k=3, mode="dense")
     chroma_server.stop()
     start = time.monotonic()

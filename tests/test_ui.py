@@ -20,7 +20,9 @@ import pytest
 from conftest import free_port
 
 from rag.embeddings import HashEmbedder
-from rag.settings import REPO_ROOT, load_settings
+from rag.settings import load_settings, repo_root
+
+REPO_ROOT = repo_root()
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,7 @@ def ui_settings(request):
 @pytest.fixture(scope="module")
 def real_app(ui_settings):
     """The UI over the real index, served on a free loopback port for this module."""
-    from ui.app import build_app
+    from rag.ui.app import build_app
 
     app = build_app(ui_settings)
     url = _serve(app)
@@ -75,9 +77,9 @@ def real_app(ui_settings):
 
 
 @pytest.fixture(scope="module")
-def tiny_settings(tmp_path_factory, model_cache):
+def tiny_settings(tmp_path_factory):
     """A 4-paper index built with the hash embedder, one paper with a hostile title."""
-    from rag.index import ingest
+    from rag.ingest import ingest
 
     root = tmp_path_factory.mktemp("ui-tiny")
     papers = [
@@ -92,7 +94,7 @@ def tiny_settings(tmp_path_factory, model_cache):
     ]
     corpus = root / "papers.jsonl"
     corpus.write_text("".join(json.dumps(p) + "\n" for p in papers), encoding="utf-8")
-    settings = load_settings(data_dir=root / "index", corpus=str(corpus), model_cache_dir=model_cache)
+    settings = load_settings(data_dir=root / "index", corpus=str(corpus))
     ingest(settings, embedder=HashEmbedder(), progress=False)
     return settings
 
@@ -101,7 +103,7 @@ def _tiny_assistant(settings, llm=None):
     from rag.answer import Assistant
     from rag.retrieve import Retriever
 
-    return Assistant(settings, Retriever(settings, embedder=HashEmbedder()), llm=llm)
+    return Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm=llm)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,7 @@ def test_browser_chat_streams_cited_answer_with_sources(real_app, page):
     assert "papers" in status and ("embedded" in status or "server" in status)
 
     first, final = _ask_timed(page, ERASURE_Q)
-    print(f"\nUI timings (warm, {'LLM' if app.rag_assistant.llm else 'extractive'}): "
+    print(f"\nUI timings (warm, {'LLM' if app.rag_assistant.has_llm else 'extractive'}): "
           f"first streamed text {first:.2f}s, final answer {final:.2f}s after submit")
 
     answer = page.locator('#rag-chat [data-testid="bot"]').last
@@ -264,7 +266,7 @@ def test_browser_follow_up_export_and_new_chat(real_app, page):
 @pytest.mark.browser
 def test_browser_llm_option_disabled_without_endpoint(real_app, page):
     app, url = real_app
-    if app.rag_assistant.llm is not None:
+    if app.rag_assistant.has_llm:
         pytest.skip("an LLM endpoint is configured")
     _open(page, url)
     assert "extractive (no LLM configured)" in page.inner_text("#rag-status")
@@ -281,7 +283,7 @@ def test_browser_llm_option_disabled_without_endpoint(real_app, page):
 
 @pytest.mark.browser
 def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
-    from ui.app import build_app
+    from rag.ui.app import build_app
 
     app = build_app(tiny_settings, _tiny_assistant(tiny_settings))
     try:
@@ -329,7 +331,7 @@ class _SlowLLM:
 
 @pytest.mark.browser
 def test_browser_llm_tokens_stream_then_verified_answer(tiny_settings, page):
-    from ui.app import build_app
+    from rag.ui.app import build_app
 
     settings = tiny_settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "stub-model"})
     app = build_app(settings, _tiny_assistant(settings, llm=_SlowLLM()))
@@ -371,7 +373,7 @@ def test_auth_refuses_anonymous_and_wrong_password(tiny_settings, capsys):
     from gradio_client import Client
     from gradio_client.exceptions import AuthenticationError
 
-    from ui.app import launch
+    from rag.ui.app import launch
 
     port = free_port()
     settings = tiny_settings.model_copy(update={"ui_port": port, "ui_auth": load_settings(ui_auth="alice:s3cret").ui_auth})

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import html
 import re
-from types import SimpleNamespace
 
 import pytest
 
 from rag.errors import QuestionError
 from rag.records import Paper
-from ui import render
+from rag.ui import render
 
 EVIL = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> Evil'
 ABSTRACT = (
@@ -122,24 +121,22 @@ def test_history_skips_errors_and_export_markdown():
     assert "> Error: the question is too long" in md
 
 
-# ------------------------------------------------------------------ the chat handler, called directly
-
-
-class _StubRetriever:
-    def __init__(self):
-        self.papers = {"p1": _paper()}
-        self.state = SimpleNamespace(papers=1, stale=None)
-        self.store = SimpleNamespace(mode="embedded")
+# ------------------------------------------------------------------ the UI controller, called directly
 
 
 class _StubAssistant:
-    """Stands in for rag.answer.Assistant; `behaviour` decides what ask_stream does."""
+    """Stands in for rag.answer.Assistant (the methods the UI uses); `behaviour` decides what ask_stream does."""
 
     def __init__(self, behaviour):
         self.behaviour = behaviour
-        self.llm = None
-        self.retriever = _StubRetriever()
+        self.has_llm = False
         self.calls = []
+
+    def papers(self):
+        return [_paper()]
+
+    def index_info(self):
+        return {"papers": 1, "chroma": "embedded", "stale": None}
 
     def ask_stream(self, question, **kw):
         self.calls.append((question, kw))
@@ -151,97 +148,114 @@ class _StubAssistant:
                 return event.answer
 
 
-def _handler(app, name):
-    for fn in app.fns.values():
-        if getattr(fn, "name", None) == name:
-            return fn.fn
-    raise AssertionError(f"no handler {name}")
-
-
 @pytest.fixture
-def stub_app(make_settings, tmp_path):
-    from ui.app import build_app
+def controller(make_settings, tmp_path):
+    from rag.ui.controller import ChatController
 
-    def make(behaviour):
+    def make(behaviour, **settings):
         assistant = _StubAssistant(behaviour)
-        return build_app(make_settings(max_question_chars=50), assistant, eval_dir=tmp_path / "no-report"), assistant
+        return ChatController(make_settings(max_question_chars=50, **settings), assistant, tmp_path / "exports"), assistant
 
     return make
 
 
-def test_handler_turns_unexpected_errors_into_a_friendly_message(stub_app):
+def test_controller_turns_unexpected_errors_into_a_friendly_message(controller):
     def boom(question, **kw):
         raise RuntimeError("secret internal detail /etc/passwd")
         yield  # pragma: no cover
 
-    app, _ = stub_app(boom)
-    outputs = list(_handler(app, "respond")("hello there", [], None, "hybrid", 6, "extractive"))
-    chat = outputs[-1][0]
+    ctl, _ = controller(boom)
+    updates = list(ctl.respond("hello there", [], None, "hybrid", 6, "extractive"))
+    chat = updates[-1].messages
     assert "Something went wrong" in chat[-1]["content"]
     assert "secret internal detail" not in chat[-1]["content"] and "Traceback" not in chat[-1]["content"]
 
 
-def test_handler_too_long_question_is_a_friendly_message(stub_app):
+def test_controller_too_long_question_is_a_friendly_message(controller):
     def never(question, **kw):  # pragma: no cover - must not be reached
         raise AssertionError("ask_stream called for an over-long question")
 
-    app, assistant = stub_app(never)
-    outputs = list(_handler(app, "respond")("x" * 80, [], None, "hybrid", 6, "extractive"))
-    chat, turns = outputs[-1][0], outputs[-1][1]
+    ctl, assistant = controller(never)
+    updates = list(ctl.respond("x" * 80, [], None, "hybrid", 6, "extractive"))
+    chat, turns = updates[-1].messages, updates[-1].turns
     assert "the limit is 50" in chat[-1]["content"]
     assert turns[-1]["error"] and not assistant.calls
+    assert updates[-1].question is None  # the text stays in the box so it can be shortened
     with pytest.raises(QuestionError):
         from rag.answer import check_question
 
         check_question("x" * 80, 50)
 
 
-def test_handler_streams_then_replaces_with_verified_answer_and_passes_history(stub_app):
-    from rag.answer import StreamEvent
-    from rag.records import Answer, Source
+def _final_answer(question):
+    from rag.records import Answer, Quote, Source
+
+    text = "We propose a fine-tuning method that erases a concept from a diffusion model using negative guidance."
+    start = ABSTRACT.index(text)
+    return Answer(
+        question=question,
+        answer=f"- **Erasing Concepts** — {text} [1]",
+        mode="extractive",
+        abstained=False,
+        citations=[{"n": 1, "paper_id": "p1", "title": "Erasing Concepts"}],
+        sources=[Source(1, "p1", "Erasing Concepts", ABSTRACT[:80], 0.03, ABSTRACT)],
+        notice="fallback notice",
+        quotes=[Quote(1, "p1", start, start + len(text), text)],
+    )
+
+
+def test_controller_streams_then_replaces_with_verified_answer_and_passes_history(controller):
+    from rag.records import StreamEvent
 
     def stream(question, **kw):
         yield StreamEvent("token", "partial text ")
         yield StreamEvent("reset")
-        final = Answer(
-            question=question,
-            answer="We propose a fine-tuning method that erases a concept from a diffusion model using negative guidance. [1]",
-            mode="extractive",
-            abstained=False,
-            citations=[{"n": 1, "paper_id": "p1", "title": "Erasing Concepts"}],
-            sources=[Source(1, "p1", "Erasing Concepts", ABSTRACT[:80], 0.03, ABSTRACT)],
-            notice="fallback notice",
-        )
+        final = _final_answer(question)
         yield StreamEvent("token", final.answer)
         yield StreamEvent("final", answer=final)
 
-    app, assistant = stub_app(stream)
-    respond = _handler(app, "respond")
-    outputs = list(respond("which papers erase concepts?", [], None, "bm25", 3, "extractive"))
-    chats = [o[0] for o in outputs if isinstance(o[0], list)]
-    assert any("partial text" in c[-1]["content"] for c in chats)
-    final_chat, turns, sources = outputs[-1][0], outputs[-1][1], outputs[-1][2]
-    assert "partial text" not in final_chat[-1]["content"]
-    assert '<sup class="rag-cite" title="[1] Erasing Concepts">' in final_chat[-1]["content"]
-    assert "fallback notice" in final_chat[-1]["content"]
-    assert "<mark" in sources
+    ctl, assistant = controller(stream)
+    updates = list(ctl.respond("which papers erase concepts?", [], None, "bm25", 3, "extractive"))
+    assert updates[0].question == ""  # the box is cleared once the question is accepted
+    assert any("partial text" in u.messages[-1]["content"] for u in updates)
+    final = updates[-1]
+    assert "partial text" not in final.messages[-1]["content"]
+    assert '<sup class="rag-cite" title="[1] Erasing Concepts">' in final.messages[-1]["content"]
+    assert "fallback notice" in final.messages[-1]["content"]
+    assert "<mark" in final.sources_html and "negative guidance" in final.sources_html
+    assert final.export is not None and "which papers erase concepts?" in final.export.read_text()
     assert assistant.calls[0][1]["mode"] == "bm25" and assistant.calls[0][1]["top_k"] == 3
     assert assistant.calls[0][1]["extractive"] is False  # no LLM: the Assistant picks extractive itself
 
-    list(respond("and which of them release code?", turns, None, "hybrid", 6, "extractive"))
+    list(ctl.respond("and which of them release code?", final.turns, None, "hybrid", 6, "extractive"))
     history = assistant.calls[1][1]["history"]
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert history[0]["content"] == "which papers erase concepts?"
 
 
-def test_only_ask_is_public_api(stub_app):
-    app, _ = stub_app(lambda q, **kw: iter(()))
+def test_controller_ask_api_reply_and_top_k_bounds(controller):
+    from rag.errors import ConfigError
+    from rag.records import StreamEvent
+
+    ctl, assistant = controller(lambda q, **kw: iter([StreamEvent("final", answer=_final_answer(q))]))
+    reply = ctl.ask_api("which papers erase concepts?", "dense", 4, False)
+    assert reply["citations"] == ["Erasing Concepts"] and reply["abstained"] is False
+    assert reply["references"] == [{"n": 1, "title": "Erasing Concepts", "paper_id": "p1"}]
+    assert assistant.calls[0][1]["top_k"] == 4 and assistant.calls[0][1]["mode"] == "dense"
+    with pytest.raises(ConfigError, match="top_k"):
+        ctl.ask_api("x", "hybrid", 99, False)
+
+
+def test_only_ask_is_public_api(make_settings, tmp_path):
+    from rag.ui.app import build_app
+
+    app = build_app(make_settings(), _StubAssistant(lambda q, **kw: iter(())), eval_dir=tmp_path / "no-report")
     public = [fn.api_name for fn in app.fns.values() if getattr(fn, "api_visibility", "public") != "private"]
     assert public == ["ask"]
 
 
 def test_eval_tab_hint_and_report(tmp_path):
-    from ui.app import load_eval_report
+    from rag.ui.app import load_eval_report
 
     md, images = load_eval_report(tmp_path / "missing")
     assert "make eval" in md and "rag eval --dataset eval/datasets/dev.jsonl --answer extractive --out eval/reports/latest" in md
@@ -258,16 +272,20 @@ def test_eval_tab_hint_and_report(tmp_path):
     assert "data:image/png;base64," in images and "recall.png" in images
 
 
-def test_status_and_auth_parsing(make_settings):
+def test_status_and_auth_parsing(make_settings, tmp_path):
     from pydantic import SecretStr
 
     from rag.errors import ConfigError
-    from ui.app import is_loopback, parse_auth, status_text
+    from rag.ui.app import is_loopback, parse_auth
+    from rag.ui.controller import ChatController
+
+    def status_text(settings, assistant):
+        return ChatController(settings, assistant, tmp_path).status()
 
     assistant = _StubAssistant(lambda q, **kw: iter(()))
     assert "extractive (no LLM configured)" in status_text(make_settings(), assistant)
     assert "1 papers" in status_text(make_settings(), assistant) and "embedded" in status_text(make_settings(), assistant)
-    assistant.llm = object()
+    assistant.has_llm = True
     line = status_text(make_settings(llm_base_url="http://user:pw@10.0.0.5:8000/v1", llm_model="my-model"), assistant)
     assert "my-model" in line and "10.0.0.5:8000" in line and "pw" not in line
     assert parse_auth(SecretStr("alice:s3:cret")) == ("alice", "s3:cret")

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Validate eval/datasets/dev.jsonl against the scraped corpus (stdlib only).
 
-Checks every record's fields and type, that ids are unique, and that every gold title is
-exactly one of the corpus title lines. Corpus files are parsed the simple way: drop blank
-lines, the page boilerplate and date lines, strip the "Subscribe" glued to the first title,
-then even positions are titles and odd positions abstracts.
+Checks every record's fields (and their order), type, style and split, that ids are unique, that
+every gold and acceptable title is exactly one of the corpus title lines, that acceptable titles
+are disjoint from gold, and that each (type, style) group is split evenly between tune and test.
+Corpus files are parsed the simple way: drop blank lines, the page boilerplate and date lines,
+strip the "Subscribe" glued to the first title, then even positions are titles and odd positions
+abstracts.
 
-Prints counts per type and per source file. Exit status 1 on any error.
+Prints counts per type, style, split and source file. Exit status 1 on any error.
 
     python eval/datasets/check_dev.py [--dev PATH] [--corpus DIR] [--strict]
 
@@ -27,17 +29,23 @@ DEFAULT_DEV = HERE / "dev.jsonl"
 DEFAULT_CORPUS = HERE.parent.parent / "data" / "corpus"
 
 TYPES = ("list", "specific", "paraphrase", "unanswerable", "multi_hop")
-FIELDS = {
+STYLES = ("terse", "question")
+SPLITS = ("tune", "test")
+FIELDS = {  # in the required key order
     "id": str,
     "type": str,
     "question": str,
     "gold_titles": list,
     "key_facts": list,
+    "acceptable_titles": list,
+    "style": str,
+    "split": str,
     "notes": str,
 }
-MIN_QUESTIONS = 64
-MIN_UNANSWERABLE = 10
-MIN_SHORT = 20
+PREFIX = {"list": "list", "specific": "spec", "paraphrase": "para", "multi_hop": "mhop", "unanswerable": "unans"}
+MIN_QUESTIONS = 210
+MIN_PER_TYPE = {"list": 45, "specific": 50, "paraphrase": 25, "multi_hop": 20, "unanswerable": 45}
+MIN_TERSE = 70
 
 BOILERPLATE = {
     "new",
@@ -110,9 +118,12 @@ def main() -> int:
 
     ids = Counter()
     by_type = Counter()
+    by_style = Counter()
+    by_split = Counter()
+    by_group = Counter()
     by_source = Counter()
     src_questions = Counter()
-    short = 0
+    near_miss = 0
     for no, rec in records:
         where = f"line {no} ({rec.get('id', '?')})"
         missing = set(FIELDS) - set(rec)
@@ -122,6 +133,8 @@ def main() -> int:
             continue
         if extra:
             errors.append(f"{where}: unexpected fields {sorted(extra)}")
+        elif list(rec) != list(FIELDS):
+            errors.append(f"{where}: keys out of order: {list(rec)} (expected {list(FIELDS)})")
         bad = [k for k, t in FIELDS.items() if not isinstance(rec[k], t)]
         if bad:
             errors.append(f"{where}: wrong field types {bad}")
@@ -135,12 +148,37 @@ def main() -> int:
             errors.append(f"{where}: unknown type {kind!r}")
             continue
         by_type[kind] += 1
-        gold, facts = rec["gold_titles"], rec["key_facts"]
-        if not all(isinstance(g, str) for g in gold) or not all(isinstance(f, str) and f.strip() for f in facts):
-            errors.append(f"{where}: gold_titles/key_facts must be lists of non-empty strings")
+        if not re.fullmatch(rf"{PREFIX[kind]}-\d{{2,}}", rec["id"]):
+            errors.append(f"{where}: id should be {PREFIX[kind]}-NN for type {kind}")
+        style, split = rec["style"], rec["split"]
+        if style not in STYLES:
+            errors.append(f"{where}: style must be one of {STYLES}, got {style!r}")
+        if split not in SPLITS:
+            errors.append(f"{where}: split must be one of {SPLITS}, got {split!r}")
+        if "style: short" in rec["notes"] and style != "terse":
+            errors.append(f"{where}: notes say 'style: short' but style is {style!r}")
+        by_style[style] += 1
+        by_split[split] += 1
+        by_group[(kind, style, split)] += 1
+        gold, facts, accept = rec["gold_titles"], rec["key_facts"], rec["acceptable_titles"]
+        if (not all(isinstance(g, str) for g in gold) or not all(isinstance(f, str) and f.strip() for f in facts)
+                or not all(isinstance(a, str) for a in accept)):
+            errors.append(f"{where}: gold_titles/key_facts/acceptable_titles must be lists of non-empty strings")
             continue
         if len(set(gold)) != len(gold):
             errors.append(f"{where}: duplicate gold titles")
+        if len(set(accept)) != len(accept):
+            errors.append(f"{where}: duplicate acceptable titles")
+        if set(accept) & set(gold):
+            errors.append(f"{where}: acceptable_titles overlap gold_titles: {sorted(set(accept) & set(gold))}")
+        if kind == "unanswerable" and accept:
+            errors.append(f"{where}: unanswerable must have empty acceptable_titles")
+        for a in accept:
+            if a not in title_sources:
+                close = [t for t in title_sources if t.casefold() == a.casefold() or t.startswith(a[:30])]
+                errors.append(f"{where}: acceptable title not a corpus title line: {a!r}" + (f" (near: {close[0]!r})" if close else ""))
+        if kind == "unanswerable" and "near-miss:" in rec["notes"]:
+            near_miss += 1
         expected = {"unanswerable": (0, 0), "specific": (1, 1), "paraphrase": (1, 1), "multi_hop": (2, 99), "list": (2, 99)}[kind]
         if not expected[0] <= len(gold) <= expected[1]:
             errors.append(f"{where}: {kind} needs {expected[0]}..{expected[1]} gold titles, has {len(gold)}")
@@ -148,8 +186,6 @@ def main() -> int:
             errors.append(f"{where}: unanswerable must have empty key_facts")
         if kind != "unanswerable" and not facts:
             errors.append(f"{where}: key_facts empty")
-        if "style: short" in rec["notes"]:
-            short += 1
         srcs = set()
         for g in gold:
             if g not in title_sources:
@@ -185,19 +221,30 @@ def main() -> int:
     total = sum(by_type.values())
     if total < MIN_QUESTIONS:
         errors.append(f"only {total} questions (< {MIN_QUESTIONS})")
-    if by_type["unanswerable"] < MIN_UNANSWERABLE:
-        errors.append(f"only {by_type['unanswerable']} unanswerable questions (< {MIN_UNANSWERABLE})")
-    if short < MIN_SHORT:
-        errors.append(f"only {short} short user-style queries (< {MIN_SHORT})")
+    for kind, least in MIN_PER_TYPE.items():
+        if by_type[kind] < least:
+            errors.append(f"only {by_type[kind]} {kind} questions (< {least})")
+    if by_style["terse"] < MIN_TERSE:
+        errors.append(f"only {by_style['terse']} terse queries (< {MIN_TERSE})")
+    for kind in TYPES:
+        for style in STYLES:
+            tune, test = by_group[(kind, style, "tune")], by_group[(kind, style, "test")]
+            if abs(tune - test) > 1:
+                errors.append(f"split not balanced for ({kind}, {style}): tune {tune} vs test {test}")
 
     n_titles = len(title_sources)
     n_multi = sum(1 for v in title_sources.values() if len(v) > 1)
     print(f"corpus: {len(file_ids)} files, {sum(len(v) for v in title_sources.values())} entries, "
           f"{n_titles} unique titles, {n_multi} titles in more than one file")
-    print(f"dev set: {total} questions ({short} short user-style)")
-    print("per type:")
+    print(f"dev set: {total} questions ({by_style['terse']} terse, {by_style['question']} question; "
+          f"{by_split['tune']} tune, {by_split['test']} test; {near_miss} unanswerable near misses)")
+    print("per type (terse+question = total; tune/test):")
     for kind in TYPES:
-        print(f"  {kind:13s} {by_type[kind]}")
+        t = sum(by_group[(kind, "terse", sp)] for sp in SPLITS)
+        q = sum(by_group[(kind, "question", sp)] for sp in SPLITS)
+        tu = sum(by_group[(kind, st, "tune")] for st in STYLES)
+        te = sum(by_group[(kind, st, "test")] for st in STYLES)
+        print(f"  {kind:13s} {t:3d}+{q:3d} = {by_type[kind]:3d}; {tu}/{te}")
     print("per source file (questions with a gold paper from it / gold title occurrences):")
     for s in file_ids:
         print(f"  {s}  {src_questions[s]:3d} / {by_source[s]}")

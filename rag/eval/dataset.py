@@ -3,7 +3,9 @@
 One JSON object per line::
 
     {"id", "type": "list"|"specific"|"paraphrase"|"unanswerable"|"multi_hop",
-     "question", "gold_titles": [exact corpus titles; empty for unanswerable], "key_facts": [...], "notes"}
+     "question", "gold_titles": [exact corpus titles; empty for unanswerable], "key_facts": [...],
+     "acceptable_titles": [near misses: citing them counts neither way], "style": "terse"|"question",
+     "split": "tune"|"test", "notes"}
 
 Problems are collected as `DatasetIssue`s (file, line, message) rather than raised: a malformed line
 is skipped, a gold title that is not in the corpus is kept (it can never be retrieved, so it counts as
@@ -25,7 +27,9 @@ from rag.errors import RagError
 
 TYPES = ("list", "specific", "paraphrase", "multi_hop", "unanswerable")
 REQUIRED = {"id": str, "type": str, "question": str, "gold_titles": list, "key_facts": list}
-OPTIONAL = {"notes": str}
+OPTIONAL = {"notes": str, "acceptable_titles": list, "style": str, "split": str}
+STYLES = ("terse", "question")
+SPLITS = ("tune", "test")
 
 
 class DatasetError(RagError):
@@ -58,6 +62,9 @@ class Question:
     key_facts: list[str] = field(default_factory=list)
     notes: str = ""
     line: int = 0
+    acceptable_titles: list[str] = field(default_factory=list)
+    style: str | None = None
+    split: str | None = None
 
     @property
     def answerable(self) -> bool:
@@ -163,6 +170,16 @@ def load_dataset(path: Path | str, corpus_titles: Iterable[str] | None = None, s
         if not all(isinstance(g, str) and g.strip() for g in gold) or not all(isinstance(f, str) and f.strip() for f in facts):
             issue("gold_titles and key_facts must be lists of non-empty strings: line skipped", qid)
             continue
+        if rec.get("style") not in (None, *STYLES):
+            issue(f"unknown style {rec['style']!r} (use {' or '.join(STYLES)}): line skipped", qid)
+            continue
+        if rec.get("split") not in (None, *SPLITS):
+            issue(f"unknown split {rec['split']!r} (use {' or '.join(SPLITS)}): line skipped", qid)
+            continue
+        acceptable = rec.get("acceptable_titles", [])
+        if not all(isinstance(a, str) and a.strip() for a in acceptable):
+            issue("acceptable_titles must be a list of non-empty strings: line skipped", qid)
+            continue
         if rec["type"] == "unanswerable" and gold:
             issue("unanswerable question has gold titles: line skipped", qid)
             continue
@@ -192,6 +209,16 @@ def load_dataset(path: Path | str, corpus_titles: Iterable[str] | None = None, s
                 resolved.append(g)
             else:
                 resolved.append(found)
+        acceptable_resolved = []
+        for a in acceptable:
+            if normalise_title(a) in seen_gold:
+                issue(f"acceptable title is also gold: {a!r}", qid)
+                continue
+            found = titles.resolve(a) if titles is not None else a
+            if found is None:
+                issue(f"acceptable title not in the corpus: {a!r}", qid)
+                found = a
+            acceptable_resolved.append(found)
         seen_ids[rec["id"]] = no
         questions.append(
             Question(
@@ -202,6 +229,9 @@ def load_dataset(path: Path | str, corpus_titles: Iterable[str] | None = None, s
                 key_facts=list(facts),
                 notes=rec.get("notes", ""),
                 line=no,
+                acceptable_titles=acceptable_resolved,
+                style=rec.get("style"),
+                split=rec.get("split"),
             )
         )
 

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 
-from eval.metrics import mean
+from rag.eval.metrics import mean
 from rag.errors import RagError
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,16 @@ def parse_scores(text: str) -> dict:
 
 
 class Judge:
-    def __init__(self, llm, prompt):
+    def __init__(self, llm, prompts):
         self.llm = llm
-        self.prompt = prompt
+        self.prompts = prompts
 
     @classmethod
     def from_settings(cls, settings, llm=None):
         """The judge, or None (with a warning) when no LLM is configured."""
         from rag.prompts import load_prompts
 
-        prompt = load_prompts(required={"judge": {"question", "answer", "sources"}})["judge"]
+        prompts = load_prompts()
         if llm is None:
             if not settings.llm_configured:
                 log.warning("--judge ignored: no LLM configured (set RAG_LLM_BASE_URL or OPENAI_API_KEY)")
@@ -59,13 +59,13 @@ class Judge:
             from rag.llm import OpenAIChatLLM
 
             llm = OpenAIChatLLM.from_settings(settings)
-        return cls(llm, prompt)
+        return cls(llm, prompts)
 
     def score(self, question: str, answer: str, sources) -> dict:
-        text = "\n\n".join(f"[{s.n}] {s.title}\n{getattr(s, 'abstract', '') or s.snippet}" for s in sources)
-        message = self.prompt.render(question=question, answer=answer, sources=text)
+        from rag.prompts import judge_message
+
         try:
-            reply = self.llm.complete([{"role": "user", "content": message}])
+            reply = self.llm.complete(judge_message(self.prompts, question, answer, sources))
             return parse_scores(reply)
         except RagError as exc:
             return {"error": str(exc)}

@@ -15,7 +15,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from rag.citations import cited_numbers, claims, strip_markup  # noqa: F401 (re-exported for the runner)
 from rag.corpus import clean_text, normalise_title, paper_id_for
+from rag.text import content_terms, normalise_for_match, split_sentences
 
 RETRIEVAL_METRICS = ("recall@5", "recall@10", "ndcg@10", "mrr")
 GROUNDING_METRICS = (
@@ -86,98 +88,20 @@ def retrieval_metrics(runs: dict[str, Sequence[str]], gold: dict[str, Iterable[s
 
 # ---------------------------------------------------------------- text helpers
 
-_MARKER = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
-_TITLE_PREFIX = re.compile(r"^\s*\*\*[^*\n]+\*\*\s*(?:[—–:]|-{1,2})\s*")
-_BULLET = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
-_HEADING = re.compile(r"^\s*#{1,6}\s*")
-_LINK = re.compile(r"\[([^\]]+)\]\((?:[^)]+)\)")
-_EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
-_WORD = re.compile(r"\w+")
-_LEADING_MARKERS = re.compile(r"^(?:\s*\[\d+(?:\s*[,;]\s*\d+)*\])+\s*")
-
-STOPWORDS = frozenset(
-    (
-        "a about above after again against all also am an and any are as at be because been before being below "
-        "between both but by can could did do does doing down during each either few for from further had has have "
-        "having he her here hers herself him himself his how i if in into is it its itself just let me more most my "
-        "myself neither no nor not now of off on once only or other our ours ourselves out over own per same she "
-        "should so some such than that the their theirs them themselves then there these they this those through to "
-        "too under until up upon us very via was we were what when where which while who whom why will with within "
-        "without would yet you your yours yourself yourselves paper papers propose proposes proposed present presents "
-        "presented show shows shown study work approach method methods use uses used using based new novel"
-    ).split()
-)
-
 
 def normalise_text(text: str) -> str:
-    """For key-fact matching: NFKC, LaTeX residue removed, case-folded, punctuation to spaces."""
-    text = clean_text(unicodedata.normalize("NFKC", text)).casefold()
-    text = re.sub(r"[^\w%]", " ", text.replace("_", " ")).replace("%", " % ")
-    return " ".join(text.split())
-
-
-@lru_cache(maxsize=1)
-def _stemmer():
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
+    """For key-fact matching: LaTeX residue removed, then rag.text.normalise_for_match."""
+    return normalise_for_match(clean_text(unicodedata.normalize("NFKC", text)))
 
 
 def content_tokens(text: str) -> set[str]:
-    """Stemmed content words (stopwords and one-letter tokens dropped)."""
-    words = [w for w in _WORD.findall(text.casefold().replace("_", " ")) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
-    return set(_stemmer().stemWords(words))
-
-
-def cited_numbers(text: str) -> list[int]:
-    """[n] / [n, m] markers in order of appearance, each once."""
-    out: list[int] = []
-    for m in _MARKER.finditer(text):
-        for part in re.split(r"[,;]", m.group(1)):
-            n = int(part)
-            if n not in out:
-                out.append(n)
-    return out
-
-
-def strip_markup(text: str) -> str:
-    """Drop bullets, headings, the "**Title** —" prefix, markdown emphasis/links and [n] markers."""
-    text = _BULLET.sub("", text)
-    text = _HEADING.sub("", text)
-    text = _TITLE_PREFIX.sub("", text)
-    text = _LINK.sub(r"\1", text)
-    text = _EMPHASIS.sub("", text)
-    text = _MARKER.sub("", text)
-    text = re.sub(r"\s+([.,;:!?])", r"\1", text)
-    return " ".join(text.split())
+    """Stemmed content words (rag.text.content_terms), as a set."""
+    return set(content_terms(text))
 
 
 def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
-    """Answer text -> [(clean sentence, source numbers it cites)].
-
-    Lines (bullets, paragraphs) are split into sentences; a sentence without its own [n] marker
-    inherits the markers of its line. Fragments without content words are dropped.
-    """
-    from rag.chunking import split_sentences
-
-    out: list[tuple[str, list[int]]] = []
-    for line in answer.splitlines():
-        if not line.strip():
-            continue
-        line_refs = cited_numbers(line)
-        body = _TITLE_PREFIX.sub("", _BULLET.sub("", line))
-        pieces: list[list] = []  # [raw sentence, its own markers]
-        for raw in split_sentences(body.strip()):
-            lead = _LEADING_MARKERS.match(raw)
-            if lead and pieces:  # "claim. [1] Next claim." -> the [1] belongs to the claim before it
-                pieces[-1][1] += [n for n in cited_numbers(lead.group(0)) if n not in pieces[-1][1]]
-                raw = raw[lead.end():]
-            pieces.append([raw, cited_numbers(raw)])
-        for raw, refs in pieces:
-            clean = strip_markup(raw)
-            if content_tokens(clean):
-                out.append((clean, refs or line_refs))
-    return out
+    """Answer text -> [(clean sentence, source numbers it cites)] (rag.citations.claims)."""
+    return [(c.text, list(c.refs)) for c in claims(answer)]
 
 
 # ---------------------------------------------------------------- grounding
@@ -266,8 +190,6 @@ class SupportChecker:
                 return True
         if self.embedder is None:
             return False
-        from rag.chunking import split_sentences
-
         pieces = [p for a in abstracts for p in split_sentences(a) if p.strip()]
         if not pieces:
             return False

@@ -13,18 +13,16 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from urllib.parse import urlparse
 
-from rag.chunking import split_sentences
+from rag.citations import MARKER, claims_by_source, expand, find_spans, merge_spans
+from rag.text import strip_bidi
 
-CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _MD_SPECIAL = re.compile(r"([\\`\[\]])")
-_EXTRACTIVE_PREFIX = re.compile(r"^\s*(?:[-*+]\s+)?(?:\*\*.*?\*\*\s*[—–:-]\s*)?")
-_WORDS = re.compile(r"[a-z0-9]+")
 _SNIPPET_CONTEXT = 160
 
 
 def esc(text) -> str:
     """HTML-escape any value (quotes too, so the result is safe inside attributes)."""
-    return html.escape("" if text is None else str(text), quote=True)
+    return html.escape(strip_bidi("" if text is None else str(text)), quote=True)
 
 
 def md_text(text: str) -> str:
@@ -33,7 +31,7 @@ def md_text(text: str) -> str:
     HTML is escaped (so `<script>` shows as text), and the characters that build links, code or
     escapes in Markdown are backslash-escaped. Emphasis (`**`) is left alone: answers use it.
     """
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text or "", quote=False))
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(strip_bidi(text or ""), quote=False))
 
 
 def safe_url(url: str | None) -> str | None:
@@ -80,10 +78,9 @@ def titles_by_n(turn: Mapping) -> dict[int, str]:
 def render_citations(text: str, titles: Mapping[int, str]) -> str:
     """Escape `text` for Markdown and turn each `[n]` into a superscript with the title as tooltip."""
     out, pos = [], 0
-    for match in CITATION.finditer(text):
+    for match in MARKER.finditer(text):
         out.append(md_text(text[pos : match.start()]))
-        for part in re.split(r"\s*[,;]\s*", match.group(1)):
-            n = int(part)
+        for n in expand(match.group(1))[0]:
             title = titles.get(n)
             if title is None:
                 out.append(md_text(f"[{n}]"))
@@ -154,85 +151,14 @@ def history(turns: Iterable[Mapping]) -> list[dict]:
 # ------------------------------------------------------------------------------ highlighting
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
-
-def cited_sentences(answer: str) -> dict[int, list[str]]:
-    """For each citation number, the answer text right before its `[n]` marker (markup stripped)."""
-    out: dict[int, list[str]] = {}
-    for line in answer.splitlines():
-        pos = 0
-        for match in CITATION.finditer(line):
-            segment = line[pos : match.start()]
-            if pos == 0:  # "- **Title** — sentence [n]": drop the bullet and the title
-                segment = _EXTRACTIVE_PREFIX.sub("", segment, count=1)
-            pos = match.end()
-            segment = segment.replace("**", "").strip(" \t*_—–-;,")
-            if not segment:
-                continue
-            for part in re.split(r"\s*[,;]\s*", match.group(1)):
-                out.setdefault(int(part), []).append(segment)
-    return out
-
-
-def find_spans(sentences: list[str], abstract: str) -> list[tuple[int, int, bool]]:
-    """(start, end, exact) spans of `abstract` supporting the cited sentences.
-
-    Exact when the sentence (or one of its sentences) is verbatim in the abstract; otherwise the
-    abstract sentence sharing most words with it (a paraphrase), if the overlap is substantial.
-    """
-    if not abstract:
-        return []
-    spans: list[tuple[int, int, bool]] = []
-    abstract_sentences = None
-    for sentence in sentences:
-        candidates = [sentence] + [s for s in split_sentences(sentence) if s != sentence]
-        found = False
-        for cand in candidates:
-            cand = cand.strip().rstrip(".").strip()
-            if len(cand) < 12:
-                continue
-            idx = abstract.find(cand)
-            if idx < 0:
-                match = re.search(r"\s+".join(re.escape(w) for w in cand.split()), abstract)
-                if match:
-                    spans.append((match.start(), match.end(), True))
-                    found = True
-            else:
-                spans.append((idx, idx + len(cand), True))
-                found = True
-            if found and cand == sentence.strip().rstrip(".").strip():
-                break
-        if found:
-            continue
-        last = (split_sentences(sentence) or [sentence])[-1]
-        words = set(_WORDS.findall(last.lower()))
-        if len(words) < 4:
-            continue
-        if abstract_sentences is None:
-            abstract_sentences = []
-            start = 0
-            for s in split_sentences(abstract):
-                i = abstract.find(s, start)
-                if i >= 0:
-                    abstract_sentences.append((i, i + len(s), set(_WORDS.findall(s.lower()))))
-                    start = i + len(s)
-        best = max(abstract_sentences, key=lambda r: len(words & r[2]) / (len(words | r[2]) or 1), default=None)
-        if best and len(words & best[2]) / (len(words | best[2]) or 1) >= 0.35:
-            spans.append((best[0], best[1], False))
-    return _merge(spans)
-
-
-def _merge(spans: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
-    merged: list[tuple[int, int, bool]] = []
-    for start, end, exact in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            s0, e0, x0 = merged[-1]
-            merged[-1] = (s0, max(e0, end), x0 or exact)
-        else:
-            merged.append((start, end, exact))
-    return merged
+def support_spans(turn: Mapping, n: int, abstract: str) -> list[tuple[int, int, bool]]:
+    """Where source `n`'s abstract supports the answer: the extractive answer's own quotes (exact), else the
+    answer sentences citing `n` located in the abstract (rag.citations.find_spans)."""
+    quotes = [q for q in turn.get("quotes") or [] if int(q.get("n", -1)) == n]
+    if quotes:
+        return merge_spans((int(q["start"]), int(q["end"]), True) for q in quotes
+                           if abstract[int(q["start"]) : int(q["end"])] == q.get("text"))
+    return find_spans(claims_by_source(turn.get("answer", "")).get(n, []), abstract)
 
 
 def highlighted_snippet(abstract: str, spans: list[tuple[int, int, bool]], fallback: str) -> str:
@@ -312,7 +238,6 @@ def _render_sources(turn: Mapping, papers: Mapping) -> str:
         )
     sources = {int(s["n"]): s for s in turn.get("sources") or []}
     cited_n = [int(c["n"]) for c in turn.get("citations") or []]
-    support = cited_sentences(turn.get("answer", ""))
     items = []
     for n in cited_n:
         src = sources.get(n)
@@ -320,7 +245,7 @@ def _render_sources(turn: Mapping, papers: Mapping) -> str:
             continue
         paper = papers.get(src["paper_id"])
         abstract = paper.abstract if paper else ""
-        spans = find_spans(support.get(n, []), abstract)
+        spans = support_spans(turn, n, abstract)
         snippet = highlighted_snippet(abstract, spans, src.get("snippet", ""))
         meta = [f'<span class="rag-score" title="retrieval score">score {float(src.get("score", 0.0)):.4f}</span>']
         links = _paper_links(paper) if paper else ""

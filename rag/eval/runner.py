@@ -14,8 +14,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from eval.dataset import Dataset, Question
-from eval.metrics import (
+from rag.eval.dataset import Dataset, Question
+from rag.eval.metrics import (
     METRICS,
     SupportChecker,
     citation_metrics,
@@ -26,6 +26,7 @@ from eval.metrics import (
     unsupported_sentence_rate,
 )
 from rag.errors import ConfigError, RagError
+from rag.prompts import load_prompts
 from rag.retrieve import MODES
 
 log = logging.getLogger(__name__)
@@ -64,40 +65,20 @@ def _git_commit() -> str | None:
         return None
 
 
-def _evidence(source, retriever) -> str:
-    """Title + abstract of a source (falling back to the index's paper record, then the snippet)."""
-    abstract = getattr(source, "abstract", "") or ""
-    if not abstract:
-        paper = retriever.papers.get(source.paper_id) if retriever is not None else None
-        abstract = paper.abstract if paper else source.snippet
-    return f"{source.title}\n{abstract}"
+def _evidence(source) -> str:
+    """Title + abstract of a source (the snippet when the abstract is not known)."""
+    return f"{source.title}\n{getattr(source, 'abstract', '') or source.snippet}"
 
 
-def render_prompt(question: str, sources) -> str:
-    """The LLM prompt for these sources (prompts/system.md + answer.md + source.md), or, if the
-    prompt files cannot be used, question + numbered titles and abstracts."""
-    texts = [(s.n, s.title, getattr(s, "abstract", "") or s.snippet) for s in sources]
-    try:
-        from rag.prompts import NOT_IN_CORPUS, load_prompts
+def render_prompt(question: str, sources, prompts=None) -> str:
+    """The LLM prompt for these sources, as the answerer sends it (rag.prompts.answer_messages)."""
+    from rag.prompts import answer_messages, load_prompts
 
-        p = _prompts(load_prompts)
-        block = "\n".join(p["source"].render(n=n, title=t, abstract=a) for n, t, a in texts)
-        return (p["system"].render(not_found_phrase=NOT_IN_CORPUS) + "\n"
-                + p["answer"].render(question=question, sources=block, not_found_phrase=NOT_IN_CORPUS))
-    except (ImportError, RagError, KeyError, IndexError, ValueError):
-        return question + "\n" + "\n".join(f"[{n}] {t}\n{a}" for n, t, a in texts)
+    messages = answer_messages(prompts or load_prompts(), question, sources)
+    return "\n".join(m["content"] for m in messages)
 
 
-_PROMPTS: dict = {}
-
-
-def _prompts(loader) -> dict:
-    if "p" not in _PROMPTS:
-        _PROMPTS["p"] = loader()
-    return _PROMPTS["p"]
-
-
-def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, count=None) -> dict:
+def score_answer(q: Question, ans, checker: SupportChecker, count=None, prompts=None) -> dict:
     """Row fields and per-question answer metrics for one Answer record."""
     abstained = bool(ans.abstained)
     sources = list(ans.sources or [])
@@ -117,7 +98,7 @@ def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, coun
         )
         metrics["key_fact_recall"] = key_fact_recall(ans.answer or "", q.key_facts) if q.answerable else None
         cited_ns = [c["n"] for c in ans.citations or [] if c.get("n") in by_n] or [n for n in text_refs if n in by_n]
-        evidence = {n: _evidence(s, retriever) for n, s in by_n.items()}
+        evidence = {n: _evidence(s) for n, s in by_n.items()}
         metrics["unsupported_sentence_rate"] = unsupported_sentence_rate(ans.answer or "", evidence, cited_ns, checker)
     row = {
         "answer": ans.answer,
@@ -133,7 +114,7 @@ def score_answer(q: Question, ans, checker: SupportChecker, retriever=None, coun
         row["answer_tokens"] = count(ans.answer or "")
         generated = (getattr(ans, "timings_ms", None) or {}).get("generate")
         skipped = abstained and generated is not None and generated <= 0  # abstained before any generation
-        row["prompt_tokens"] = None if skipped or not sources else count(render_prompt(q.question, sources))
+        row["prompt_tokens"] = None if skipped or not sources else count(render_prompt(q.question, sources, prompts))
     return row
 
 
@@ -164,7 +145,7 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
     """Evaluate `dataset`; returns the report dict (see eval/README.md for its shape)."""
     from tqdm import tqdm
 
-    from rag.chunking import count_tokens
+    from rag.tokens import count_tokens
 
     if answer not in ANSWER_CHOICES:
         raise ConfigError(f"--answer must be one of {', '.join(ANSWER_CHOICES)}, got {answer!r}")
@@ -172,10 +153,11 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
     if retriever is None:
         from rag.retrieve import Retriever
 
-        retriever = Retriever(settings)
+        retriever = Retriever.from_settings(settings)
     if answer != "none" and assistant is None:
         assistant = make_assistant(settings, retriever, answer)
-    checker = SupportChecker(getattr(retriever, "embedder", None))
+    checker = SupportChecker(retriever.embedder)
+    prompts = load_prompts()
 
     def count(text: str) -> int:
         return count_tokens(text, settings.tokenizer)
@@ -205,7 +187,7 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
                         row["answer_ms"] = round(wall, 3)
                         total = (getattr(ans, "timings_ms", None) or {}).get("total")
                         row["latency_ms"] = round(float(total if total is not None else wall), 3)
-                        row.update(score_answer(q, ans, checker, retriever, count))
+                        row.update(score_answer(q, ans, checker, count, prompts))
                         if judge is not None and not ans.abstained:
                             row["judge"] = judge.score(q.question, ans.answer, ans.sources)
                 except RagError as exc:  # one failing question must not stop the run
@@ -260,16 +242,17 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
 
 
 def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge, elapsed) -> dict:
-    manifest = getattr(getattr(retriever, "state", None), "manifest", None) or {}
+    info = retriever.index.info()
     cfg = {
         "modes": modes,
         "answer": answer,
         "top_k": top_k,
         "answer_top_k": answer_top_k or settings.answer_top_k,
         "data_dir": str(Path(settings.data_dir).resolve()),
-        "papers": len(getattr(retriever, "papers", {}) or {}),
-        "index_params": manifest.get("params"),
-        "corpus_fingerprint": manifest.get("corpus_fingerprint"),
+        "papers": info["papers"],
+        "index_params": info["index_params"],
+        "corpus_fingerprint": info["corpus_fingerprint"],
+        "embedding": info.get("embedding"),
         "embed_backend": settings.embed_backend,
         "candidates": settings.candidates,
         "rrf_k": settings.rrf_k,

@@ -7,8 +7,8 @@ import math
 import re
 from pathlib import Path
 
-from eval.dataset import TYPES
-from eval.metrics import (
+from rag.eval.dataset import TYPES
+from rag.eval.metrics import (
     ABSTENTION_METRICS,
     ANSWER_METRICS,
     GROUNDING_METRICS,

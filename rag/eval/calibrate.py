@@ -1,7 +1,7 @@
 """Calibrate abstention on an eval set: the best dense similarity and the question-term coverage of the
 top papers, for answerable vs unanswerable questions.
 
-    python -m eval.calibrate [--dataset eval/datasets/dev.jsonl] [--json]
+    python -m rag.eval.calibrate [--dataset eval/datasets/dev.jsonl] [--json]
 
 The rule (rag.answer.Assistant._should_abstain): abstain when similarity < abstain_threshold, or
 when similarity < abstain_sim and coverage < abstain_coverage. This prints the per-question
@@ -18,22 +18,22 @@ from pathlib import Path
 
 
 def features(dataset: Path, settings) -> list[dict]:
-    from rag.answer import Assistant
+    from rag.abstention import features as question_features
+    from rag.retrieve import Retriever
 
-    assistant = Assistant.from_settings(settings)
-    retriever = assistant.retriever
+    retriever = Retriever.from_settings(settings)
     rows = []
     for line in dataset.read_text().splitlines():
         if not line.strip():
             continue
         item = json.loads(line)
-        found = retriever.retrieve(item["question"], settings.answer_top_k, "hybrid", query_vec=retriever.embed_query(item["question"]))
-        hits = found.hits
+        found = retriever.retrieve(item["question"], settings.answer_top_k, "hybrid")
+        f = question_features(item["question"], found.top_similarity, [h.paper_id for h in found.hits], retriever.index)
         rows.append({
             "id": item["id"],
             "answerable": item["type"] != "unanswerable",
-            "similarity": round(float(found.top_similarity or 0.0), 4),
-            "coverage": round(assistant.coverage(item["question"], [h.paper_id for h in hits[:3]]), 4),
+            "similarity": round(f.similarity, 4),
+            "coverage": round(f.coverage, 4),
             "question": item["question"],
         })
     return rows
@@ -53,6 +53,9 @@ def outcome(rows, floor: float, sim: float, cov: float) -> dict:
 
 
 def main(argv=None) -> int:
+    from rag.env import configure_process
+
+    configure_process()
     from rag.settings import load_settings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

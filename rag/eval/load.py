@@ -1,6 +1,6 @@
 """Load test: concurrent `gradio_client` clients against a running UI's `/ask` API, on loopback only.
 
-    python -m eval.load [--url http://127.0.0.1:7860] [--clients 20] [--questions-per-client 5]
+    python -m rag.eval.load [--url http://127.0.0.1:7860] [--clients 20] [--questions-per-client 5]
                         [--timeout 120] [--out eval/bench/load.json]
 
 Without --url it starts the UI itself (extractive mode, the index in RAG_DATA_DIR) on a free loopback
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from urllib.parse import urlparse
 
-from eval.bench import QUESTIONS, _pct
+from rag.eval.bench import QUESTIONS, _pct
 
 
 def _free_port() -> int:
@@ -93,7 +93,10 @@ def run_load(url: str, clients: int, per_client: int, timeout: float) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.load", description=__doc__.splitlines()[0])
+    from rag.env import configure_process
+
+    configure_process()
+    p = argparse.ArgumentParser(prog="python -m rag.eval.load", description=__doc__.splitlines()[0])
     p.add_argument("--url")
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--questions-per-client", type=int, default=5)

@@ -9,7 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from eval.runner import ANSWER_CHOICES
+from rag.eval.runner import ANSWER_CHOICES
 from rag.errors import ConfigError
 
 EXAMPLES = """examples:
@@ -59,6 +59,8 @@ def add_eval_parser(sub) -> None:
                    help="exit 1 when a summary metric is below VALUE (all evaluated modes unless MODE: is given)")
     p.add_argument("--fail-over", nargs="+", action="extend", default=[], metavar="[MODE:]METRIC=VALUE",
                    help="exit 1 when a summary metric is above VALUE (for latency, unsupported_sentence_rate, ...)")
+    p.add_argument("--split", choices=("tune", "test", "all"), default="all",
+                   help="evaluate only the questions of this split (default all; README figures are test)")
     p.add_argument("--limit", type=_limit, help="evaluate only the first N questions")
     p.add_argument("--judge", action="store_true", help="also score answers with the LLM judge (prompts/judge.md); needs an LLM")
     p.add_argument("--json", action="store_true", help="print the summary, per-type metrics, gates and files as JSON")
@@ -75,8 +77,8 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from eval.dataset import load_dataset
-    from eval.report import (
+    from rag.eval.dataset import load_dataset
+    from rag.eval.report import (
         by_type_table,
         check_gates,
         gate_message,
@@ -84,8 +86,8 @@ def cmd_eval(args) -> int:
         summary_table,
         write_report,
     )
-    from eval.runner import check_modes, run_eval
-    from rag.index import load_papers, open_index_state
+    from rag.eval.runner import check_modes, run_eval
+    from rag.retrieve import Retriever
     from rag.settings import load_settings
 
     if args.dataset is None:
@@ -94,13 +96,17 @@ def cmd_eval(args) -> int:
     modes = check_modes(args.modes)
     gates = parse_gates(args.fail_under, modes, args.answer, "under") + parse_gates(args.fail_over, modes, args.answer, "over")
 
-    open_index_state(settings, check_stale=False)  # a missing/incomplete index fails here with how to build it
-    titles = [p.title for p in load_papers(Path(settings.data_dir)).values()]
+    retriever = Retriever.from_settings(settings, check_stale=False)  # a missing index fails here, saying how to build it
+    titles = [p.title for p in retriever.index.papers()]
     dataset = load_dataset(args.dataset, titles, strict=args.strict)
     for issue in dataset.issues[:20]:
         print(f"warning: {issue}", file=sys.stderr)
     if len(dataset.issues) > 20:
         print(f"warning: ... and {len(dataset.issues) - 20} more dataset issues (all listed in report.json)", file=sys.stderr)
+    if args.split != "all":
+        dataset.questions = [q for q in dataset.questions if q.split == args.split]
+        if not dataset.questions:
+            raise ConfigError(f"the dataset has no questions in split {args.split!r}")
     if args.limit:
         dataset.questions = dataset.questions[: args.limit]
 
@@ -109,15 +115,12 @@ def cmd_eval(args) -> int:
         if args.answer == "none":
             print("warning: --judge ignored with --answer none", file=sys.stderr)
         else:
-            from eval.judge import Judge
+            from rag.eval.judge import Judge
 
             judge = Judge.from_settings(settings)
             if judge is None:
                 print("warning: --judge ignored: no LLM configured (set RAG_LLM_BASE_URL or OPENAI_API_KEY)", file=sys.stderr)
 
-    from rag.retrieve import Retriever
-
-    retriever = Retriever(settings)
     report = run_eval(settings, dataset, modes=modes, answer=args.answer, top_k=args.top_k,
                       answer_top_k=args.answer_top_k, retriever=retriever, judge=judge, progress=True)
     results = check_gates(report, gates)
@@ -160,7 +163,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from eval.report import compare, compare_text, load_report
+    from rag.eval.report import compare, compare_text, load_report
 
     cmp = compare(load_report(args.a), load_report(args.b))
     if not cmp["modes"]:

@@ -1,4 +1,8 @@
-"""A persisted BM25 index over the same chunks as the vector store (bm25s + PyStemmer)."""
+"""The lexical (BM25) index over the same chunks as the vector store (bm25s + the Snowball stemmer).
+
+Tokenisation uses the project's one stopword list (rag.text) plus bm25s' English list, so question
+filler such as "which papers" never dominates a query.
+"""
 
 from __future__ import annotations
 
@@ -23,28 +27,28 @@ def _bm25s():
 
 
 def _tokenizer():
-    import Stemmer
     from bm25s.stopwords import STOPWORDS_EN
     from bm25s.tokenization import Tokenizer
 
-    from rag.chunking import STOPWORDS
+    from rag.text import STOPWORDS, stemmer
 
-    # bm25s' English list has 33 words; questions also carry filler ("how many", "which papers").
-    return Tokenizer(stopwords=sorted(set(STOPWORDS_EN) | STOPWORDS), stemmer=Stemmer.Stemmer("english").stemWord)
+    return Tokenizer(stopwords=sorted(set(STOPWORDS_EN) | STOPWORDS), stemmer=stemmer())
 
 
-class BM25Index:
-    """Lexical retrieval over chunk texts; ids are chunk ids."""
+class LexicalIndex:
+    """BM25 over chunk texts; ids are chunk ids."""
 
     def __init__(self, retriever, tokenizer, ids: list[str]):
         self._retriever = retriever
         self._tokenizer = tokenizer
         self.ids = ids
 
-    @classmethod
-    def build(cls, ids: Sequence[str], texts: Sequence[str]) -> "BM25Index":
-        bm25s = _bm25s()
+    def __len__(self) -> int:
+        return len(self.ids)
 
+    @classmethod
+    def build(cls, ids: Sequence[str], texts: Sequence[str]) -> "LexicalIndex":
+        bm25s = _bm25s()
         tok = _tokenizer()
         tokens = tok.tokenize(list(texts), update_vocab=True, return_as="tuple", show_progress=False)
         retriever = bm25s.BM25()
@@ -60,17 +64,16 @@ class BM25Index:
         tmp.replace(directory / "ids.json")
 
     @classmethod
-    def load(cls, directory: Path) -> "BM25Index":
+    def load(cls, directory: Path) -> "LexicalIndex":
         bm25s = _bm25s()
-
         try:
             retriever = bm25s.BM25.load(str(directory), show_progress=False, mmap=False)
             tok = _tokenizer()
             tok.load_vocab(str(directory))
             ids = json.loads((directory / "ids.json").read_text())
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IndexCorruptError(
-                f"BM25 index in {directory} is unreadable ({exc.__class__.__name__}): run `rag ingest --rebuild`"
+                f"the lexical index in {directory} is unreadable ({exc.__class__.__name__}): run `rag ingest`"
             ) from None
         return cls(retriever, tok, ids)
 

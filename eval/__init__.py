@@ -1,1 +1,0 @@
-"""Evaluation harness and benchmarks for Paper RAG."""

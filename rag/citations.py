@@ -1,0 +1,241 @@
+"""Citation markers: the one grammar for `[n]`, verification against the numbered sources, the claims
+an answer makes (sentence → cited numbers), and where a claim sits in a source abstract.
+
+Answer, UI and eval all call this module; nobody else parses `[n]`.
+
+Grammar: `[1]`, `[1, 3]`, `[1; 3]`, `[2-4]` / `[2–4]` (ranges), and combinations. Numbers that name no
+source (`[0]`, `[-1]`, `[99]`) and ranges wider than `MAX_RANGE` are invalid and removed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from rag.text import content_terms, sentence_spans, split_sentences
+
+_ITEM = r"[-+]?\d+(?:\s*[-–]\s*[-+]?\d+)?"
+MARKER = re.compile(rf"\[\s*({_ITEM}(?:\s*[,;]\s*{_ITEM})*)\s*\]")
+_RANGE = re.compile(r"^([-+]?\d+)\s*[-–]\s*([-+]?\d+)$")
+MAX_RANGE = 50  # "[1-200]" is not a sensible citation
+
+
+def expand(body: str) -> tuple[list[int], int]:
+    """The numbers one marker body names ("1, 3-5" -> [1, 3, 4, 5]), in order, each once, and how
+    many items were malformed (reversed or over-wide ranges)."""
+    numbers: list[int] = []
+    bad = 0
+    for part in re.split(r"\s*[,;]\s*", body.strip()):
+        m = _RANGE.match(part)
+        lo, hi = (int(m.group(1)), int(m.group(2))) if m else (int(part), int(part))
+        if hi < lo or hi - lo > MAX_RANGE:
+            bad += 1
+            continue
+        for n in range(lo, hi + 1):
+            if n not in numbers:
+                numbers.append(n)
+    return numbers, bad
+
+
+def cited_numbers(text: str) -> list[int]:
+    """Every number the markers in `text` name, in order of first appearance (not checked against sources)."""
+    out: list[int] = []
+    for match in MARKER.finditer(text):
+        for n in expand(match.group(1))[0]:
+            if n not in out:
+                out.append(n)
+    return out
+
+
+@dataclass
+class Verified:
+    """An answer text with only valid markers left, the cited sources, and what was removed."""
+
+    text: str
+    citations: list[dict]
+    invalid: int
+
+
+def verify(text: str, valid: Mapping[int, object]) -> Verified:
+    """Keep only markers naming a source in `valid` (n -> Source, with paper_id and title).
+
+    Invalid numbers are dropped and counted; a marker left empty disappears; adjacent markers are
+    merged and repeats collapsed, so "[1][1] [1]" becomes "[1]".
+    """
+    invalid = 0
+    cited: list[int] = []
+
+    def fix(match: re.Match) -> str:
+        nonlocal invalid
+        numbers, bad = expand(match.group(1))
+        invalid += bad
+        keep = []
+        for n in numbers:
+            if n in valid:
+                keep.append(n)
+                if n not in cited:
+                    cited.append(n)
+            else:
+                invalid += 1
+        return "[" + ", ".join(map(str, keep)) + "]" if keep else ""
+
+    clean = MARKER.sub(fix, text)
+    clean = _merge_adjacent(clean)
+    clean = re.sub(r"[ \t]+([.,;:])", r"\1", clean)
+    clean = re.sub(r"[ \t]{2,}", " ", clean).strip()
+    citations = [{"n": n, "paper_id": valid[n].paper_id, "title": valid[n].title} for n in sorted(cited)]
+    return Verified(clean, citations, invalid)
+
+
+_ADJACENT = re.compile(r"\[([\d, ]+)\](?:[ \t]*\[([\d, ]+)\])+")
+
+
+def _merge_adjacent(text: str) -> str:
+    def merge(match: re.Match) -> str:
+        numbers: list[int] = []
+        for body in re.findall(r"\[([\d, ]+)\]", match.group(0)):
+            for n in (int(x) for x in body.split(",") if x.strip()):
+                if n not in numbers:
+                    numbers.append(n)
+        return "[" + ", ".join(map(str, numbers)) + "]"
+
+    return _ADJACENT.sub(merge, text)
+
+
+def strip_markers(text: str) -> str:
+    return MARKER.sub("", text)
+
+
+# ------------------------------------------------------------------------------ claims
+
+_TITLE_PREFIX = re.compile(r"^\s*\*\*[^*\n]+\*\*\s*(?:[—–:]|-{1,2})\s*")
+_BULLET = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
+_HEADING = re.compile(r"^\s*#{1,6}\s*")
+_LINK = re.compile(r"\[([^\]]+)\]\((?:[^)]+)\)")
+_EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
+_LEADING_MARKERS = re.compile(rf"^(?:\s*{MARKER.pattern})+\s*")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One sentence of an answer (markup and markers stripped) and the source numbers it cites."""
+
+    text: str
+    refs: tuple[int, ...]
+
+
+def strip_markup(text: str) -> str:
+    """Drop bullets, headings, the "**Title** —" prefix, markdown emphasis/links and [n] markers."""
+    text = _BULLET.sub("", text)
+    text = _HEADING.sub("", text)
+    text = _TITLE_PREFIX.sub("", text)
+    text = _LINK.sub(r"\1", text)
+    text = _EMPHASIS.sub("", text)
+    text = MARKER.sub("", text)
+    text = re.sub(r"\s+([.,;:!?])", r"\1", text)
+    return " ".join(text.split())
+
+
+def claims(answer: str) -> list[Claim]:
+    """The answer's sentences with the numbers each cites.
+
+    Lines (bullets, paragraphs) are split into sentences; a sentence without its own marker inherits
+    its line's markers; a marker opening a sentence ("claim. [1] Next") belongs to the sentence before.
+    Fragments without content words are dropped.
+    """
+    out: list[Claim] = []
+    for line in answer.splitlines():
+        if not line.strip():
+            continue
+        line_refs = cited_numbers(line)
+        body = _TITLE_PREFIX.sub("", _BULLET.sub("", line)).strip()
+        pieces: list[list] = []  # [raw sentence, its own numbers]
+        for raw in split_sentences(body):
+            lead = _LEADING_MARKERS.match(raw)
+            if lead and pieces:
+                pieces[-1][1] += [n for n in cited_numbers(lead.group(0)) if n not in pieces[-1][1]]
+                raw = raw[lead.end():]
+            pieces.append([raw, cited_numbers(raw)])
+        for raw, refs in pieces:
+            clean = strip_markup(raw)
+            if content_terms(clean) or re.search(r"\d", clean):
+                out.append(Claim(clean, tuple(refs or line_refs)))
+    return out
+
+
+def claims_by_source(answer: str) -> dict[int, list[str]]:
+    """Source number -> the answer sentences citing it."""
+    out: dict[int, list[str]] = {}
+    for claim in claims(answer):
+        for n in claim.refs:
+            out.setdefault(n, []).append(claim.text)
+    return out
+
+
+# ------------------------------------------------------------------------------ spans in a source
+
+Span = tuple[int, int, bool]  # (start, end, exact) in an abstract
+_WORDS = re.compile(r"[a-z0-9]+")
+PARAPHRASE_OVERLAP = 0.35  # word Jaccard with the closest abstract sentence to mark it as paraphrased support
+
+
+def find_spans(sentences: Iterable[str], abstract: str) -> list[Span]:
+    """Where the given answer sentences sit in `abstract`.
+
+    Exact when a sentence (or one of its sentences, or the text with whitespace normalised) is verbatim in
+    the abstract; otherwise the abstract sentence sharing most words with it, if the overlap is at least
+    `PARAPHRASE_OVERLAP` (marked not exact).
+    """
+    if not abstract:
+        return []
+    spans: list[Span] = []
+    abstract_sentences = None
+    for sentence in sentences:
+        target = sentence.strip().rstrip(".").strip()
+        found = False
+        for cand in [sentence] + [s for s in split_sentences(sentence) if s != sentence]:
+            cand = cand.strip().rstrip(".").strip().rstrip("…").strip()
+            if len(cand) < 12:
+                continue
+            span = _locate(cand, abstract)
+            if span:
+                spans.append((*span, True))
+                found = True
+                if cand == target:
+                    break
+        if found:
+            continue
+        last = (split_sentences(sentence) or [sentence])[-1]
+        words = set(_WORDS.findall(last.lower()))
+        if len(words) < 4:
+            continue
+        if abstract_sentences is None:
+            abstract_sentences = [(s, e, set(_WORDS.findall(abstract[s:e].lower()))) for s, e in sentence_spans(abstract)]
+        best = max(abstract_sentences, key=lambda r: _jaccard(words, r[2]), default=None)
+        if best and _jaccard(words, best[2]) >= PARAPHRASE_OVERLAP:
+            spans.append((best[0], best[1], False))
+    return merge_spans(spans)
+
+
+def _locate(quote: str, abstract: str) -> tuple[int, int] | None:
+    idx = abstract.find(quote)
+    if idx >= 0:
+        return idx, idx + len(quote)
+    match = re.search(r"\s+".join(re.escape(w) for w in quote.split()), abstract)
+    return (match.start(), match.end()) if match else None
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / (len(a | b) or 1)
+
+
+def merge_spans(spans: Iterable[Span]) -> list[Span]:
+    merged: list[Span] = []
+    for start, end, exact in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            s0, e0, x0 = merged[-1]
+            merged[-1] = (s0, max(e0, end), x0 or exact)
+        else:
+            merged.append((start, end, exact))
+    return merged

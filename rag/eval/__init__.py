@@ -1,0 +1,1 @@
+"""The evaluation harness (`rag eval`), calibration, benchmarks (`rag bench`) and the load test."""

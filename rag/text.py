@@ -1,0 +1,120 @@
+"""Text primitives shared by lexical search, answers and evaluation: one stopword list, one stemmer,
+one sentence splitter, and terminal-safe output.
+
+Everything that decides "which words count" lives here, so BM25, abstention coverage, extractive
+sentence scoring and the eval metrics can never drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import lru_cache
+
+# General English function words plus the filler of questions about papers ("which papers propose ...").
+# BM25 adds bm25s' own English list on top (rag.lexical).
+STOPWORDS = frozenset(
+    """
+    a about above after again against all also am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each either few for from further had has have
+    having he her here hers herself him himself his how i if in into is it its itself just let me more most my
+    myself neither no nor not now of off on once only or other our ours ourselves out over own per same she
+    should so some such than that the their theirs them themselves then there these they this those through to
+    too under until up upon us very via was we were what when where which while who whom whose why will with
+    within without would yet you your yours yourself yourselves may might shall one ones many much
+    paper papers work works study studies method methods approach approaches propose proposes proposed
+    present presents presented show shows shown use uses used using based new novel find list give tell
+    """.split()
+)
+
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+@lru_cache(maxsize=1)
+def _stem_word():
+    import Stemmer
+
+    return Stemmer.Stemmer("english").stemWord
+
+
+def stemmer():
+    """The Snowball English stemmer (PyStemmer), as a word -> stem function."""
+    return _stem_word()
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (hyphenated compounds kept whole)."""
+    return _WORD.findall(text.lower())
+
+
+def content_terms(text: str) -> list[str]:
+    """Stemmed content words of `text`: stopwords, question filler and one-letter tokens removed."""
+    stem = _stem_word()
+    return [stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]
+
+
+def matched_terms(query_terms: set[str], text_terms: set[str]) -> set[str]:
+    """Query terms present in the text, exactly or as a stem prefix of at least 4 letters
+    (the Snowball stems of "erase" and "erasure" are "eras" and "erasur")."""
+    found = query_terms & text_terms
+    for q in query_terms - found:
+        if len(q) >= 4 and any(t.startswith(q) for t in text_terms):
+            found.add(q)
+    return found
+
+
+# Abbreviations that end with a period but do not end a sentence.
+_ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|cf|Fig|Eq|approx|resp|w\.r\.t|a\.k\.a)\.|\b[A-Z]\.)$")
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) offsets of the sentences of `text`; `text[start:end]` is each sentence verbatim."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        candidate = text[start : match.start()].rstrip()
+        if _ABBREV.search(candidate):
+            continue
+        if candidate.strip():
+            spans.append(_strip_span(text, start, match.start()))
+        start = match.end()
+    if text[start:].strip():
+        spans.append(_strip_span(text, start, len(text)))
+    return spans
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences as verbatim substrings of `text` (extractive quotes must be exact)."""
+    return [text[s:e] for s, e in sentence_spans(text)]
+
+
+# C0/C1 controls (except tab and newline), DEL, and the Unicode bidi overrides and isolates that can
+# make text display differently from what it is ("Trojan Source").
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with ANSI escape sequences, control characters and bidi overrides removed (for printing)."""
+    return _UNSAFE.sub("", _ANSI.sub("", text))
+
+
+def strip_bidi(text: str) -> str:
+    """`text` without bidi override/isolate characters (for HTML, which escapes the rest)."""
+    return re.sub(r"[\u202a-\u202e\u2066-\u2069]", "", text)
+
+
+def normalise_for_match(text: str) -> str:
+    """NFKC, case-folded, punctuation to spaces: for comparing facts and quotes loosely."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[^\w%]", " ", text.replace("_", " ")).replace("%", " % ")
+    return " ".join(text.split())
