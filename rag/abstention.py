@@ -1,7 +1,10 @@
-"""Should the answerer answer? Features of a question against what retrieval found, and the decision.
+"""Should the answerer answer? Features of a question against what retrieval found, and a calibrated
+probability that the indexed papers answer it, turned into three levels: answer, low confidence
+(answer, saying these papers may not answer it), abstain.
 
-The same `features()` feed the answerer and the calibration script (`rag eval calibrate`), so the
-rule that is fitted is the rule that runs.
+The same `features()` feed the answerer and the calibration (`rag eval calibrate`), so the model that
+is fitted is the model that runs. Features are computed from the question as asked (not from a
+feedback-expanded query).
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from rag.judgement import JudgementParams
 from rag.text import content_terms, matched_terms
 
 ANSWER, LOW, ABSTAIN = "answer", "low", "abstain"
 LEVELS = (ANSWER, LOW, ABSTAIN)
+TOP_PAPERS = 3  # the papers whose text the features look at
 
 
 class TermStats(Protocol):
-    """What the features need from the index: term statistics and paper text."""
+    """What the features need from the index (rag.index.Index)."""
 
     def idf(self, term: str) -> float: ...
 
@@ -26,16 +31,21 @@ class TermStats(Protocol):
 
     def paper_terms(self, paper_id: str) -> set[str]: ...
 
+    def __len__(self) -> int: ...
+
 
 @dataclass(frozen=True)
 class Features:
-    """similarity: best dense cosine of any chunk; coverage: idf-weighted share of the question's terms
-    found in the best of the top papers; oov_share: idf share of question terms that occur nowhere in
-    the corpus; terms: how many content terms the question has."""
+    """sim: best dense cosine of any chunk to the question; cov: idf-weighted share of the question's terms
+    in the best of the top papers; oov: idf share of question terms the corpus never uses; sent_sim: best
+    cosine of a single sentence (or title) of the top papers; miss_idf: the rarest question term missing
+    from the best-covering top paper, as a share of the largest possible idf; terms: content terms."""
 
-    similarity: float
-    coverage: float
-    oov_share: float
+    sim: float
+    cov: float
+    oov: float
+    sent_sim: float
+    miss_idf: float
     terms: int
 
     def to_dict(self) -> dict:
@@ -47,11 +57,8 @@ def coverage(terms: set[str], stats: TermStats, paper_ids: Sequence[str]) -> flo
     if not terms:
         return 0.0
     total = sum(stats.idf(t) for t in terms)
-    best = 0.0
-    for pid in paper_ids:
-        present = matched_terms(terms, stats.paper_terms(pid))
-        best = max(best, sum(stats.idf(t) for t in present) / total)
-    return best
+    return max((sum(stats.idf(t) for t in matched_terms(terms, stats.paper_terms(pid))) / total
+                for pid in paper_ids), default=0.0)
 
 
 def oov_share(terms: set[str], stats: TermStats) -> float:
@@ -63,22 +70,36 @@ def oov_share(terms: set[str], stats: TermStats) -> float:
     return sum(w for t, w in weights.items() if stats.df(t) == 0) / total if total else 0.0
 
 
-def features(question: str, similarity: float | None, paper_ids: Sequence[str], stats: TermStats, top: int = 3) -> Features:
+def missing_idf(terms: set[str], stats: TermStats, paper_ids: Sequence[str]) -> float:
+    """For the top paper missing the least: the idf of its rarest missing question term, over the max idf."""
+    if not terms or not paper_ids:
+        return 0.0
+    top_idf = math.log(1 + len(stats) / 0.5)
+    return min(max((stats.idf(t) for t in terms - matched_terms(terms, stats.paper_terms(pid))), default=0.0)
+               for pid in paper_ids) / top_idf
+
+
+def features(question: str, similarity: float | None, paper_ids: Sequence[str], stats: TermStats,
+             sentence_sims: Sequence[float]) -> Features:
+    """`paper_ids`: the retrieved papers, best first; `sentence_sims`: each top paper's best sentence cosine."""
     terms = set(content_terms(question))
+    top = list(paper_ids)[:TOP_PAPERS]
     return Features(
-        similarity=float(similarity) if similarity is not None and math.isfinite(similarity) else 0.0,
-        coverage=coverage(terms, stats, list(paper_ids)[:top]),
-        oov_share=oov_share(terms, stats),
+        sim=float(similarity) if similarity is not None and math.isfinite(similarity) else 0.0,
+        cov=coverage(terms, stats, top),
+        oov=oov_share(terms, stats),
+        sent_sim=max(sentence_sims[:TOP_PAPERS], default=0.0),
+        miss_idf=missing_idf(terms, stats, top),
         terms=len(terms),
     )
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """The decision: `level` answer / low / abstain, with the model's P(answerable) when it has one."""
+    """The decision: `level` answer / low / abstain, and the model's P(answerable)."""
 
     level: str
-    confidence: float | None
+    confidence: float
     features: Features
 
     @property
@@ -86,22 +107,28 @@ class Judgement:
         return self.level == ABSTAIN
 
     def to_dict(self) -> dict:
-        return {"level": self.level, "confidence": None if self.confidence is None else round(self.confidence, 4),
-                "features": self.features.to_dict()}
+        return {"level": self.level, "confidence": round(self.confidence, 4), "features": self.features.to_dict()}
 
 
-class ThresholdRule:
-    """Abstain when similarity < floor, or < sim while coverage < cov (hand-set on the dev set)."""
+class Abstention:
+    """The calibrated decision (rag/data/judgement.json). A question with no content words ("🔥🔥🔥",
+    "which papers?") is never answered: there is nothing to ground an answer in."""
 
-    def __init__(self, floor: float, sim: float, cov: float):
-        self.floor, self.sim, self.cov = floor, sim, cov
+    def __init__(self, params: JudgementParams, abstain_below: float | None = None, low_below: float | None = None):
+        self.model = params.abstention
+        self.abstain_below = params.abstain_below if abstain_below is None else abstain_below
+        self.low_below = max(self.abstain_below, params.low_below if low_below is None else low_below)
 
     @classmethod
-    def from_settings(cls, settings) -> "ThresholdRule":
-        return cls(settings.abstain_threshold, settings.abstain_sim, settings.abstain_coverage)
+    def from_settings(cls, settings) -> "Abstention":
+        from rag.judgement import load_params
+
+        params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
+        return cls(params, settings.abstain_threshold, settings.low_confidence_threshold)
 
     def judge(self, f: Features) -> Judgement:
         if f.terms == 0:
-            return Judgement(ABSTAIN, None, f)
-        abstain = f.similarity < self.floor or (f.similarity < self.sim and f.coverage < self.cov)
-        return Judgement(ABSTAIN if abstain else ANSWER, None, f)
+            return Judgement(ABSTAIN, 0.0, f)
+        p = self.model.probability(asdict(f))
+        level = ABSTAIN if p < self.abstain_below else LOW if p < self.low_below else ANSWER
+        return Judgement(level, p, f)

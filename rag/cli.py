@@ -275,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         from rag.eval.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:2] == ["eval", "calibrate"]:
+        from rag.eval.calibrate import main as calibrate_main
+
+        return calibrate_main(argv[2:])
     args = build_parser().parse_args(argv)
     with _logging(args.verbose):
         return _run(args)

@@ -74,10 +74,11 @@ def _root(topic: str) -> str:
     return topic[marker + len(" (regarding: ") : -1] if marker >= 0 and topic.endswith(")") else topic
 
 
-def rule_rewrite(message: str, history: Sequence[dict]) -> str:
-    """The standalone query by rule: the message with the conversation's topic if it leans on it."""
+def rule_rewrite(message: str, history: Sequence[dict], force: bool = False) -> str:
+    """The standalone query by rule: the message with the conversation's topic if it leans on it
+    (or, with `force`, whenever there is a topic)."""
     topic = conversation_topic(history)
-    if topic is None or not leans_on_context(message):
+    if topic is None or not (force or leans_on_context(message)):
         return message
     return with_topic(message, _root(topic))
 

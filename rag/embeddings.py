@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,6 +39,7 @@ PROBES = [
 ]
 
 
+@runtime_checkable
 class Embedder(Protocol):
     """Maps texts to L2-normalised float32 vectors, shape (len(texts), dim)."""
 

@@ -180,6 +180,17 @@ class Index:
         """Chunks nearest to `vector`, best first (rag.store.DenseHit: chunk_id, paper_id, similarity, body)."""
         return self._store.query(vector, n)
 
+    def dense_with_vectors(self, vector, n: int):
+        """Like `dense`, with each chunk's vector (to score it against another query vector)."""
+        return self._store.query(vector, n, with_vectors=True)
+
+    def nearest_papers(self, vector, n: int):
+        """Papers whose paper vector (mean of their chunks) is nearest, best first (rag.store.PaperVector)."""
+        return self._store.nearest_papers(vector, n)
+
+    def paper_vectors(self, paper_ids) -> dict:
+        return self._store.paper_vectors(paper_ids)
+
     def lexical(self, query: str, n: int) -> list[tuple[str, float]]:
         """(chunk_id, BM25 score) best first."""
         return self._lexical.query(query, n)

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from rag.chunking import Chunker
 from rag.corpus import corpus_files, corpus_fingerprint, iter_unique, scan_corpus
 from rag.embeddings import EmbeddingCache, embed_with_cache, embedder_name, make_embedder
@@ -62,6 +64,16 @@ def index_params(settings, model_name: str) -> dict:
         "collection": settings.collection,
         "chroma_url": settings.chroma_url,
     }
+
+
+def paper_vectors(chunks, vectors) -> tuple[list[str], np.ndarray]:
+    """One vector per paper: the normalised mean of its chunks' vectors (no extra embedding)."""
+    rows: dict[str, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        rows.setdefault(chunk.paper_id, []).append(i)
+    ids = list(rows)
+    means = np.stack([vectors[rows[pid]].mean(axis=0) for pid in ids]) if ids else np.zeros((0, vectors.shape[1]))
+    return ids, means / np.clip(np.linalg.norm(means, axis=1, keepdims=True), 1e-12, None)
 
 
 def _ensure_writable(data_dir: Path) -> None:
@@ -193,6 +205,7 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
             report.embedded += n
             store.delete_papers([p.paper_id for p, _ in batch])  # partial leftovers of a killed run
             store.upsert(chunks, vectors)
+            store.upsert_paper_vectors(*paper_vectors(chunks, vectors))
             for p, _ in batch:
                 stored[p.paper_id] = hashes[p.paper_id]
             atomic_write(data_dir / MANIFEST, json.dumps(state))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
 import openai
@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 
 
-class LLM(Protocol):
+@runtime_checkable
+class ChatModel(Protocol):
+    """What the answerer needs from an LLM: a whole reply, or its text streamed. Raises LLMError."""
+
     name: str
 
     def complete(self, messages: Messages) -> str: ...

@@ -127,6 +127,7 @@ class Answer:
     invalid_citations: int = 0
     quotes: list[Quote] = field(default_factory=list)
     judgement: dict | None = None
+    more_papers: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -143,6 +144,7 @@ class Answer:
             "invalid_citations": self.invalid_citations,
             "quotes": [q.to_dict() for q in self.quotes],
             "judgement": self.judgement,
+            "more_papers": self.more_papers,
         }
 
 

@@ -101,19 +101,33 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=1, le=200, description="Papers returned by `rag search`.")
     mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Retrieval mode.")
     candidates: int = Field(50, ge=5, le=1000, description="Chunks fetched per retriever before fusion.")
+    rocchio_beta: float = Field(
+        0.5, ge=0, le=2,
+        description="Dense Rocchio feedback: the dense search uses normalise(q + beta * v), v the vector of the "
+        "paper nearest to the question; 0 turns it off.",
+    )
+    rocchio_max_words: int = Field(
+        7, ge=0, le=100, description="Rocchio feedback applies to keyword-style queries of at most this many words."
+    )
     rrf_k: int = Field(10, ge=1, description="Reciprocal-rank-fusion constant (10 measured best on the dev set; 60 is the textbook value).")
 
     # answering
     answer_top_k: int = Field(6, ge=1, le=30, description="Papers given to the answerer.")
-    abstain_threshold: float = Field(
-        0.30, ge=-1, le=1, description="Always abstain when the best dense similarity is below this."
+    list_top_k: int = Field(10, ge=1, le=100, description="Papers a list answer (\"which papers …\") shows at most, "
+                            "unless a top-k is given.")
+    judgement_params: Path | None = Field(
+        None, description="A judgement.json from `rag eval calibrate`; unset = the one shipped in rag/data."
     )
-    abstain_sim: float = Field(
-        0.45, ge=-1, le=1, description="Below this similarity, abstain if the question's terms are missing."
+    abstain_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Abstain when P(answerable) is below this; unset = the operating point fitted on the tune split.",
     )
-    abstain_coverage: float = Field(
-        0.55, ge=0, le=1, description="Share of idf-weighted question terms the top papers must contain."
+    low_confidence_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="Answer with a low-confidence note when P(answerable) is below this; unset = fitted.",
     )
+    abstain_sim: float | None = Field(None, description="No longer used (abstention is a fitted model); ignored.")
+    abstain_coverage: float | None = Field(None, description="No longer used (abstention is a fitted model); ignored.")
     max_question_chars: int = Field(2000, ge=10, description="Longer questions are refused.")
     history_tokens: int = Field(1500, ge=0, description="Token budget for conversation history.")
     context_tokens: int = Field(3000, ge=200, description="Token budget for the sources in a prompt.")
@@ -146,9 +160,10 @@ class Settings(BaseSettings):
     @field_validator("collection")
     @classmethod
     def _collection(cls, v):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]", v):
-            raise ValueError("a Chroma collection name is 3-63 characters of letters, digits, '.', '_' or '-', "
-                             "starting and ending with a letter or digit")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,54}[A-Za-z0-9]", v):
+            raise ValueError("a collection name is 3-56 characters of letters, digits, '.', '_' or '-', "
+                             "starting and ending with a letter or digit (Chroma allows 63; '-papers' is added "
+                             "for the paper vectors)")
         return v
 
     @field_validator("chroma_url", "llm_base_url", "embed_url")
@@ -195,10 +210,25 @@ def unknown_env(environ=None) -> list[str]:
     out = []
     for var in sorted(environ):
         if var.startswith(ENV_PREFIX) and var not in known and var not in _NOT_SETTINGS:
-            close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else f"; see `rag --help` or the README for the {ENV_PREFIX}* settings"
+            close = _closest(var, known)
+            hint = f"; did you mean {close}?" if close else f"; see `rag --help` or the README for the {ENV_PREFIX}* settings"
             out.append(f"{var} is not a setting and is ignored{hint}")
     return out
+
+
+def _closest(var: str, known: set[str]) -> str | None:
+    """The setting a misspelt variable most likely meant: one whose letters it contains (RAG_TYPO_TOPK ->
+    RAG_TOP_K), else the closest by edit similarity."""
+    import difflib
+
+    def norm(name: str) -> str:
+        return name[len(ENV_PREFIX):].replace("_", "")
+
+    inside = [k for k in known if norm(k) in norm(var) or norm(var) in norm(k)]
+    if inside:
+        return min(inside, key=lambda k: (abs(len(norm(k)) - len(norm(var))), k))
+    close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def load_settings(**overrides) -> Settings:

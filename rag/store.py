@@ -27,6 +27,7 @@ class DenseHit:
     paper_id: str
     similarity: float
     body: str
+    vector: np.ndarray | None = None
 
 
 def _chroma_settings():
@@ -42,8 +43,19 @@ def _unavailable(url: str, exc: Exception) -> StoreUnavailableError:
     )
 
 
+@dataclass
+class PaperVector:
+    paper_id: str
+    similarity: float
+    vector: np.ndarray
+
+
+PAPERS_SUFFIX = "-papers"
+
+
 class ChromaStore:
-    """Chunks with metadata (paper_id, title, chunk_no) and their vectors."""
+    """Chunks with metadata (paper_id, title, chunk_no) and their vectors, and one vector per paper
+    (the normalised mean of its chunks' vectors) in a second collection, `<collection>-papers`."""
 
     def __init__(self, data_dir: Path, chroma_url: str | None = None, collection: str = "papers"):
         import chromadb
@@ -70,15 +82,19 @@ class ChromaStore:
                 path = Path(data_dir) / "chroma"
                 path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
-            self._col = self._client.get_or_create_collection(
-                collection,
-                embedding_function=None,
-                configuration={"hnsw": {"space": "cosine"}},
-            )
+            self._col, self._papers = self._collections()
         except Exception as exc:  # chromadb raises many types for a dead server
             if chroma_url and _is_connection_error(exc):
                 raise _unavailable(chroma_url, exc) from None
             raise
+
+    def _collections(self):
+        def get(name):
+            return self._client.get_or_create_collection(
+                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            )
+
+        return get(self.collection_name), get(self.collection_name + PAPERS_SUFFIX)
 
     def _call(self, fn, *args, **kwargs):
         try:
@@ -120,6 +136,28 @@ class ChromaStore:
         ids = list(paper_ids)
         for i in range(0, len(ids), 500):
             self._call(self._col.delete, where={"paper_id": {"$in": ids[i : i + 500]}})
+            self._call(self._papers.delete, ids=ids[i : i + 500])
+
+    def upsert_paper_vectors(self, paper_ids: Sequence[str], vectors: np.ndarray) -> None:
+        step = self.max_batch()
+        for i in range(0, len(paper_ids), step):
+            self._call(self._papers.upsert, ids=list(paper_ids[i : i + step]),
+                       embeddings=np.asarray(vectors[i : i + step], dtype=np.float32))
+
+    def nearest_papers(self, vector: np.ndarray, n: int) -> list[PaperVector]:
+        """The papers whose vectors are nearest to `vector`, best first, with their vectors."""
+        res = self._call(self._papers.query, query_embeddings=[np.asarray(vector, dtype=np.float32)],
+                         n_results=n, include=["embeddings", "distances"])
+        embeddings = res["embeddings"][0] if res.get("embeddings") is not None else []
+        return [PaperVector(pid, 1.0 - float(dist), np.asarray(vec, dtype=np.float32))
+                for pid, dist, vec in zip(res["ids"][0], res["distances"][0], embeddings)]
+
+    def paper_vectors(self, paper_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        got = self._call(self._papers.get, ids=list(paper_ids), include=["embeddings"])
+        return {pid: np.asarray(v, dtype=np.float32) for pid, v in zip(got["ids"], got["embeddings"])}
+
+    def count_paper_vectors(self) -> int:
+        return self._call(self._papers.count)
 
     def paper_ids(self) -> set[str]:
         """Every paper with at least one chunk in the store (for integrity checks of the index)."""
@@ -133,29 +171,33 @@ class ChromaStore:
                 return out
             offset += step
 
-    def query(self, vector: np.ndarray, n: int) -> list[DenseHit]:
+    def query(self, vector: np.ndarray, n: int, with_vectors: bool = False) -> list[DenseHit]:
+        """The `n` chunks nearest to `vector`, best first (their vectors too, if asked)."""
+        include = ["metadatas", "documents", "distances"] + (["embeddings"] if with_vectors else [])
         res = self._call(
             self._col.query,
             query_embeddings=[np.asarray(vector, dtype=np.float32)],
             n_results=n,
-            include=["metadatas", "documents", "distances"],
+            include=include,
         )
+        vectors = res["embeddings"][0] if with_vectors else [None] * len(res["ids"][0])
         hits = []
-        for cid, meta, doc, dist in zip(
-            res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0]
+        for cid, meta, doc, dist, vec in zip(
+            res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0], vectors
         ):
-            hits.append(DenseHit(cid, meta["paper_id"], 1.0 - float(dist), doc))
+            hits.append(DenseHit(cid, meta["paper_id"], 1.0 - float(dist), doc,
+                                 None if vec is None else np.asarray(vec, dtype=np.float32)))
         return hits
 
     def drop(self) -> None:
-        """Delete the collection (used by --rebuild) and recreate it empty."""
-        self._call(self._client.delete_collection, self.collection_name)
-        self._col = self._call(
-            self._client.get_or_create_collection,
-            self.collection_name,
-            embedding_function=None,
-            configuration={"hnsw": {"space": "cosine"}},
-        )
+        """Delete the collections (used by --rebuild) and recreate them empty."""
+        for name in (self.collection_name, self.collection_name + PAPERS_SUFFIX):
+            try:
+                self._call(self._client.delete_collection, name)
+            except Exception as exc:  # noqa: BLE001 - absent already: nothing to drop
+                if isinstance(exc, StoreUnavailableError):
+                    raise
+        self._col, self._papers = self._call(self._collections)
 
 
 def _is_connection_error(exc: Exception) -> bool:

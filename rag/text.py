@@ -97,6 +97,18 @@ def split_sentences(text: str) -> list[str]:
     return [text[s:e] for s, e in sentence_spans(text)]
 
 
+_QUESTION_START = re.compile(
+    r"^\s*(what|which|how|who|whom|why|when|where|is|are|does|do|did|can|could|has|have|list|find|show|give|tell)\b",
+    re.I,
+)
+
+
+def is_keyword_query(text: str, max_words: int) -> bool:
+    """A search-box style query ("concept erasure diffusion"): at most `max_words` words, no question mark,
+    not opening like a question."""
+    return "?" not in text and len(text.split()) <= max_words and not _QUESTION_START.match(text)
+
+
 # C0/C1 controls (except tab and newline), DEL, and the Unicode bidi overrides and isolates that can
 # make text display differently from what it is ("Trojan Source").
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -13,8 +13,7 @@ ERASE_Q = "which papers erase concepts in diffusion models?"
 CONTRACT = {"question", "answer", "mode", "abstained", "citations", "sources", "notice", "timings_ms"}
 
 
-def closed_port() -> int:
-    return free_port()  # nothing listens there once the probe socket is closed
+closed_port = free_port  # nothing listens there once the probe socket is closed
 
 
 @pytest.fixture(scope="module")

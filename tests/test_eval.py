@@ -35,7 +35,7 @@ from rag.eval.report import (
 from rag.eval.runner import run_eval, score_answer
 from rag.corpus import normalise_title
 from rag.errors import ConfigError
-from rag.records import Answer, Hit, Paper, Source
+from rag.records import Answer, Hit, Paper, Retrieval, Source
 
 # ---------------------------------------------------------------- retrieval metrics
 
@@ -351,6 +351,8 @@ class FakeIndex:
 
 
 class FakeRetriever:
+    """A rag.retrieve.PaperSearch with a fixed ranking per question."""
+
     def __init__(self, papers, ranking, embedder):
         self.papers = {p.paper_id: p for p in papers}
         self.index = FakeIndex(self.papers)
@@ -363,6 +365,9 @@ class FakeRetriever:
         if mode == "bm25":
             titles = list(reversed(titles))
         return [Hit(i, by_title[t].paper_id, t, 1.0 / i, by_title[t].abstract[:50]) for i, t in enumerate(titles[:top_k], 1)]
+
+    def retrieve(self, query, top_k=None, mode=None):
+        return Retrieval(query, mode or "hybrid", self.search(query, top_k, mode), 0.5)
 
 
 class FakeAssistant:
@@ -492,6 +497,8 @@ def test_compare_reports(tmp_path):
 
 
 class ScriptedLLM:
+    """A rag.llm.ChatModel replying from a script."""
+
     name = "scripted"
 
     def __init__(self, replies):
@@ -501,6 +508,9 @@ class ScriptedLLM:
     def complete(self, messages):
         self.messages.append(messages)
         return self.replies.pop(0)
+
+    def stream(self, messages):
+        yield self.complete(messages)
 
 
 def test_judge_scores_and_summary(make_settings):

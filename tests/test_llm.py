@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
+from conftest import free_port
 import time
 
 import pytest
@@ -20,11 +20,7 @@ MSGS = [{"role": "user", "content": "What do the sources say about concept erasu
 SENTINEL = "sk-SENTINEL-123"
 
 
-def closed_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+closed_port = free_port  # a loopback port with nothing listening (bound, then released)
 
 
 def make_llm(base_url: str, key: str = "sk-test", **kw) -> OpenAIChatLLM:

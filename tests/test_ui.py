@@ -316,8 +316,9 @@ def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
 
 
 class _SlowLLM:
-    """A stand-in LLM that streams a cited answer token by token."""
+    """A stand-in LLM (rag.llm.ChatModel) that streams a cited answer token by token."""
 
+    name = "slow-fake"
     TOKENS = ("Zebra ", "stripe ", "camouflage ", "confuses ", "quantum ", "llamas ", "[1]", ".")
 
     def stream(self, messages):

@@ -246,13 +246,19 @@ print(json.dumps(out))
 """
 
 
-def _chroma_server(path: Path):
+def free_port() -> int:
+    """A loopback port nothing listens on right now (bound, then released)."""
     import socket
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _chroma_server(path: Path):
+    import urllib.request
+
+    port = free_port()
     chroma = str(Path(sys.executable).parent / "chroma")
     proc = subprocess.Popen([chroma, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,11 +1,15 @@
-"""Calibrate abstention on an eval set: the best dense similarity and the question-term coverage of the
-top papers, for answerable vs unanswerable questions.
+"""`rag eval calibrate`: fit the offline judgement on the `tune` split and write rag/data/judgement.json.
 
-    python -m rag.eval.calibrate [--dataset eval/datasets/dev.jsonl] [--json]
+    rag eval calibrate [--dataset eval/datasets/dev.jsonl] [--split tune] [--out rag/data/judgement.json] [--json]
 
-The rule (rag.answer.Assistant._should_abstain): abstain when similarity < abstain_threshold, or
-when similarity < abstain_sim and coverage < abstain_coverage. This prints the per-question
-features, the outcome with the current settings, and a grid of alternatives.
+Three things are fitted, each on tune only (the test split is never read here):
+- abstention: a logistic model of P(answerable) over rag.abstention.Features; the abstain point is the
+  highest threshold whose cross-validated false refusals on tune stay at or below --max-false-refusals;
+  the low-confidence point where --low-share of answerable questions fall below it;
+- list relevance: a logistic model of P(paper is a gold paper) over rag.relevance.paper_features for the
+  list questions' candidates (acceptable extras left out), kept at the threshold that maximises the
+  cross-validated F1 of list precision and recall;
+- extractive sentence weights (rag.extractive.Weights), by grid search for key-fact recall.
 """
 
 from __future__ import annotations
@@ -13,71 +17,209 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 import sys
+from collections import defaultdict
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 
-def features(dataset: Path, settings) -> list[dict]:
-    from rag.abstention import features as question_features
+ABSTENTION_FEATURES = ("sim", "cov", "oov", "sent_sim", "miss_idf")
+RELEVANCE_FEATURES = ("inv_rank", "dsim", "rcov", "dss")
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "judgement.json"
+
+
+def collect(settings, dataset, split: str) -> dict:
+    """Features of every question of `split` (and of every candidate of its list questions)."""
+    from rag.abstention import TOP_PAPERS, features
+    from rag.answer import is_list_question
+    from rag.corpus import normalise_title
+    from rag.relevance import LIST_POOL, paper_features
     from rag.retrieve import Retriever
+    from rag.answer import _embed_cache_path
+    from rag.sentences import shared_sentence_vectors
 
-    retriever = Retriever.from_settings(settings)
-    rows = []
-    for line in dataset.read_text().splitlines():
-        if not line.strip():
+    retriever = Retriever.from_settings(settings, check_stale=False)
+    index = retriever.index
+    sentences = shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))
+    questions, candidates = [], []
+    for q in dataset.questions:
+        if q.split != split:
             continue
-        item = json.loads(line)
-        found = retriever.retrieve(item["question"], settings.answer_top_k, "hybrid")
-        f = question_features(item["question"], found.top_similarity, [h.paper_id for h in found.hits], retriever.index)
-        rows.append({
-            "id": item["id"],
-            "answerable": item["type"] != "unanswerable",
-            "similarity": round(f.similarity, 4),
-            "coverage": round(f.coverage, 4),
-            "question": item["question"],
-        })
-    return rows
+        listing = is_list_question(q.question) or q.type == "list"
+        found = retriever.retrieve(q.question, LIST_POOL if listing else settings.answer_top_k, "hybrid")
+        qv = retriever.embed_query(q.question)
+        papers = [index.paper(h.paper_id) for h in found.hits]
+        sims = sentences.best_similarity(qv, papers if listing else papers[:TOP_PAPERS])
+        f = features(q.question, found.top_similarity, [h.paper_id for h in found.hits], index, sims[:TOP_PAPERS])
+        questions.append({"id": q.id, "type": q.type, "answerable": q.answerable, **asdict(f)})
+        if q.type == "list":
+            gold = {normalise_title(t) for t in q.gold_titles}
+            acceptable = {normalise_title(t) for t in q.acceptable_titles}
+            for hit, row in zip(found.hits, paper_features(q.question, found.hits, index, sims)):
+                key = normalise_title(hit.title)
+                if key not in acceptable:
+                    candidates.append({"qid": q.id, "gold": int(key in gold), "gold_count": len(gold), **row})
+    return {"questions": questions, "candidates": candidates, "retriever": retriever, "sentences": sentences}
 
 
-def outcome(rows, floor: float, sim: float, cov: float) -> dict:
-    def abstains(r):
-        return r["similarity"] < floor or (r["similarity"] < sim and r["coverage"] < cov)
+def _cv_probabilities(rows, labels, feats, groups=None, folds=5):
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
 
-    ans = [r for r in rows if r["answerable"]]
-    una = [r for r in rows if not r["answerable"]]
-    return {
-        "abstain_threshold": floor, "abstain_sim": sim, "abstain_coverage": cov,
-        "abstained_unanswerable": sum(map(abstains, una)), "unanswerable": len(una),
-        "false_abstentions": sum(map(abstains, ans)), "answerable": len(ans),
-    }
+    from rag.judgement import fit_logistic
+
+    labels = np.asarray(labels)
+    out = np.zeros(len(rows))
+    splitter = GroupKFold(folds) if groups is not None else StratifiedKFold(folds, shuffle=True, random_state=0)
+    for train, test in splitter.split(np.zeros(len(rows)), labels, groups):
+        model = fit_logistic([rows[i] for i in train], labels[train], feats)
+        out[test] = [model.probability(rows[i]) for i in test]
+    return out
+
+
+def operating_points(p_answerable, answerable) -> list[dict]:
+    """Caught unanswerable vs falsely refused answerable for every threshold (abstain when p < t)."""
+    p, y = np.asarray(p_answerable), np.asarray(answerable, dtype=bool)
+    points = []
+    for t in sorted(set(np.round(p, 6))) + [1.01]:
+        below = p < t
+        points.append({"threshold": float(t), "caught": int(np.sum(below & ~y)), "unanswerable": int(np.sum(~y)),
+                       "false_refusals": int(np.sum(below & y)), "answerable": int(np.sum(y))})
+    return points
+
+
+def fit_abstention(questions, max_false: float, low_share: float):
+    from rag.judgement import fit_logistic
+
+    labels = [int(q["answerable"]) for q in questions]
+    model = fit_logistic(questions, labels, ABSTENTION_FEATURES)
+    cv = _cv_probabilities(questions, labels, ABSTENTION_FEATURES)
+    answerable = sum(labels)
+    allowed = int(np.floor(max_false * answerable))
+    points = operating_points(cv, labels)
+    best = max((pt for pt in points if pt["false_refusals"] <= allowed), key=lambda pt: (pt["caught"], pt["threshold"]))
+    ans_p = np.sort(cv[np.asarray(labels) == 1])
+    low = float(ans_p[min(len(ans_p) - 1, int(np.floor(low_share * len(ans_p))))]) if len(ans_p) else 0.5
+    return model, best["threshold"], max(low, best["threshold"]), {"cv_point": best, "cv_points": points}
+
+
+def _list_quality(candidates, probs, threshold, k):
+    by_q = defaultdict(list)
+    for c, p in zip(candidates, probs):
+        by_q[c["qid"]].append((c["inv_rank"], p, c["gold"], c["gold_count"]))
+    precision, recall = [], []
+    for items in by_q.values():
+        items.sort(key=lambda t: -t[0])
+        shown = ([t for t in items if t[1] >= threshold] or items[:1])[:k]
+        hits = sum(t[2] for t in shown)
+        precision.append(hits / len(shown))
+        recall.append(hits / items[0][3])
+    return float(np.mean(precision)), float(np.mean(recall))
+
+
+def fit_relevance(candidates, k: int, min_precision: float):
+    """The threshold with the best cross-validated list recall whose precision stays >= min_precision
+    (else the best F1)."""
+    from rag.judgement import fit_logistic
+
+    labels = [c["gold"] for c in candidates]
+    model = fit_logistic(candidates, labels, RELEVANCE_FEATURES)
+    cv = _cv_probabilities(candidates, labels, RELEVANCE_FEATURES, groups=[c["qid"] for c in candidates])
+    rows = []
+    for t in np.arange(0.1, 0.71, 0.025):
+        p, r = _list_quality(candidates, cv, t, k)
+        rows.append({"threshold": round(float(t), 3), "precision": round(p, 4), "recall": round(r, 4),
+                     "f1": round(2 * p * r / (p + r) if p + r else 0.0, 4)})
+    ok = [x for x in rows if x["precision"] >= min_precision]
+    best = max(ok, key=lambda x: (x["recall"], x["precision"])) if ok else max(rows, key=lambda x: x["f1"])
+    return model, best["threshold"], best
+
+
+def fit_extractive(settings, dataset, split, collected):
+    """Grid-search the sentence weights for key-fact recall on the split's answerable questions."""
+    from rag.answer import is_list_question
+    from rag.eval.metrics import key_fact_recall
+    from rag.extractive import Extractor, Weights
+    from rag.records import Source
+
+    retriever, sentences = collected["retriever"], collected["sentences"]
+    index = retriever.index
+    cases = []
+    for q in dataset.questions:
+        if q.split != split or not q.answerable or not q.key_facts:
+            continue
+        listing = is_list_question(q.question) or q.type == "list"
+        hits = retriever.retrieve(q.question, settings.list_top_k if listing else settings.answer_top_k, "hybrid").hits
+        sources = [Source(i, h.paper_id, h.title, h.snippet, h.score, index.paper(h.paper_id).abstract)
+                   for i, h in enumerate(hits, 1)]
+        cases.append((q, listing, sources, sentences.of([index.paper(s.paper_id) for s in sources]),
+                      retriever.embed_query(q.question)))
+    grid = itertools.product((1.0, 2.0, 4.0), (1.0,), (0.3, 0.6), (0.2, 0.4), (0.0, 0.2), (0.0, 0.5, 1.0, 2.0), (3, 4))
+    best = None
+    for values in grid:
+        extractor = Extractor(Weights(*values))
+        scores = []
+        for q, listing, sources, sents, qv in cases:
+            extract = extractor.answer(q.question, sources, listing, sents, qv)
+            scores.append(key_fact_recall(extract.text if extract else "", q.key_facts) or 0.0)
+        score = float(np.mean(scores)) if scores else 0.0
+        if best is None or score > best[0] + 1e-9:
+            best = (score, asdict(extractor.weights))
+    return best[1], {"key_fact_recall": round(best[0], 4), "questions": len(cases)}
 
 
 def main(argv=None) -> int:
     from rag.env import configure_process
 
     configure_process()
+    from rag.eval.dataset import load_dataset
+    from rag.judgement import JudgementParams
+    from rag.retrieve import Retriever
     from rag.settings import load_settings
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="rag eval calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", type=Path, default=Path("eval/datasets/dev.jsonl"))
+    p.add_argument("--split", default="tune", choices=("tune",), help="fitting always uses tune")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--max-false-refusals", type=float, default=0.03,
+                   help="share of answerable tune questions the abstain point may refuse (default 0.03)")
+    p.add_argument("--low-share", type=float, default=0.10,
+                   help="share of answerable tune questions marked low confidence at most (default 0.10)")
+    p.add_argument("--min-list-precision", type=float, default=0.85,
+                   help="list relevance: the most recall whose cross-validated precision stays at or above this")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+
     settings = load_settings()
-    rows = features(args.dataset, settings)
-    current = outcome(rows, settings.abstain_threshold, settings.abstain_sim, settings.abstain_coverage)
-    grid = [outcome(rows, f, s, c) for f, s, c in itertools.product(
-        [0.25, 0.30, 0.35], [0.40, 0.45, 0.50], [0.45, 0.50, 0.55, 0.60])]
+    titles = [x.title for x in Retriever.from_settings(settings, check_stale=False).index.papers()]
+    dataset = load_dataset(args.dataset, titles)
+    collected = collect(settings, dataset, args.split)
+    model_a, abstain_below, low_below, a_info = fit_abstention(collected["questions"], args.max_false_refusals, args.low_share)
+    model_r, relevant_at, r_info = fit_relevance(collected["candidates"], settings.list_top_k, args.min_list_precision)
+    weights, e_info = fit_extractive(settings, dataset, args.split, collected)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    fitted = {
+        "dataset": str(args.dataset), "dataset_sha256": dataset.sha256, "split": args.split,
+        "questions": len(collected["questions"]), "list_candidates": len(collected["candidates"]),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": commit,
+        "abstention_cv": a_info["cv_point"], "relevance_cv": r_info, "extractive_tune": e_info,
+        "extractive_weights": weights, "max_false_refusals": args.max_false_refusals, "low_share": args.low_share,
+        "min_list_precision": args.min_list_precision,
+    }
+    params = JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at, fitted)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(params.to_dict(), indent=2) + "\n")
+    summary = {"out": str(args.out), "abstain_below": round(abstain_below, 4), "low_below": round(low_below, 4),
+               "relevant_at": relevant_at, **{k: v for k, v in fitted.items() if k.endswith(("_cv", "_tune"))},
+               "extractive_weights": weights}
     if args.json:
-        print(json.dumps({"rows": rows, "current": current, "grid": grid}))
-        return 0
-    for r in sorted(rows, key=lambda r: (r["answerable"], r["similarity"])):
-        if not r["answerable"] or r["similarity"] < 0.5:
-            print(f"{'ANS' if r['answerable'] else 'UNA'} sim={r['similarity']:.3f} cov={r['coverage']:.2f}  {r['question'][:80]}")
-    print("\ncurrent settings:", current)
-    print("grid (threshold, sim, coverage → unanswerable abstained, answerable wrongly abstained):")
-    for g in grid:
-        print(f"  {g['abstain_threshold']:.2f} {g['abstain_sim']:.2f} {g['abstain_coverage']:.2f} → "
-              f"{g['abstained_unanswerable']}/{g['unanswerable']}, {g['false_abstentions']}/{g['answerable']}")
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
     return 0
 
 

@@ -67,7 +67,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--strict", action="store_true", help="any dataset issue (bad line, unknown gold title) is fatal")
     p.set_defaults(handler=cmd_eval)
 
-    es = p.add_subparsers(dest="eval_command", metavar="{compare}", parser_class=type(p))
+    es = p.add_subparsers(dest="eval_command", metavar="{compare,calibrate}", parser_class=type(p))
+    es.add_parser("calibrate", help="fit the offline judgement on the tune split (see `rag eval calibrate --help`)")
     c = es.add_parser("compare", help="print metric deltas between two reports (B minus A)",
                       description="Print per-mode metric deltas (B minus A) between two `rag eval` reports.")
     c.add_argument("a", type=Path, metavar="A", help="baseline report.json (or its directory)")
@@ -83,7 +84,9 @@ def cmd_eval(args) -> int:
         check_gates,
         gate_message,
         parse_gates,
+        split_table,
         summary_table,
+        tradeoff_text,
         write_report,
     )
     from rag.eval.runner import check_modes, run_eval
@@ -136,12 +139,22 @@ def cmd_eval(args) -> int:
             "config": report["config"],
             "summary": report["summary"],
             "by_type": report["by_type"],
+            "by_split": report["by_split"],
+            "abstention": tradeoff_text(report),
             "judge": report.get("judge"),
             "gates": results,
             "files": [str(f) for f in files],
         }))
     else:
         print(summary_table(report))
+        print()
+        for mode in modes:
+            table = split_table(report, mode)
+            if table and len(report["by_split"][mode]) > 1:
+                print(table)
+                print()
+        for line in tradeoff_text(report):
+            print(f"abstention: {line}")
         print()
         print(by_type_table(report, "recall@10"))
         if report.get("judge"):

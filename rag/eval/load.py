@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -21,21 +20,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from urllib.parse import urlparse
 
-from rag.eval.bench import QUESTIONS, _pct
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rag.eval.bench import QUESTIONS, _pct, free_port
 
 
 def start_ui(settings):
     """Launch the app in this process on a free loopback port; returns (app, url)."""
-    from ui.app import build_app
+    from rag.ui.app import build_app
 
     app = build_app(settings)
-    port = _free_port()
+    port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     return app, f"http://127.0.0.1:{port}/"
 

@@ -8,10 +8,8 @@ question, grounding metrics for an abstained answer) and is left out of every me
 from __future__ import annotations
 
 import math
-import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 
 import numpy as np
 
@@ -112,10 +110,11 @@ def _share(hits: int, total: int) -> float | None:
 
 
 def citation_metrics(cited_titles: Sequence[str], source_titles: Sequence[str], gold_titles: Sequence[str] | None,
-                     invalid_markers: int = 0) -> dict[str, float | None]:
+                     invalid_markers: int = 0, acceptable_titles: Sequence[str] = ()) -> dict[str, float | None]:
     """citation_validity: share of citations that point at a source the answerer was given
     (markers with no such source count as invalid citations); precision / recall of the cited
     papers against the gold papers (`gold_titles=None`: not applicable, e.g. unanswerable).
+    Citing an acceptable extra (a near miss recorded in the dataset) counts neither way.
     No citations at all: validity and precision are None, recall is 0."""
     cited = list(dict.fromkeys(normalise_title(t) for t in cited_titles))
     sources = {normalise_title(t) for t in source_titles}
@@ -125,8 +124,10 @@ def citation_metrics(cited_titles: Sequence[str], source_titles: Sequence[str], 
         out["citation_precision"] = out["citation_recall"] = None
         return out
     gold = {normalise_title(t) for t in gold_titles}
-    correct = sum(1 for t in cited if t in gold)
-    out["citation_precision"] = _share(correct, len(cited))
+    neutral = {normalise_title(t) for t in acceptable_titles} - gold
+    judged = [t for t in cited if t not in neutral]
+    correct = sum(1 for t in judged if t in gold)
+    out["citation_precision"] = _share(correct, len(judged))
     out["citation_recall"] = _share(correct, len(gold))
     return out
 

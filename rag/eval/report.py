@@ -21,7 +21,7 @@ from rag.eval.metrics import (
 from rag.corpus import normalise_title
 from rag.errors import ConfigError
 
-PLOTS = ("metrics_by_mode.png", "metrics_by_type.png", "latency.png")
+PLOTS = ("metrics_by_mode.png", "metrics_by_type.png", "latency.png", "abstention_tradeoff.png")
 TYPE_METRICS = RETRIEVAL_METRICS + ("key_fact_recall", "citation_recall", "abstention_accuracy", "false_abstention_rate")
 
 
@@ -59,6 +59,28 @@ def summary_table(report: dict, markdown: bool = False) -> str:
     rows = [[m] + [fmt(report["summary"][mode].get(m), m) for mode in modes] for m in shown_metrics(report)]
     rows.append(["questions (errors)"] + [f"{report['summary'][mode]['questions']} ({report['summary'][mode]['errors']})" for mode in modes])
     return _table(["metric", *modes], rows, markdown)
+
+
+def split_table(report: dict, mode: str, markdown: bool = False) -> str:
+    """One mode's summary per split (tune = where constants were fitted, test = out of sample)."""
+    per = report.get("by_split", {}).get(mode, {})
+    splits = [s for s in ("tune", "test") if s in per]
+    if not splits:
+        return ""
+    rows = [[m] + [fmt(per[s].get(m), m) for s in splits] for m in shown_metrics(report)]
+    rows.append(["questions"] + [str(per[s]["questions"]) for s in splits])
+    return _table([f"{mode}", *splits], rows, markdown)
+
+
+def tradeoff_text(report: dict) -> list[str]:
+    """Where the configured abstention point sits, per mode and split."""
+    out = []
+    for mode, per in (report.get("abstention_tradeoff") or {}).items():
+        for split, t in per.items():
+            c = t["configured"]
+            out.append(f"{mode} {split}: abstained on {c['caught']}/{c['unanswerable']} unanswerable, refused "
+                       f"{c['false_refusals']}/{c['answerable']} answerable; {c['low_confidence']} answered with low confidence")
+    return out
 
 
 def by_type_table(report: dict, metric: str, markdown: bool = False) -> str:
@@ -118,9 +140,14 @@ def markdown_report(report: dict, plots: list[Path] | None = None) -> str:
         "",
         summary_table(report, markdown=True),
         "",
-        "## By question type",
-        "",
     ]
+    for mode in cfg["modes"]:
+        table = split_table(report, mode, markdown=True)
+        if table:
+            lines += [f"## {mode}: tune vs test", "", "Constants are fitted on tune; test is out of sample.", "", table, ""]
+    if report.get("abstention_tradeoff"):
+        lines += ["## Abstention operating point", ""] + [f"- {t}" for t in tradeoff_text(report)] + [""]
+    lines += ["## By question type", ""]
     for metric in _type_metrics(report):
         lines += [by_type_table(report, metric, markdown=True), ""]
     if report.get("judge"):
@@ -234,6 +261,29 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     paths.append(out_dir / PLOTS[2])
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    # 4. abstention trade-off: caught vs falsely refused across thresholds, with the configured point
+    tradeoff = report.get("abstention_tradeoff") or {}
+    if tradeoff:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for mode, per in tradeoff.items():
+            for split, t in per.items():
+                pts = t["points"]
+                xs = [p["false_refusals"] / max(1, p["answerable"]) for p in pts]
+                ys = [p["caught"] / max(1, p["unanswerable"]) for p in pts]
+                line, = ax.plot(xs, ys, drawstyle="steps-post", label=f"{mode} {split}")
+                c = t["configured"]
+                ax.plot(c["false_refusals"] / max(1, c["answerable"]), c["caught"] / max(1, c["unanswerable"]), "o",
+                        color=line.get_color())
+        ax.axvline(0.04, color="grey", ls=":", lw=1)
+        ax.axhline(0.75, color="grey", ls=":", lw=1)
+        ax.set(xlabel="answerable questions refused", ylabel="unanswerable questions caught",
+               title="Abstention trade-off (dots: configured point)", xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / PLOTS[3])
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
 
 

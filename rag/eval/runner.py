@@ -94,7 +94,8 @@ def score_answer(q: Question, ans, checker: SupportChecker, count=None, prompts=
         metrics["abstention_accuracy"] = 1.0 if abstained else 0.0
     if not abstained:
         metrics.update(
-            citation_metrics(cited_titles, [s.title for s in sources], q.gold_titles if q.answerable else None, invalid)
+            citation_metrics(cited_titles, [s.title for s in sources], q.gold_titles if q.answerable else None, invalid,
+                             q.acceptable_titles)
         )
         metrics["key_fact_recall"] = key_fact_recall(ans.answer or "", q.key_facts) if q.answerable else None
         cited_ns = [c["n"] for c in ans.citations or [] if c.get("n") in by_n] or [n for n in text_refs if n in by_n]
@@ -108,6 +109,8 @@ def score_answer(q: Question, ans, checker: SupportChecker, count=None, prompts=
         "source_titles": [s.title for s in sources],
         "invalid_citations": invalid,
         "notice": getattr(ans, "notice", None),
+        "confidence": ((getattr(ans, "judgement", None) or {}).get("confidence")),
+        "level": ((getattr(ans, "judgement", None) or {}).get("level")),
         "metrics": metrics,
     }
     if count is not None:
@@ -122,6 +125,8 @@ def _empty_row(q: Question, mode: str) -> dict:
     return {
         "id": q.id,
         "type": q.type,
+        "split": q.split,
+        "style": q.style,
         "mode": mode,
         "question": q.question,
         "gold_titles": q.gold_titles,
@@ -225,12 +230,19 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
         mode: {t: summarise([r for r in rows if r["mode"] == mode and r["type"] == t]) for t in types}
         for mode in modes
     }
+    splits = [s for s in ("tune", "test") if any(q.split == s for q in dataset.questions)]
+    by_split = {
+        mode: {s: summarise([r for r in rows if r["mode"] == mode and r["split"] == s]) for s in splits}
+        for mode in modes
+    }
     report = {
         "version": REPORT_VERSION,
         "dataset": dataset.to_dict(),
         "config": build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge, elapsed),
         "summary": summary,
         "by_type": by_type,
+        "by_split": by_split,
+        "abstention_tradeoff": abstention_tradeoff(rows, modes, splits),
         "questions": rows,
     }
     if judge is not None:
@@ -239,6 +251,31 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
             for mode in modes
         }
     return report
+
+
+def abstention_tradeoff(rows: list[dict], modes: list[str], splits: list[str]) -> dict:
+    """Per mode and split: caught unanswerable vs falsely refused answerable at every threshold on the
+    answers' P(answerable), and where the configured operating point sits."""
+    from rag.eval.calibrate import operating_points
+
+    out: dict = {}
+    for mode in modes:
+        for split in splits or [None]:
+            judged = [r for r in rows if r["mode"] == mode and r.get("confidence") is not None
+                      and (split is None or r["split"] == split)]
+            if not judged:
+                continue
+            answerable = [r["type"] != "unanswerable" for r in judged]
+            configured = [r for r in judged if r.get("abstained")]
+            out.setdefault(mode, {})[split or "all"] = {
+                "points": operating_points([r["confidence"] for r in judged], answerable),
+                "configured": {"caught": sum(1 for r in configured if r["type"] == "unanswerable"),
+                               "unanswerable": sum(1 for a in answerable if not a),
+                               "false_refusals": sum(1 for r in configured if r["type"] != "unanswerable"),
+                               "answerable": sum(answerable),
+                               "low_confidence": sum(1 for r in judged if r.get("level") == "low")},
+            }
+    return out
 
 
 def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge, elapsed) -> dict:
@@ -256,7 +293,7 @@ def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge,
         "embed_backend": settings.embed_backend,
         "candidates": settings.candidates,
         "rrf_k": settings.rrf_k,
-        "abstain_threshold": settings.abstain_threshold,
+        "judgement": _judgement_config(settings),
         "llm_model": settings.llm_model if answer == "llm" or judge is not None else None,
         "judge": judge is not None,
         "support_thresholds": {"lexical": 0.6, "embedding_cosine": 0.75},
@@ -267,3 +304,11 @@ def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge,
     }
     return cfg
 
+
+def _judgement_config(settings) -> dict:
+    from rag.judgement import load_params
+
+    params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
+    return {"abstain_below": settings.abstain_threshold if settings.abstain_threshold is not None else params.abstain_below,
+            "low_below": settings.low_confidence_threshold if settings.low_confidence_threshold is not None else params.low_below,
+            "relevant_at": params.relevant_at, "fitted": {k: params.fitted.get(k) for k in ("dataset_sha256", "split", "created", "git_commit")}}

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 EXAMPLES = [
     "which papers erase concepts in diffusion models?",
     "How can large language models be made to reason step by step?",
-    "What methods speed up inference of diffusion models?",
+    "sparse autoencoders for interpretability",
     "Which papers propose benchmarks for evaluating multimodal models?",
 ]
 NO_LLM_REASON = "no LLM endpoint configured: set RAG_LLM_BASE_URL"

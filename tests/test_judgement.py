@@ -1,0 +1,181 @@
+"""Judgement that holds out of sample: follow-ups, abstention levels, list relevance, top-k, extractive
+sentence choice, and the fitted parameters (rag.conversation, rag.abstention, rag.relevance, rag.judgement)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from rag.abstention import ABSTAIN, ANSWER, LOW, Abstention, Features
+from rag.conversation import leans_on_context, rule_rewrite
+from rag.judgement import JudgementParams, Logistic, load_params
+from rag.text import is_keyword_query
+
+ERASE_Q = "which papers erase concepts in diffusion models?"
+HISTORY = [{"role": "user", "content": ERASE_Q}, {"role": "assistant", "content": "- **Erasing Concepts…** [1]"}]
+_STATES_RESULT = re.compile(r"\d|outperform|improv|achiev|surpass|state-of-the-art|better|reduc|faster", re.I)
+
+
+# ---------------------------------------------------------------- follow-ups (fast)
+
+
+@pytest.mark.parametrize("message, leans", [
+    ("sparse autoencoders for interpretability", False),  # short, but a topic of its own
+    ("concept bottleneck models", False),
+    ("How does a model improve its reasoning at test time?", False),  # "its" has its own antecedent
+    ("which of them use adversarial training?", True),
+    ("and for images?", True),
+    ("what about video models?", True),
+    ("is it open source?", True),
+    ("Do these papers release code?", True),
+    ("why?", True),
+])
+def test_a_message_leans_on_the_conversation_only_with_evidence(message, leans):
+    assert leans_on_context(message) is leans
+    rewritten = rule_rewrite(message, HISTORY)
+    assert (rewritten != message) is leans
+    if leans:
+        assert ERASE_Q in rewritten
+
+
+def test_keyword_queries_are_told_from_questions():
+    assert is_keyword_query("concept erasure diffusion", 7)
+    assert not is_keyword_query("which papers erase concepts?", 7)
+    assert not is_keyword_query("How do diffusion models erase concepts", 7)
+    assert not is_keyword_query("a very long keyword query with more than seven words in it", 7)
+
+
+# ---------------------------------------------------------------- the fitted parameters (fast)
+
+
+def test_shipped_parameters_load_and_record_what_they_were_fitted_on():
+    params = load_params()
+    assert params.fitted["split"] == "tune" and params.fitted["dataset_sha256"]
+    assert 0 < params.abstain_below <= params.low_below < 1
+    assert 0 < params.relevant_at < 1
+    assert set(params.abstention.features) == {"sim", "cov", "oov", "sent_sim", "miss_idf"}
+    assert JudgementParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params
+
+
+def test_broken_parameter_file_is_a_clear_error(tmp_path):
+    from rag.errors import ConfigError
+
+    bad = tmp_path / "judgement.json"
+    bad.write_text('{"version": 99}')
+    with pytest.raises(ConfigError, match="rag eval calibrate"):
+        load_params(str(bad))
+
+
+def _params(abstain_below=0.3, low_below=0.6) -> JudgementParams:
+    one = Logistic(("sim",), (10.0,), 0.0, (0.5,), (1.0,))  # P = sigmoid(10 * (sim - 0.5))
+    return JudgementParams(one, abstain_below, low_below, one, 0.5, {})
+
+
+@pytest.mark.parametrize("sim, level", [(0.2, ABSTAIN), (0.47, LOW), (0.7, ANSWER)])
+def test_three_levels_from_the_calibrated_probability(sim, level):
+    judged = Abstention(_params()).judge(Features(sim, 0.5, 0.0, 0.5, 0.5, terms=3))
+    assert judged.level == level
+    assert 0.0 <= judged.confidence <= 1.0
+
+
+def test_a_question_without_content_words_is_never_answered():
+    judged = Abstention(_params()).judge(Features(0.99, 1.0, 0.0, 0.99, 0.0, terms=0))
+    assert judged.level == ABSTAIN and judged.abstain
+
+
+def test_calibration_picks_the_operating_point_within_the_allowed_false_refusals():
+    from rag.eval.calibrate import fit_abstention
+
+    rows = []
+    for i in range(60):  # answerable: high sim; unanswerable: low sim, with overlap in the middle
+        rows.append({"answerable": True, "sim": 0.45 + i / 100, "cov": 0.8, "oov": 0.0, "sent_sim": 0.7, "miss_idf": 0.3})
+    for i in range(20):
+        rows.append({"answerable": False, "sim": 0.30 + i / 80, "cov": 0.4, "oov": 0.2, "sent_sim": 0.5, "miss_idf": 0.8})
+    model, abstain_below, low_below, info = fit_abstention(rows, max_false=0.05, low_share=0.1)
+    point = info["cv_point"]
+    assert point["false_refusals"] <= 3 and point["caught"] >= 10
+    assert abstain_below <= low_below
+    assert model.probability(rows[0]) > model.probability(rows[-1])
+
+
+# ---------------------------------------------------------------- on the real index
+
+
+@pytest.mark.slow
+def test_a_short_new_topic_after_another_topic_is_searched_as_itself(real_assistant):
+    answer = real_assistant.ask("sparse autoencoders for interpretability", history=HISTORY)
+    assert answer.standalone_question is None
+    assert not answer.abstained
+    titles = " ".join(c["title"] for c in answer.citations).lower()
+    assert "autoencoder" in titles or "interpret" in titles
+    assert "erase" not in titles and "erasure" not in titles
+
+
+@pytest.mark.slow
+def test_emoji_only_message_abstains_even_after_a_topic(real_assistant):
+    answer = real_assistant.ask("🔥🔥🔥", history=HISTORY)
+    assert answer.abstained and answer.citations == []
+    assert answer.judgement["level"] == ABSTAIN
+
+
+@pytest.mark.slow
+def test_weak_alone_strong_with_the_previous_topic_is_read_as_a_follow_up(real_assistant):
+    alone = real_assistant.ask("Van Gogh")
+    assert alone.abstained
+    follow = real_assistant.ask("Van Gogh", history=HISTORY)
+    assert not follow.abstained and ERASE_Q in follow.standalone_question
+    assert any("Eras" in c["title"] for c in follow.citations)
+
+
+@pytest.mark.slow
+def test_top_k_means_what_it_says(real_assistant):
+    specific = real_assistant.ask("How do text-to-image diffusion models handle unsafe content?", top_k=15)
+    assert len(specific.sources) == 15  # no hidden token budget cuts an extractive answer's sources
+    listing = real_assistant.ask(ERASE_Q, top_k=2)
+    assert len(listing.citations) == 2 and listing.more_papers >= 1
+    assert f"{listing.more_papers} more paper" in listing.notice and "top-k" in listing.notice
+    wide = real_assistant.ask(ERASE_Q, top_k=15)
+    assert len(wide.citations) == min(15, 2 + listing.more_papers)
+
+
+@pytest.mark.slow
+def test_a_list_question_lists_the_passing_papers_best_first(real_assistant):
+    answer = real_assistant.ask(ERASE_Q)
+    assert [c["n"] for c in answer.citations] == list(range(1, len(answer.citations) + 1))
+    titles = [c["title"] for c in answer.citations]
+    assert len(titles) >= 5
+    on_topic = [t for t in titles if re.search(r"eras|unlearn|ablat|forget|removal", t, re.I)]
+    assert len(on_topic) / len(titles) >= 0.8, titles
+
+
+@pytest.mark.slow
+def test_asking_a_paper_for_its_results_quotes_a_result(real_assistant):
+    mace = next(p for p in real_assistant.papers() if p.title.startswith("MACE"))
+    answer = real_assistant.ask("What does this paper propose, and what are its main results?", paper_ids=[mace.paper_id])
+    assert not answer.abstained and answer.quotes
+    assert any(_STATES_RESULT.search(q.text) for q in answer.quotes), [q.text for q in answer.quotes]
+    first_sentence = mace.abstract.split(". ")[0]
+    assert answer.quotes[0].text != first_sentence  # not the motivational opening
+
+
+@pytest.mark.slow
+def test_long_sentences_are_cut_to_a_verbatim_clause(real_assistant):
+    from rag.extractive import MAX_QUOTE_WORDS
+
+    for question in (ERASE_Q, "sparse autoencoders for interpretability", "dpo preference optimization llm alignment"):
+        answer = real_assistant.ask(question)
+        for q in answer.quotes:
+            paper = real_assistant.paper(q.paper_id)
+            assert paper.abstract[q.start : q.end] == q.text
+            assert len(q.text.split()) <= MAX_QUOTE_WORDS
+
+
+@pytest.mark.slow
+def test_the_ui_examples_are_answered_from_the_corpus(real_assistant):
+    from rag.ui.app import EXAMPLES
+
+    for example in EXAMPLES:
+        answer = real_assistant.ask(example)
+        assert answer.judgement["level"] == ANSWER and answer.citations, example
