@@ -203,7 +203,6 @@ class Settings(BaseSettings):
 
 def unknown_env(environ=None) -> list[str]:
     """One warning per RAG_* variable that is not a setting, naming the closest setting."""
-    import difflib
 
     environ = os.environ if environ is None else environ
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
