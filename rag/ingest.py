@@ -1,9 +1,15 @@
 """Build and update the index (the write side; rag.index reads it).
 
-Ingest is incremental and resumable. The manifest lists, per paper, the content hash that is fully
-written to the store; it is rewritten after every batch, so an ingest stopped by Ctrl-C or `kill -9`
-continues where it stopped. Vectors are cached by content hash, so unchanged text is never embedded
-twice, and an unchanged corpus does not even load the model.
+An ingest is incremental, resumable and published atomically:
+- vectors go to Chroma in batches; `DATA_DIR/ingest.json` records after every batch which papers' vectors
+  are stored, so an ingest stopped by Ctrl-C or `kill -9` continues where it stopped; vectors come from
+  the embedding cache (by content hash) whenever they were computed before, so repairs and rebuilds do
+  not embed again;
+- paper records, term statistics and the lexical index change inside one transaction of the catalog
+  (rag.catalog) that commits together with a new generation id: readers see the old index until then,
+  the new one after, never a mix;
+- damaged or missing parts (catalog, Chroma store, embedding cache) are detected and rebuilt, the damaged
+  file set aside with a warning.
 """
 
 from __future__ import annotations
@@ -13,23 +19,28 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from rag import lexical
+from rag.catalog import CATALOG, SCHEMA_VERSION, Catalog
 from rag.chunking import Chunker
 from rag.corpus import corpus_files, corpus_fingerprint, iter_unique, scan_corpus
-from rag.embeddings import EmbeddingCache, embed_with_cache, embedder_name, make_embedder
-from rag.errors import ConfigError, IndexCorruptError, IndexLockedError
-from rag.index import MANIFEST, MANIFEST_VERSION, atomic_write, indexed_corpus, read_manifest
-from rag.text import content_terms
+from rag.embeddings import embed_with_cache, embedder_name, make_embedder, open_embedding_cache
+from rag.errors import ConfigError, IndexCorruptError, IndexLockedError, StoreUnavailableError
+from rag.index import atomic_write, indexed_corpus, set_aside
 
 log = logging.getLogger(__name__)
-PARSER_VERSION = 5  # bump when parsing, cleaning or the stopword list changes what is derived from a paper
+PARSER_VERSION = 6  # bump when parsing, cleaning or the stopword list changes what is derived from a paper
 PAPER_BATCH = 256
+STATE = "ingest.json"
+LEGACY = ("manifest.json", "papers.jsonl", "term_df.json", "bm25")
 
 
 @dataclass
@@ -48,13 +59,15 @@ class IngestReport:
     duplicates: int = 0
     issues: list[str] = field(default_factory=list)
     chroma_mode: str = "embedded"
+    generation: str | None = None
+    repaired: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def index_params(settings, model_name: str) -> dict:
-    """What the stored vectors depend on: a change here forces a rebuild."""
+    """What the stored vectors and derived data depend on: a change here forces a rebuild."""
     return {
         "embedding_model": model_name,
         "parser_version": PARSER_VERSION,
@@ -64,16 +77,6 @@ def index_params(settings, model_name: str) -> dict:
         "collection": settings.collection,
         "chroma_url": settings.chroma_url,
     }
-
-
-def paper_vectors(chunks, vectors) -> tuple[list[str], np.ndarray]:
-    """One vector per paper: the normalised mean of its chunks' vectors (no extra embedding)."""
-    rows: dict[str, list[int]] = {}
-    for i, chunk in enumerate(chunks):
-        rows.setdefault(chunk.paper_id, []).append(i)
-    ids = list(rows)
-    means = np.stack([vectors[rows[pid]].mean(axis=0) for pid in ids]) if ids else np.zeros((0, vectors.shape[1]))
-    return ids, means / np.clip(np.linalg.norm(means, axis=1, keepdims=True), 1e-12, None)
 
 
 def _ensure_writable(data_dir: Path) -> None:
@@ -94,6 +97,8 @@ def _ensure_writable(data_dir: Path) -> None:
 def ingest_lock(data_dir: Path):
     """One writer at a time; the OS releases the lock if the process dies."""
     path = data_dir / "ingest.lock"
+    if path.exists() and not path.is_file():
+        set_aside(path, "the ingest lock is not a file")
     fh = open(path, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -115,137 +120,266 @@ def ingest_lock(data_dir: Path):
         fh.close()
 
 
+def ingest_running(data_dir: Path) -> bool:
+    """True while another process holds the ingest lock."""
+    path = Path(data_dir) / "ingest.lock"
+    if not path.is_file():
+        return False
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def new_generation() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def paper_vectors(chunks, vectors) -> tuple[list[str], np.ndarray]:
+    """One vector per paper: the normalised mean of its chunks' vectors (no extra embedding)."""
+    rows: dict[str, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        rows.setdefault(chunk.paper_id, []).append(i)
+    ids = list(rows)
+    means = np.stack([vectors[rows[pid]].mean(axis=0) for pid in ids]) if ids else np.zeros((0, vectors.shape[1]))
+    return ids, means / np.clip(np.linalg.norm(means, axis=1, keepdims=True), 1e-12, None)
+
+
+def _read_state(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("stored"), dict):
+            raise ValueError("not an ingest state")
+        return state
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s): checking the vector store from scratch", path, exc)
+        return None
+
+
+def _legacy_stored(data_dir: Path, params: dict) -> dict[str, str]:
+    """Papers an index built by the previous layout (manifest.json) has in Chroma, if built the same way."""
+    path = data_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    old = dict(manifest.get("params", {}))
+    same = {k: v for k, v in old.items() if k != "parser_version"} == {k: v for k, v in params.items() if k != "parser_version"}
+    return dict(manifest.get("papers", {})) if same else {}
+
+
+def _open_catalog(data_dir: Path, report: IngestReport) -> Catalog:
+    path = data_dir / CATALOG
+    try:
+        return Catalog(path, create=True)
+    except IndexCorruptError as exc:
+        set_aside(path, str(exc))
+        for extra in ("-wal", "-shm"):
+            Path(str(path) + extra).unlink(missing_ok=True)
+        report.repaired.append("catalog (damaged: rebuilt)")
+        return Catalog(path, create=True)
+
+
+def _open_store(settings, data_dir: Path, report: IngestReport):
+    """The Chroma store; a damaged embedded store is set aside and started afresh."""
+    from rag.store import ChromaStore, probe_embedded
+
+    if settings.chroma_url is None and (data_dir / "chroma").exists():
+        problem = probe_embedded(data_dir, settings.collection)
+        if problem:
+            set_aside(data_dir / "chroma", problem)
+            report.repaired.append(f"vector store ({problem}: rebuilt from cached vectors)")
+    try:
+        return ChromaStore(data_dir, settings.chroma_url, settings.collection)
+    except StoreUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged embedded store: chromadb raises many kinds
+        if settings.chroma_url:
+            raise
+        set_aside(data_dir / "chroma", f"{exc.__class__.__name__}: {exc}")
+        report.repaired.append("vector store (unreadable: rebuilt from cached vectors)")
+        return ChromaStore(data_dir, None, settings.collection)
+
+
 def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = False, rebuild: bool = False,
            embedder=None, store=None, progress: bool = True) -> IngestReport:
-    """Bring the index in `settings.data_dir` up to date with the corpus.
-
-    Two streaming passes: the first hashes every paper (no texts kept), the second embeds and writes
-    the new or changed ones in batches, committing the manifest after each batch.
-    """
+    """Bring the index in `settings.data_dir` up to date with the corpus, repairing what is damaged."""
     from tqdm import tqdm
-
-    from rag.lexical import LexicalIndex
-    from rag.store import ChromaStore
 
     started = time.perf_counter()
     data_dir = Path(settings.data_dir)
     _ensure_writable(data_dir)
     report = IngestReport(chroma_mode="server" if settings.chroma_url else "embedded")
     with ingest_lock(data_dir):
+        catalog = _open_catalog(data_dir, report)
+        own_store = store is None
+        if own_store:
+            store = _open_store(settings, data_dir, report)
         try:
-            manifest = read_manifest(data_dir)
-        except IndexCorruptError as exc:
-            log.warning("%s; rebuilding", exc)
-            manifest, rebuild = None, True
-        paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, manifest)
-        files = corpus_files(paths)
-        fingerprint = corpus_fingerprint(files)
-        model_name = embedder.name if embedder is not None else embedder_name(settings)
-        params = index_params(settings, model_name)
-        if manifest and manifest.get("params") != params:
-            rebuild, report.reason = True, "embedding model or chunking changed"
-        if manifest and not rebuild and manifest.get("complete") and manifest.get("corpus_fingerprint") == fingerprint:
-            counts = manifest.get("counts", {})
-            report.papers = report.unchanged = counts.get("papers", 0)
-            report.chunks = counts.get("chunks", 0)
-            report.reason = "corpus unchanged"
-            report.seconds = time.perf_counter() - started
-            return report
+            return _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress,
+                           report, started, tqdm)
+        finally:
+            catalog.close()
+            if own_store:
+                store.close()  # flushes the embedded store's files, so they can be recorded as good
+                if settings.chroma_url is None:
+                    from rag.store import remember_verified
 
-        scan = scan_corpus(files, strict=strict)
-        report.entries, report.duplicates = scan.entries, scan.duplicates
-        report.issues = [str(i) for i in scan.issues]
-        store = store or ChromaStore(data_dir, settings.chroma_url, settings.collection)
-        cache = EmbeddingCache(settings.embed_cache_path or data_dir / "embed_cache.sqlite")
-        live = {"model": embedder}
+                    remember_verified(data_dir)
 
-        def get_embedder():
-            if live["model"] is None:
-                live["model"] = make_embedder(settings)
-            return live["model"]
 
-        stored: dict[str, str] = {}
-        if manifest and not rebuild:
-            stored = dict(manifest.get("papers", {}))
-        else:
-            report.rebuilt = manifest is not None or rebuild
-            report.reason = report.reason or ("rebuild requested" if rebuild else "new index")
+def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress, report, started, tqdm):
+    published = catalog.meta()
+    if published and published.get("version") != SCHEMA_VERSION:
+        published = {}
+    paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, published or None)
+    files = corpus_files(paths)
+    fingerprint = corpus_fingerprint(files)
+    model_name = embedder.name if embedder is not None else embedder_name(settings)
+    params = index_params(settings, model_name)
+    if published and published.get("params") != params:
+        rebuild, report.reason = True, "embedding model or chunking changed"
+
+    state_path = data_dir / STATE
+    state = None if rebuild else _read_state(state_path)
+    if state and state.get("params") != params:
+        state = None
+    counts = published.get("counts", {}) if published else {}
+    healthy = bool(published) and _healthy(catalog, store, counts, report)
+    if healthy and not rebuild and state is None and published.get("corpus_fingerprint") == fingerprint and not report.repaired:
+        report.papers = report.unchanged = counts.get("papers", 0)
+        report.chunks = counts.get("chunks", 0)
+        report.reason = "corpus unchanged"
+        report.generation = published.get("generation")
+        report.seconds = time.perf_counter() - started
+        return report
+
+    scan = scan_corpus(files, strict=strict)
+    report.entries, report.duplicates = scan.entries, scan.duplicates
+    report.issues = [str(i) for i in scan.issues]
+    cache = open_embedding_cache(settings.embed_cache_path or data_dir / "embed_cache.sqlite", report.repaired)
+    live = {"model": embedder}
+
+    def get_embedder():
+        if live["model"] is None:
+            live["model"] = make_embedder(settings)
+        return live["model"]
+
+    in_catalog = catalog.paper_hashes() if published and not rebuild else {}
+    previously = dict(in_catalog)  # what readers saw: the report counts changes against it
+    if rebuild or (not published and not state):
+        stored = {} if rebuild else _legacy_stored(data_dir, params)
+        report.rebuilt = bool(published) or rebuild
+        report.reason = report.reason or ("rebuild requested" if rebuild else "upgraded" if stored
+                                          else "repaired" if report.repaired else "new index")
+        if not stored:
             store.drop()
-        state = {
-            "version": MANIFEST_VERSION,
-            "params": params,
-            "papers": stored,
-            "complete": False,
-            "corpus_paths": [str(p.resolve()) for p in paths],
-        }
+    elif state is not None:
+        stored = dict(state["stored"])  # an interrupted ingest: these papers' vectors are in the store
+    elif healthy:
+        stored = dict(in_catalog)
+    else:
+        # the parts disagree: put every vector back (from the cache) and derive the catalog again
+        stored, in_catalog = {}, {}
+        store.drop()
+        report.repaired.append("index parts disagreed (rebuilt from cached vectors)")
+        report.reason = "repaired"
 
-        hashes = scan.hashes
-        removed = [pid for pid in stored if pid not in hashes]
-        changed = [pid for pid, h in hashes.items() if pid in stored and stored[pid] != h]
-        report.added = sum(1 for pid in hashes if pid not in stored)
-        report.changed, report.removed = len(changed), len(removed)
-        report.unchanged = len(hashes) - report.added - report.changed
-        if removed or changed:
-            store.delete_papers(removed + changed)
-            for pid in removed + changed:
-                stored.pop(pid, None)
-        atomic_write(data_dir / MANIFEST, json.dumps(state))
+    hashes = scan.hashes
+    removed = [pid for pid in stored if pid not in hashes]
+    changed = [pid for pid, h in hashes.items() if pid in stored and stored[pid] != h]
+    base = previously if previously else (in_catalog if in_catalog else stored)
+    report.added = sum(1 for pid in hashes if pid not in base)
+    report.changed = sum(1 for pid, h in hashes.items() if pid in base and base[pid] != h)
+    report.removed = sum(1 for pid in base if pid not in hashes)
+    report.unchanged = len(hashes) - report.added - report.changed
+    if removed or changed:
+        store.delete_papers(removed + changed)
+        for pid in removed + changed:
+            stored.pop(pid, None)
+    new_state = {"params": params, "stored": stored}
+    atomic_write(state_path, json.dumps(new_state))
 
-        chunker = Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
-        todo = sum(1 for pid in hashes if pid not in stored)
-        bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=None if progress and todo else True)
-        chunk_ids: list[str] = []
-        chunk_texts: list[str] = []
-        df: dict[str, int] = {}
-        batch: list = []
+    chunker = Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
+    todo = sum(1 for pid in hashes if pid not in stored)
+    bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=None if progress and todo else True)
+    batch: list = []
+    n_chunks = 0
 
-        def flush() -> None:
-            chunks = [c for _, paper_chunks in batch for c in paper_chunks]
-            vectors, n = embed_with_cache(None, cache, [c.text for c in chunks], model_name, get_embedder)
-            report.embedded += n
-            store.delete_papers([p.paper_id for p, _ in batch])  # partial leftovers of a killed run
-            store.upsert(chunks, vectors)
-            store.upsert_paper_vectors(*paper_vectors(chunks, vectors))
-            for p, _ in batch:
-                stored[p.paper_id] = hashes[p.paper_id]
-            atomic_write(data_dir / MANIFEST, json.dumps(state))
-            bar.update(len(batch))
-            batch.clear()
+    def flush() -> None:
+        chunks = [c for _, paper_chunks in batch for c in paper_chunks]
+        vectors, n = embed_with_cache(None, cache, [c.text for c in chunks], model_name, get_embedder)
+        report.embedded += n
+        store.delete_papers([p.paper_id for p, _ in batch])  # partial leftovers of a killed run
+        store.upsert(chunks, vectors)
+        store.upsert_paper_vectors(*paper_vectors(chunks, vectors))
+        for p, _ in batch:
+            stored[p.paper_id] = hashes[p.paper_id]
+        atomic_write(state_path, json.dumps(new_state))
+        bar.update(len(batch))
+        batch.clear()
 
-        papers_tmp = data_dir / "papers.jsonl.tmp"
-        with open(papers_tmp, "w") as papers_out:
-            for paper in iter_unique(scan):
-                papers_out.write(json.dumps(paper.to_dict()) + "\n")
-                paper_chunks = chunker.chunk(paper)
-                for chunk in paper_chunks:
-                    chunk_ids.append(chunk.chunk_id)
-                    chunk_texts.append(chunk.text)
-                for term in set(content_terms(paper.title + " " + paper.abstract)):
-                    df[term] = df.get(term, 0) + 1
-                if paper.paper_id not in stored:
-                    batch.append((paper, paper_chunks))
-                    if len(batch) >= PAPER_BATCH:
-                        flush()
-            if batch:
-                flush()
+    generation = new_generation()
+    with catalog.transaction() as tx:
+        if rebuild or not in_catalog:
+            tx.clear()
+        gone = [pid for pid, h in in_catalog.items() if hashes.get(pid) != h]
+        tx.remove_papers(gone)
+        keep = {pid: h for pid, h in in_catalog.items() if pid not in set(gone)}
+        for paper in iter_unique(scan):
+            paper_chunks = chunker.chunk(paper)
+            n_chunks += len(paper_chunks)
+            if paper.paper_id not in keep:
+                tx.add_paper(paper, hashes[paper.paper_id], paper_chunks, [lexical.document(c.text) for c in paper_chunks])
+            else:
+                tx.update_sources(paper, hashes[paper.paper_id])
+            if paper.paper_id not in stored:
+                batch.append((paper, paper_chunks))
+                if len(batch) >= PAPER_BATCH:
+                    flush()
+        if batch:
+            flush()
         bar.close()
         cache.close()
-
-        # Derived from the whole corpus on every change: the lexical index, term statistics, paper records.
-        LexicalIndex.build(chunk_ids, chunk_texts).save(data_dir / "bm25")
-        atomic_write(data_dir / "term_df.json", json.dumps({"n": len(hashes), "df": df}))
-        papers_tmp.replace(data_dir / "papers.jsonl")
-
-        report.papers, report.chunks = len(hashes), len(chunk_ids)
-        state.update(
-            complete=True,
-            corpus_fingerprint=fingerprint,
-            corpus_files=[str(f) for f in files],
-            counts={"papers": report.papers, "chunks": report.chunks},
-            embedding=live["model"].describe() if live["model"] is not None and hasattr(live["model"], "describe")
-            else (manifest or {}).get("embedding"),
-            updated_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        atomic_write(data_dir / MANIFEST, json.dumps(state))
+        report.papers, report.chunks = len(hashes), n_chunks
+        tx.set_meta({
+            "version": SCHEMA_VERSION,
+            "generation": generation,
+            "params": params,
+            "complete": True,
+            "corpus_paths": [str(p.resolve()) for p in paths],
+            "corpus_files": [str(f) for f in files],
+            "corpus_fingerprint": fingerprint,
+            "counts": {"papers": report.papers, "chunks": report.chunks},
+            "embedding": live["model"].describe() if live["model"] is not None and hasattr(live["model"], "describe")
+            else (published or {}).get("embedding"),
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+    # published: the resume state and any index of the previous layout are no longer needed
+    state_path.unlink(missing_ok=True)
+    for name in LEGACY:
+        legacy = data_dir / name
+        if legacy.is_dir():
+            shutil.rmtree(legacy, ignore_errors=True)
+        else:
+            legacy.unlink(missing_ok=True)
+    report.generation = generation
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _healthy(catalog: Catalog, store, counts: dict, report: IngestReport) -> bool:
+    """The catalog and the vector store agree with the published counts."""
+    try:
+        ok = (catalog.count_papers() == counts.get("papers") == store.count_paper_vectors()
+              and catalog.count_chunks() == counts.get("chunks") == store.count() == catalog.count_lexical())
+    except IndexCorruptError:
+        return False
+    if not ok:
+        log.warning("the index's parts disagree with each other: repairing")
+    return ok

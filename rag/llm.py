@@ -1,14 +1,21 @@
 """The LLM behind a narrow interface: any OpenAI-compatible chat endpoint via the `openai` client.
 
-Retries (tenacity) only what is transient: 429 (honouring Retry-After), 5xx, timeouts and dropped
-connections; exponential backoff with jitter, capped in attempts and in total time. Everything
-else, and the last failure, becomes an `LLMError` whose message never contains the API key.
+Every call is bounded: a timeout per request, a deadline for the whole call (connect, first token and
+all streaming included; a stream kept open with keep-alives or one token a second is cut there),
+`max_tokens` sent, and the reply's size capped. Retries (tenacity) cover only what is transient (429
+honouring Retry-After, 5xx, timeouts, dropped connections), before the first token, within the deadline.
+Replies that are not answers (cut by length, a refusal, a tool call, no choices, HTML or invalid JSON)
+raise `LLMReplyError` saying which; every failure is an `LLMError` whose message says what to check and
+never contains the API key.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 import httpx
@@ -26,21 +33,42 @@ from rag.errors import ConfigError, LLMError
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
+Usage = Callable[[int | None, int | None], None]  # (prompt_tokens, completion_tokens) as the server reports them
 
 
 @runtime_checkable
 class ChatModel(Protocol):
-    """What the answerer needs from an LLM: a whole reply, or its text streamed. Raises LLMError."""
+    """What the answerer needs from an LLM: a whole reply, or its text streamed. Raises LLMError.
+
+    `deadline` is a time.monotonic() value the call must finish by; `on_usage` receives the token counts.
+    """
 
     name: str
 
-    def complete(self, messages: Messages) -> str: ...
+    def complete(self, messages: Messages, deadline: float | None = None, on_usage: Usage | None = None) -> str: ...
 
-    def stream(self, messages: Messages) -> Iterator[str]: ...
+    def stream(self, messages: Messages, deadline: float | None = None, on_usage: Usage | None = None) -> Iterator[str]: ...
 
 
 class StreamCut(LLMError):
     """The stream broke after some tokens were delivered."""
+
+    transient = True
+
+
+class LLMReplyError(LLMError):
+    """The endpoint answered, but not with a usable answer. `kind`: truncated, refusal, tool_call, no_choices,
+    empty, invalid, too_long."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class LLMDeadline(LLMError):
+    """The call did not finish within its deadline."""
+
+    transient = True
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -63,16 +91,16 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 class _Wait:
-    """Retry-After when the server gives one, else exponential backoff with jitter."""
+    """Retry-After when the server gives one, else exponential backoff with jitter; never past `cap`."""
 
-    def __init__(self, max_wait: float):
+    def __init__(self, cap: float):
         self._backoff = wait_random_exponential(multiplier=0.5, max=8)
-        self._cap = max_wait
+        self._cap = cap
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         hinted = _retry_after(exc) if exc else None
-        return min(self._cap, hinted if hinted is not None else self._backoff(state))
+        return max(0.0, min(self._cap, hinted if hinted is not None else self._backoff(state)))
 
 
 class OpenAIChatLLM:
@@ -89,12 +117,18 @@ class OpenAIChatLLM:
         max_wait: float = 30.0,
         temperature: float = 0.0,
         sleep=None,
+        max_tokens: int = 1024,
+        deadline: float = 60.0,
+        max_reply_chars: int = 20_000,
     ):
-        """`sleep` (seconds -> None) is what retries wait with: time.sleep, or a recorder in tests."""
+        """`sleep` (seconds -> None) is what retries wait with: time.sleep, or a recorder in tests.
+        `deadline`: seconds a whole call may take unless the caller passes its own deadline."""
         self.model = model
         self.base_url = base_url or "https://api.openai.com/v1"
         self.name = f"{model} @ {self.base_url}"
         self._key = api_key or ""
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._client = openai.OpenAI(
             base_url=self.base_url,
             api_key=api_key or "not-needed",  # local servers ignore it; the client insists on one
@@ -105,6 +139,9 @@ class OpenAIChatLLM:
         self._max_wait = max_wait
         self.temperature = temperature
         self._sleep = sleep
+        self.max_tokens = max_tokens
+        self.deadline_s = deadline
+        self.max_reply_chars = max_reply_chars
 
     @classmethod
     def from_settings(cls, settings) -> "OpenAIChatLLM":
@@ -122,87 +159,249 @@ class OpenAIChatLLM:
             max_attempts=settings.llm_max_attempts,
             max_wait=settings.llm_max_wait,
             temperature=settings.llm_temperature,
+            max_tokens=settings.llm_max_tokens,
+            deadline=settings.llm_deadline,
+            max_reply_chars=settings.llm_max_reply_chars,
         )
 
-    def _retrying(self) -> Retrying:
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _deadline(self, deadline: float | None) -> float:
+        return deadline if deadline is not None else time.monotonic() + self.deadline_s
+
+    def _retrying(self, deadline: float) -> Retrying:
+        remaining = max(0.0, deadline - time.monotonic())
         extra = {"sleep": self._sleep} if self._sleep is not None else {}
         return Retrying(
             **extra,
             retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._max_wait),
-            wait=_Wait(self._max_wait),
+            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(min(self._max_wait, remaining)),
+            wait=_Wait(min(self._max_wait, remaining)),
             reraise=True,
             before_sleep=lambda s: log.warning(
                 "LLM call failed (%s), retry %d", self._describe(s.outcome.exception()), s.attempt_number
             ),
         )
 
-    def _describe(self, exc: BaseException) -> str:
-        status = getattr(exc, "status_code", None)
-        text = f"{exc.__class__.__name__}" + (f" HTTP {status}" if status else "")
+    def _request_timeout(self, deadline: float) -> httpx.Timeout:
+        remaining = max(0.5, deadline - time.monotonic())
+        return httpx.Timeout(min(self._timeout, remaining), connect=min(self._connect_timeout, remaining))
+
+    def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
+    def _describe(self, exc: BaseException) -> str:
+        status = getattr(exc, "status_code", None)
+        return self._redact(f"{exc.__class__.__name__}" + (f" HTTP {status}" if status else ""))
+
+    def _server_message(self, exc: BaseException) -> str:
+        body = getattr(exc, "body", None)
+        message = body.get("message") if isinstance(body, dict) else None
+        if not message and isinstance(body, dict) and isinstance(body.get("error"), dict):
+            message = body["error"].get("message")
+        return self._redact(str(message))[:200] if message else ""
+
     def _fail(self, exc: BaseException) -> LLMError:
+        if isinstance(exc, LLMError):
+            return exc
         error = self._error(exc)
         error.transient = is_transient(exc)
         return error
 
     def _error(self, exc: BaseException) -> LLMError:
+        said = self._server_message(exc)
+        said = f" (the server says: {said})" if said else ""
         if isinstance(exc, openai.AuthenticationError):
-            return LLMError(f"the LLM endpoint {self.base_url} rejected the API key: check RAG_LLM_API_KEY")
+            return LLMError(f"the LLM endpoint {self.base_url} rejected the API key{said}: check RAG_LLM_API_KEY")
+        if isinstance(exc, openai.PermissionDeniedError):
+            return LLMError(f"the LLM endpoint {self.base_url} refused access to model {self.model!r} (HTTP 403){said}: "
+                            "check that the API key may use this model (RAG_LLM_API_KEY, RAG_LLM_MODEL)")
         if isinstance(exc, openai.NotFoundError):
-            return LLMError(f"the LLM endpoint {self.base_url} does not know model {self.model!r}: check RAG_LLM_MODEL")
+            return LLMError(f"the LLM endpoint {self.base_url} does not know model {self.model!r} or this path (HTTP 404)"
+                            f"{said}: check RAG_LLM_MODEL, and that RAG_LLM_BASE_URL ends with /v1")
+        if isinstance(exc, openai.BadRequestError):
+            return LLMError(f"the LLM endpoint {self.base_url} rejected the request (HTTP 400){said}: check RAG_LLM_MODEL "
+                            "and RAG_LLM_MAX_TOKENS (the model's context may be smaller than the prompt)")
         if isinstance(exc, openai.APITimeoutError):
             return LLMError(f"the LLM at {self.base_url} did not answer in time: raise RAG_LLM_TIMEOUT or check the server")
         if isinstance(exc, openai.APIConnectionError):
             return LLMError(f"cannot connect to the LLM at {self.base_url}: is the server running? (RAG_LLM_BASE_URL)")
-        return LLMError(f"the LLM at {self.base_url} failed: {self._describe(exc)}")
+        if isinstance(exc, (ValueError, openai.APIResponseValidationError)):  # invalid JSON in a 200 response
+            return LLMReplyError(f"the LLM endpoint {self.base_url} sent something that is not an OpenAI chat completion "
+                                 f"(invalid JSON): check that RAG_LLM_BASE_URL is an OpenAI-compatible endpoint", "invalid")
+        return LLMError(f"the LLM at {self.base_url} failed: {self._describe(exc)}{said}")
 
-    def complete(self, messages: Messages) -> str:
-        try:
-            for attempt in self._retrying():
+    def _not_a_completion(self, what: str) -> LLMReplyError:
+        return LLMReplyError(f"the LLM endpoint {self.base_url} answered with {what}, not an OpenAI chat completion: "
+                             "check that RAG_LLM_BASE_URL is an OpenAI-compatible endpoint ending in /v1", "invalid")
+
+    def _check_choice(self, finish_reason, refusal, tool_calls) -> None:
+        if refusal:
+            raise LLMReplyError(f"the LLM refused to answer ({self._redact(str(refusal))[:160]})", "refusal")
+        if tool_calls:
+            raise LLMReplyError("the LLM asked to call a tool instead of answering", "tool_call")
+        if finish_reason == "length":
+            raise LLMReplyError(f"the LLM's answer was cut at {self.max_tokens} tokens (RAG_LLM_MAX_TOKENS): "
+                                "a cut answer may end mid-claim, so it is not shown", "truncated")
+        if finish_reason == "content_filter":
+            raise LLMReplyError("the LLM's answer was withheld by the endpoint's content filter", "refusal")
+
+    def _run(self, work: Callable, deadline: float):
+        """Run `work` in a worker thread; give up at the deadline (the worker's own timeouts end it later)."""
+        box: dict = {}
+
+        def target():
+            try:
+                box["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name="llm-call", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            raise LLMDeadline(f"the LLM at {self.base_url} did not finish within the deadline "
+                              f"(RAG_LLM_DEADLINE={self.deadline_s:g} s): check the server or raise the deadline")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def complete(self, messages: Messages, deadline: float | None = None, on_usage: Usage | None = None) -> str:
+        """The reply's text (validated: a real, complete answer of bounded size)."""
+        deadline = self._deadline(deadline)
+
+        def call():
+            for attempt in self._retrying(deadline):
                 with attempt:
-                    resp = self._client.chat.completions.create(
-                        model=self.model, messages=messages, temperature=self.temperature, stream=False
+                    return self._client.chat.completions.create(
+                        model=self.model, messages=messages, temperature=self.temperature, stream=False,
+                        max_tokens=self.max_tokens, timeout=self._request_timeout(deadline),
                     )
-            return resp.choices[0].message.content or ""
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
+
+        try:
+            resp = self._run(call, deadline)
+        except LLMError:
+            raise
+        except (openai.OpenAIError, httpx.HTTPError, ValueError) as exc:
             raise self._fail(exc) from None
+        if isinstance(resp, str):  # a 200 response that is not JSON (e.g. an HTML page)
+            raise self._not_a_completion("HTML or text" if "<" in resp[:200] else "plain text")
+        if not getattr(resp, "choices", None):
+            raise LLMReplyError("the LLM endpoint returned no choices (an empty completion)", "no_choices")
+        choice = resp.choices[0]
+        message = choice.message
+        self._check_choice(choice.finish_reason, getattr(message, "refusal", None), getattr(message, "tool_calls", None))
+        usage = getattr(resp, "usage", None)
+        if on_usage is not None:
+            on_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        text = message.content or ""
+        if len(text) > self.max_reply_chars:
+            raise LLMReplyError(f"the LLM's reply is {len(text):,} characters, over the {self.max_reply_chars:,} "
+                                "allowed (RAG_LLM_MAX_REPLY_CHARS)", "too_long")
+        return text
 
-    def stream(self, messages: Messages) -> Iterator[str]:
-        """Yield text deltas. Retries happen only before the first token; a later cut raises StreamCut."""
-        delivered = False
-        try:
-            for attempt in self._retrying():
+    def stream(self, messages: Messages, deadline: float | None = None, on_usage: Usage | None = None) -> Iterator[str]:
+        """Yield text deltas until the reply ends or the deadline passes. Retries happen only before the first
+        token; a later cut raises StreamCut; a reply cut by length, a refusal or a tool call raise LLMReplyError
+        after whatever text came before it."""
+        deadline = self._deadline(deadline)
+        events: queue.Queue = queue.Queue()
+        held: dict = {}
+        stop = threading.Event()
+
+        def open_stream():
+            for attempt in self._retrying(deadline):
                 with attempt:
-                    chunks = self._client.chat.completions.create(
-                        model=self.model, messages=messages, temperature=self.temperature, stream=True
+                    s = self._client.chat.completions.create(
+                        model=self.model, messages=messages, temperature=self.temperature, stream=True,
+                        max_tokens=self.max_tokens, stream_options={"include_usage": True},
+                        timeout=self._request_timeout(deadline),
                     )
-                    iterator = iter(chunks)
-                    first = self._next_text(iterator)  # failures up to here are retried
-            if first:
-                delivered = True
-                yield first
-            for chunk in iterator:
-                text = _delta(chunk)
+                    held["stream"] = s
+                    kind = s.response.headers.get("content-type", "")
+                    if "event-stream" not in kind:
+                        raise self._not_a_completion(kind.split(";")[0] or "no content type")
+                    iterator = iter(s)
+                    first = self._until_content(iterator)  # failures up to the first real content are retried
+                    return iterator, first
+
+        def pump():
+            try:
+                iterator, first = open_stream()
+                for chunk in first:
+                    events.put(("chunk", chunk))
+                for chunk in iterator:
+                    if stop.is_set():
+                        return
+                    events.put(("chunk", chunk))
+                events.put(("end", None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                events.put(("error", exc))
+
+        worker = threading.Thread(target=pump, name="llm-stream", daemon=True)
+        worker.start()
+        delivered, size, saw_choice = False, 0, False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    kind, value = events.get(timeout=max(0.0, remaining))
+                except queue.Empty:
+                    raise LLMDeadline(
+                        f"the LLM at {self.base_url} did not finish within the deadline (RAG_LLM_DEADLINE="
+                        f"{self.deadline_s:g} s){' after a partial answer' if delivered else ''}: check the server"
+                    ) from None
+                if kind == "end":
+                    if not saw_choice:
+                        raise LLMReplyError("the LLM endpoint's stream carried no choices (an empty completion)",
+                                            "no_choices")
+                    return
+                if kind == "error":
+                    exc = value
+                    if isinstance(exc, LLMError):
+                        raise exc
+                    if delivered:
+                        raise StreamCut(f"the LLM stream from {self.base_url} was cut mid-answer "
+                                        f"({self._describe(exc)})") from None
+                    raise self._fail(exc) from None
+                chunk = value
+                usage = getattr(chunk, "usage", None)
+                if usage is not None and on_usage is not None:
+                    on_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+                if not chunk.choices:
+                    continue
+                saw_choice = True
+                choice = chunk.choices[0]
+                delta = choice.delta
+                self._check_choice(choice.finish_reason, getattr(delta, "refusal", None), getattr(delta, "tool_calls", None))
+                text = (delta.content if delta is not None else None) or ""
                 if text:
+                    size += len(text)
+                    if size > self.max_reply_chars:
+                        raise LLMReplyError(f"the LLM's reply passed the {self.max_reply_chars:,} characters allowed "
+                                            "(RAG_LLM_MAX_REPLY_CHARS)", "too_long")
                     delivered = True
                     yield text
-        except (openai.OpenAIError, httpx.HTTPError) as exc:
-            if delivered:
-                raise StreamCut(f"the LLM stream from {self.base_url} was cut mid-answer ({self._describe(exc)})") from None
-            raise self._fail(exc) from None
+        finally:
+            stop.set()
+            stream = held.get("stream")
+            if stream is not None:
+                try:
+                    stream.response.close()  # unblocks the worker if it is waiting on the network
+                except Exception:  # noqa: BLE001
+                    pass
 
     @staticmethod
-    def _next_text(iterator) -> str:
+    def _until_content(iterator) -> list:
+        """The chunks up to and including the first with text, a finish reason, a refusal or a tool call."""
+        seen = []
         for chunk in iterator:
-            text = _delta(chunk)
-            if text:
-                return text
-        return ""
-
-
-def _delta(chunk) -> str:
-    if not chunk.choices:
-        return ""
-    return chunk.choices[0].delta.content or ""
+            seen.append(chunk)
+            for choice in chunk.choices or []:
+                delta = choice.delta
+                if choice.finish_reason or (delta is not None and (delta.content or getattr(delta, "refusal", None)
+                                                                   or getattr(delta, "tool_calls", None))):
+                    return seen
+        return seen

@@ -134,6 +134,7 @@ class Retriever:
         return self._retrieve(query, top_k, mode, similarity=True)
 
     def _retrieve(self, query: str, top_k: int | None, mode: str | None, similarity: bool) -> Retrieval:
+        self._index.refresh()  # a newly published generation is picked up here, per request
         top_k = check_top_k(self.settings.top_k if top_k is None else top_k)
         mode = check_mode(mode or self.settings.mode)
         n = max(self.settings.candidates, top_k * 3)

@@ -141,11 +141,21 @@ class Settings(BaseSettings):
     llm_max_attempts: int = Field(4, ge=1, le=20, description="Tries per LLM call (transient errors only).")
     llm_max_wait: float = Field(30.0, gt=0, description="Cap in seconds on all retrying of one LLM call.")
     llm_temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature.")
+    llm_max_tokens: int = Field(1024, ge=16, le=32768, description="max_tokens sent with every LLM request.")
+    llm_deadline: float = Field(
+        60.0, gt=0, le=3600,
+        description="Seconds one answer may spend on LLM calls in all (connect, first token, streaming, retries); "
+        "then it falls back to an extractive answer with a notice.",
+    )
+    llm_max_reply_chars: int = Field(20_000, ge=100, description="Longer LLM replies are not shown (fallback).")
 
     # UI
     ui_host: str = Field("127.0.0.1", description="Bind address of the UI.")
     ui_port: int = Field(7860, ge=0, le=65535, description="Port of the UI.")
-    ui_auth: SecretStr | None = Field(None, description="'user:password' enables basic auth on the UI.")
+    ui_auth: SecretStr | None = Field(None, description="'user:password' turns on the UI's login form.")
+    ui_auth_file: Path | None = Field(None, description="A file holding 'user:password' for the UI's login (wins over RAG_UI_AUTH).")
+    ui_login_attempts: int = Field(5, ge=1, le=1000, description="Failed logins allowed per client address per window.")
+    ui_login_window: float = Field(300.0, gt=0, description="Seconds over which failed logins are counted.")
     ui_concurrency: int = Field(4, ge=1, le=64, description="Answers computed at once by the UI.")
     ui_eval_dir: Path | None = Field(
         None, description="Report folder the UI's Evaluation tab shows; unset = eval/reports/latest of the checkout."

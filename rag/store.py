@@ -58,11 +58,16 @@ class ChromaStore:
     (the normalised mean of its chunks' vectors) in a second collection, `<collection>-papers`."""
 
     def __init__(self, data_dir: Path, chroma_url: str | None = None, collection: str = "papers"):
-        import chromadb
-
         self.url = chroma_url
         self.mode = "server" if chroma_url else "embedded"
         self.collection_name = collection
+        self._data_dir = Path(data_dir)
+        self._connect()
+
+    def _connect(self) -> None:
+        import chromadb
+
+        chroma_url, data_dir, collection = self.url, self._data_dir, self.collection_name
         try:
             if chroma_url:
                 import httpx
@@ -86,7 +91,22 @@ class ChromaStore:
         except Exception as exc:  # chromadb raises many types for a dead server
             if chroma_url and _is_connection_error(exc):
                 raise _unavailable(chroma_url, exc) from None
+            if not chroma_url:
+                _forget_system(Path(data_dir) / "chroma")
             raise
+
+    def close(self) -> None:
+        """Release the client (embedded: the last client of a path frees its in-memory index)."""
+        try:
+            self._client.close()
+        except Exception as exc:  # noqa: BLE001 - closing a dead server connection is not an error
+            log.debug("closing the Chroma client: %s", exc)
+
+    def reopen(self) -> None:
+        """See what another process wrote: an embedded client keeps its vector index in memory and does not
+        notice other processes' writes, so the client is closed and opened again (after a new generation)."""
+        self.close()
+        self._connect()
 
     def _collections(self):
         def get(name):
@@ -185,6 +205,8 @@ class ChromaStore:
         for cid, meta, doc, dist, vec in zip(
             res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0], vectors
         ):
+            if meta is None:  # deleted by an ingest in another process since this client loaded its index
+                continue
             hits.append(DenseHit(cid, meta["paper_id"], 1.0 - float(dist), doc,
                                  None if vec is None else np.asarray(vec, dtype=np.float32)))
         return hits
@@ -200,6 +222,21 @@ class ChromaStore:
         self._col, self._papers = self._call(self._collections)
 
 
+def _forget_system(path: Path) -> None:
+    """Drop chromadb's process-wide cache entry for an embedded path whose client failed to open.
+
+    chromadb keeps one System per path for the life of the process, even a half-started one, so after the
+    damaged folder is replaced a new client would get the broken System back. (Private API: there is no
+    public way to forget a path.)"""
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        SharedSystemClient._identifier_to_system.pop(str(path), None)
+        SharedSystemClient._identifier_to_refcount.pop(str(path), None)
+    except (ImportError, AttributeError):
+        pass
+
+
 def _is_connection_error(exc: Exception) -> bool:
     import httpx
 
@@ -207,3 +244,84 @@ def _is_connection_error(exc: Exception) -> bool:
         return True
     text = f"{exc.__class__.__name__} {exc}".lower()
     return any(s in text for s in ("connect", "timed out", "timeout", "could not connect", "refused"))
+
+
+# ------------------------------------------------------------------------------ damaged files
+
+_PROBE = r"""
+import sys
+import chromadb
+from chromadb.config import Settings
+client = chromadb.PersistentClient(path=sys.argv[1], settings=Settings(anonymized_telemetry=False))
+for name in (sys.argv[2], sys.argv[2] + "-papers"):
+    try:
+        col = client.get_collection(name, embedding_function=None)
+    except Exception:
+        continue
+    got = col.get(limit=1, include=["embeddings"])
+    if got["ids"]:
+        col.query(query_embeddings=[got["embeddings"][0]], n_results=min(10, col.count()))
+"""
+
+
+def _segment_signature(chroma_dir: Path) -> str:
+    """Size and modification time of the native (HNSW) index files, the ones a damaged copy can crash on."""
+    parts = []
+    for path in sorted(chroma_dir.rglob("*")):
+        if path.is_file() and path.suffix in (".bin", ".pickle"):
+            st = path.stat()
+            parts.append(f"{path.relative_to(chroma_dir)}:{st.st_size}:{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+def remember_verified(data_dir: Path) -> None:
+    """Record the native index files as good (after this process wrote them and closed its client)."""
+    chroma_dir = Path(data_dir) / "chroma"
+    if chroma_dir.is_dir():
+        try:
+            (Path(data_dir) / "chroma.verified").write_text(_segment_signature(chroma_dir))
+        except OSError:
+            pass
+
+
+def probe_embedded(data_dir: Path, collection: str) -> str | None:
+    """None when the embedded store's native index files load and answer a query; else what went wrong.
+
+    The check runs in a separate process, so a damaged file that crashes the native library (a segfault)
+    is reported instead of killing this process. Files that passed are remembered (size and mtime), so an
+    unchanged store is not probed again.
+    """
+    import subprocess
+    import sys
+
+    chroma_dir = Path(data_dir) / "chroma"
+    if not chroma_dir.is_dir():
+        return None
+    marker = Path(data_dir) / "chroma.verified"
+    signature = _segment_signature(chroma_dir)
+    try:
+        if marker.read_text() == signature:
+            return None
+    except OSError:
+        pass
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(chroma_dir), collection], capture_output=True,
+                              text=True, timeout=300, env=_probe_env())
+    except subprocess.TimeoutExpired:
+        return "the vector store did not answer a test query within 300 s"
+    if proc.returncode < 0:
+        return f"the vector store's index files crashed a test query (signal {-proc.returncode})"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        return f"the vector store cannot be read ({last[:200]})"
+    try:
+        marker.write_text(_segment_signature(chroma_dir))
+    except OSError:
+        pass
+    return None
+
+
+def _probe_env() -> dict:
+    import os
+
+    return os.environ | {"ANONYMIZED_TELEMETRY": "False"}

@@ -12,7 +12,7 @@ import unicodedata
 from functools import lru_cache
 
 # General English function words plus the filler of questions about papers ("which papers propose ...").
-# BM25 adds bm25s' own English list on top (rag.lexical).
+# BM25 uses the same list (rag.lexical).
 STOPWORDS = frozenset(
     """
     a about above after again against all also am an and any are as at be because been before being below

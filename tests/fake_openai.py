@@ -72,7 +72,8 @@ def _error_json(status: int, message: str | None = None) -> bytes:
 
 
 def _split_pieces(text: str, size: int = 4) -> list[str]:
-    """Split ``text`` into small pieces (several per reply, like a real stream)."""
+    """Split ``text`` into small pieces (several per reply, like a real stream; at most ~2,000 pieces)."""
+    size = max(size, len(text) // 2000 + 1)
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
@@ -81,15 +82,19 @@ def _count_tokens(text: str) -> int:
 
 
 class _Item:
-    __slots__ = ("kind", "text", "status", "retry_after", "body", "seconds")
+    __slots__ = ("kind", "text", "status", "retry_after", "body", "seconds", "finish", "extra", "content_type")
 
-    def __init__(self, kind, text=None, status=None, retry_after=None, body=None, seconds=0.0):
+    def __init__(self, kind, text=None, status=None, retry_after=None, body=None, seconds=0.0, finish="stop",
+                 extra=None, content_type=None):
         self.kind = kind
         self.text = text
         self.status = status
         self.retry_after = retry_after
         self.body = body
         self.seconds = seconds
+        self.finish = finish  # finish_reason of the reply
+        self.extra = extra or {}  # extra message/delta fields: refusal, tool_calls
+        self.content_type = content_type
 
 
 class _Server(ThreadingHTTPServer):
@@ -222,6 +227,12 @@ class _Handler(BaseHTTPRequestHandler):
             # Close without sending a single byte.
             self.close_connection = True
             return
+        if item.kind == "raw":  # a 200 (or other) response that is not a chat completion
+            self._send(item.status or 200, item.body.encode(), item.content_type or "text/html")
+            return
+        if item.kind == "keepalive":  # an event stream that never sends an event
+            self._keepalive(item.body)
+            return
         if item.kind == "error":
             headers = {}
             if item.retry_after is not None:
@@ -254,9 +265,18 @@ class _Handler(BaseHTTPRequestHandler):
             "total_tokens": prompt_tokens + _count_tokens(text),
         }
 
+        if item.kind == "no_choices":
+            if body.get("stream"):
+                self._stream_raw([{"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                   "choices": []}])
+            else:
+                self._send(200, json.dumps({"id": cid, "object": "chat.completion", "created": created, "model": model,
+                                            "choices": [], "usage": usage}).encode())
+            return
         if body.get("stream"):
             self._stream(cid, created, model, text, usage, cut=(item.kind == "cut"),
-                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+                         finish=item.finish, extra=item.extra, interval=item.body if item.kind == "trickle" else 0.0)
             return
 
         completion = {
@@ -267,9 +287,10 @@ class _Handler(BaseHTTPRequestHandler):
             "system_fingerprint": "fp_fake",
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": {"role": "assistant", "content": text if text or not item.extra else None,
+                            "refusal": None, **item.extra},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": item.finish,
             }],
             "usage": usage,
         }
@@ -286,7 +307,28 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, payload)
 
-    def _stream(self, cid, created, model, text, usage, cut, include_usage):
+    def _keepalive(self, seconds: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        until = time.monotonic() + seconds
+        while time.monotonic() < until and not self.server.fake._stopping.wait(0.2):
+            self._write_chunk(b": keep-alive\n\n")
+        self.close_connection = True
+
+    def _stream_raw(self, chunks: list) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for c in chunks:
+            self._write_chunk(self._sse(c))
+        self._write_chunk(self._sse("[DONE]"))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _stream(self, cid, created, model, text, usage, cut, include_usage, finish="stop", extra=None, interval=0.0):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -305,7 +347,11 @@ class _Handler(BaseHTTPRequestHandler):
             }
 
         self._write_chunk(self._sse(chunk({"role": "assistant", "content": ""})))
+        for key, value in (extra or {}).items():  # a refusal or tool call arrives as its own delta
+            self._write_chunk(self._sse(chunk({key: value})))
         for piece in _split_pieces(text):
+            if interval and self.server.fake._stopping.wait(interval):
+                return
             self._write_chunk(self._sse(chunk({"content": piece})))
         if cut:
             # No finish chunk, no [DONE], no terminating zero-length chunk.
@@ -315,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
-        self._write_chunk(self._sse(chunk({}, "stop")))
+        self._write_chunk(self._sse(chunk({}, finish)))
         if include_usage:
             u = chunk({})
             u["choices"] = []
@@ -412,6 +458,35 @@ class FakeOpenAI:
         For a non-streamed request, the JSON body is truncated mid-way instead.
         """
         self._push(_Item("cut", text=text_before_cut))
+
+    def queue_reply_cut_by_length(self, text: str) -> None:
+        """Next chat completion: `text`, then finish_reason "length" (the answer hit max_tokens)."""
+        self._push(_Item("reply", text=text, finish="length"))
+
+    def queue_refusal(self, refusal: str = "I can't help with that.") -> None:
+        """Next chat completion: a refusal (the `refusal` field, no content)."""
+        self._push(_Item("reply", text="", extra={"refusal": refusal}))
+
+    def queue_tool_call(self) -> None:
+        """Next chat completion: a tool call instead of an answer."""
+        call = [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "search", "arguments": "{}"}}]
+        self._push(_Item("reply", text="", finish="tool_calls", extra={"tool_calls": call}))
+
+    def queue_no_choices(self) -> None:
+        """Next chat completion: a well-formed completion with an empty `choices` list."""
+        self._push(_Item("no_choices"))
+
+    def queue_raw(self, body: str, content_type: str = "text/html", status: int = 200) -> None:
+        """Next chat completion: this body verbatim (an HTML page, invalid JSON...)."""
+        self._push(_Item("raw", body=body, content_type=content_type, status=status))
+
+    def queue_trickle(self, text: str, interval: float) -> None:
+        """Next chat completion (streamed): one small piece of `text` every `interval` seconds."""
+        self._push(_Item("trickle", text=text, body=interval))
+
+    def queue_keepalive(self, seconds: float) -> None:
+        """Next chat completion: an event stream sending only keep-alive comments for `seconds`."""
+        self._push(_Item("keepalive", body=seconds))
 
     def queue_drop(self) -> None:
         """Next chat completion: close the connection without any response."""

@@ -164,11 +164,11 @@ def test_no_index_is_one_line_mentioning_rag_ingest(tmp_path):
     assert str(tmp_path / "none") in line
 
 
-def test_corrupt_manifest_is_one_line_mentioning_rebuild(tmp_path):
+def test_corrupt_catalog_is_one_line_mentioning_ingest(tmp_path):
     (tmp_path / "idx").mkdir()
-    (tmp_path / "idx" / "manifest.json").write_text("{truncated")
+    (tmp_path / "idx" / "index.sqlite").write_bytes(b"{truncated" * 50)
     proc = run_cli("search", QUESTION, env={"RAG_DATA_DIR": str(tmp_path / "idx")})
-    assert_one_error_line(proc, "rag ingest --rebuild")
+    assert_one_error_line(proc, "rag ingest")
 
 
 def test_unknown_mode_is_rejected(tmp_path):

@@ -505,11 +505,11 @@ class ScriptedLLM:
         self.replies = list(replies)
         self.messages = []
 
-    def complete(self, messages):
+    def complete(self, messages, deadline=None, on_usage=None):
         self.messages.append(messages)
         return self.replies.pop(0)
 
-    def stream(self, messages):
+    def stream(self, messages, deadline=None, on_usage=None):
         yield self.complete(messages)
 
 
@@ -649,7 +649,8 @@ def test_rag_eval_answers_extractive_and_llm_with_judge(real_index, small_datase
     row = next(r for r in report["questions"] if r["id"] == "spec-01")
     assert row["metrics"]["key_fact_recall"] == 1.0 and row["cited_titles"]
 
-    fake_llm.default_reply = '{"faithfulness": 0.5, "answer_relevance": 1.0, "reason": "fake"}'
+    # one reply for answers and judge alike: JSON the judge reads, with a citation the answer check accepts
+    fake_llm.default_reply = '{"faithfulness": 0.5, "answer_relevance": 1.0, "reason": "fake [1]"}'
     r = run_cli("eval", "--dataset", str(small_dataset), "--modes", "hybrid", "--answer", "llm", "--judge",
                 "--out", str(tmp_path / "llm"), env=env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_API_KEY": "sk-test"})
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,5 @@
-"""Incremental ingest into embedded Chroma with the hash embedder (real Chroma, real BM25, no model)."""
+"""Incremental ingest into embedded Chroma and the catalog with the hash embedder (real Chroma, real
+SQLite FTS5, no model)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import write_listing
-from rag.lexical import LexicalIndex as BM25Index
+from rag.catalog import CATALOG, Catalog
 from rag.chunking import Chunker
 from rag.corpus import load_corpus
 from rag.embeddings import HashEmbedder
 from rag.errors import CorpusError, IndexCorruptError, IndexLockedError, IndexMissingError, ParseError
-from rag.index import MANIFEST, Index, load_papers, read_manifest
-from rag.ingest import ingest, ingest_lock
+from rag.index import Index
+from rag.ingest import STATE, ingest, ingest_lock
 from rag.records import Paper
 from rag.retrieve import Retriever
 from rag.store import ChromaStore
@@ -53,6 +54,18 @@ def run(settings, embedder=None, **kw):
     return ingest(settings, embedder=embedder or HashEmbedder(), progress=False, **kw)
 
 
+def catalog_of(settings) -> Catalog:
+    return Catalog(Path(settings.data_dir) / CATALOG)
+
+
+def load_papers(data_dir) -> dict[str, Paper]:
+    return {p.paper_id: p for p in Catalog(Path(data_dir) / CATALOG).papers()}
+
+
+def read_meta(data_dir) -> dict:
+    return Catalog(Path(data_dir) / CATALOG).meta()
+
+
 def store_of(settings) -> ChromaStore:
     return ChromaStore(settings.data_dir, settings.chroma_url, settings.collection)
 
@@ -74,14 +87,16 @@ def assert_consistent(settings, papers: list[Paper]) -> None:
     assert store.paper_ids() == {p.paper_id for p in papers}
     assert store.count() == len(chunks)
     assert set(store._col.get(include=[])["ids"]) == {c.chunk_id for c in chunks}
-    assert set(BM25Index.load(data_dir / "bm25").ids) == {c.chunk_id for c in chunks}
+    assert store.count_paper_vectors() == len(papers)
+    catalog = catalog_of(settings)
+    assert catalog.count_chunks() == catalog.count_lexical() == len(chunks)
     assert set(load_papers(data_dir)) == {p.paper_id for p in papers}
     index = Index.open(settings)
     assert index.stale is None
     assert len(index) == index.info()["papers"] == len(papers)
-    manifest = read_manifest(data_dir)
-    assert manifest["complete"] is True
-    assert set(manifest["papers"]) == {p.paper_id for p in papers}
+    meta = read_meta(data_dir)
+    assert meta["complete"] is True and meta["counts"] == {"papers": len(papers), "chunks": len(chunks)}
+    assert not (data_dir / STATE).exists()  # published: no resume state left
 
 
 def rewrite_abstract(corpus_file: Path, title: str, new_abstract: str) -> None:
@@ -107,7 +122,7 @@ def test_first_ingest_embeds_everything(settings, small_papers):
     assert report.rebuilt is False and report.reason == "new index"
     assert report.chroma_mode == "embedded" and report.issues == []
     assert report.entries == 20 and report.duplicates == 0
-    assert (Path(settings.data_dir) / MANIFEST).exists()
+    assert (Path(settings.data_dir) / CATALOG).exists()
     assert_consistent(settings, small_papers)
     # stored metadata and documents are the chunk bodies of the right papers
     p = small_papers[0]
@@ -236,25 +251,31 @@ def test_rebuild_flag_rebuilds(settings, small_papers):
     assert_consistent(settings, small_papers)
 
 
-def test_corrupt_manifest(settings, small_papers):
+def test_corrupt_catalog_names_the_fix_and_ingest_repairs_it(settings, small_papers):
     run(settings)
-    (Path(settings.data_dir) / MANIFEST).write_text('{"version": 1, "papers": {')
-    with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
+    catalog = Path(settings.data_dir) / CATALOG
+    catalog.write_bytes(b"\x00\x01 not a database " * 100)
+    for extra in ("-wal", "-shm"):
+        Path(str(catalog) + extra).unlink(missing_ok=True)
+    with pytest.raises(IndexCorruptError, match=r"rag ingest"):
         Index.open(settings)
-    with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
+    with pytest.raises(IndexCorruptError, match=r"rag ingest"):
         Retriever.from_settings(settings, embedder=HashEmbedder())
-    report = run(settings)
-    assert report.rebuilt is True and report.papers == 20
+    emb = RecordingEmbedder()
+    report = run(settings, emb)  # no --rebuild needed; the damaged file is set aside
+    assert report.papers == 20 and any("catalog" in r for r in report.repaired)
+    assert emb.texts == []  # every vector came from the cache
+    assert list(Path(settings.data_dir).glob(f"{CATALOG}.damaged-*"))
     assert_consistent(settings, small_papers)
 
 
-@pytest.mark.parametrize("content", ["[]", '{"version": 999}', "\x00\x01garbage", ""])
-def test_unreadable_manifest_variants(settings, content):
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"SQLite format 3\x00" + b"\xff" * 200])
+def test_unreadable_catalog_variants(settings, content):
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True)
-    (data_dir / MANIFEST).write_text(content)
-    with pytest.raises(IndexCorruptError, match=r"rag ingest --rebuild"):
-        read_manifest(data_dir)
+    (data_dir / CATALOG).write_bytes(content)
+    with pytest.raises((IndexCorruptError, IndexMissingError), match=r"rag ingest"):
+        Index.open(settings)
 
 
 def test_missing_index(settings):
@@ -288,7 +309,7 @@ def test_concurrent_ingest_is_refused_while_the_lock_is_held(settings, small_pap
         with pytest.raises(IndexLockedError, match=r"rag ingest") as err:
             run(settings)
         assert "pid" in str(err.value)
-    assert not (data_dir / MANIFEST).exists()
+    assert not Catalog(data_dir / CATALOG, create=True).meta()
     assert run(settings).papers == 20  # the lock is released afterwards
     assert_consistent(settings, small_papers)
 
@@ -320,16 +341,16 @@ def test_interrupted_ingest_resumes(settings, small_papers, monkeypatch):
     monkeypatch.setattr(rag.ingest, "PAPER_BATCH", 5)
     with pytest.raises(KeyboardInterrupt):
         run(settings, RecordingEmbedder(fail_on_call=3))  # two batches of 5 papers written, then Ctrl-C
-    with pytest.raises(IndexMissingError, match=r"incomplete.*rag ingest"):
-        Index.open(settings)
-    manifest = read_manifest(settings.data_dir)
-    assert manifest["complete"] is False and len(manifest["papers"]) == 10
+    with pytest.raises(IndexMissingError, match=r"rag ingest"):
+        Index.open(settings)  # nothing was published
+    state = json.loads((Path(settings.data_dir) / STATE).read_text())
+    assert len(state["stored"]) == 10
     assert len(store_of(settings).paper_ids()) == 10
 
     emb = RecordingEmbedder()
     report = run(settings, emb)
     assert report.added == 10 and report.unchanged == 10 and report.papers == 20
-    done = {p.paper_id for p in small_papers if p.paper_id in manifest["papers"]}
+    done = {p.paper_id for p in small_papers if p.paper_id in state["stored"]}
     assert not any(t.split("\n", 1)[0] in {p.title for p in small_papers if p.paper_id in done} for t in emb.texts)
     assert_consistent(settings, small_papers)
 
@@ -344,7 +365,7 @@ def test_parse_issues_are_reported_in_the_ingest_report(settings, small_corpus):
     with pytest.raises(ParseError, match=r"b\.txt:\d+: .*A Title Whose Abstract Went Missing"):
         run(settings, strict=True)
     index = Index.open(settings, check_stale=False)  # the strict failure left the index alone
-    assert len(index) == 20 and read_manifest(settings.data_dir)["complete"] is True
+    assert len(index) == 20 and read_meta(settings.data_dir)["complete"] is True
     report = run(settings)
     assert report.papers == 20 and report.added == report.changed == report.removed == 0
     assert len(report.issues) == 1
@@ -358,7 +379,7 @@ def test_empty_corpus_fails_cleanly(make_settings, tmp_path):
     s = make_settings(corpus=str(corpus))
     with pytest.raises(CorpusError, match="no papers"):
         run(s)
-    assert not (Path(s.data_dir) / MANIFEST).exists()
+    assert not (Path(s.data_dir) / CATALOG).exists() or not read_meta(s.data_dir)
     with pytest.raises(CorpusError, match="does not exist"):
         run(make_settings(corpus=str(tmp_path / "missing")))
 
@@ -370,9 +391,10 @@ def test_corpus_paths_argument_overrides_settings(make_settings, small_corpus, s
     assert store_of(s).paper_ids() == {p.paper_id for p in small_papers[10:]}
 
 
-def test_manifest_is_json_with_params(settings):
-    run(settings)
-    manifest = json.loads((Path(settings.data_dir) / MANIFEST).read_text())
+def test_published_metadata_has_params_counts_and_a_generation(settings):
+    first = run(settings)
+    manifest = read_meta(settings.data_dir)
+    assert manifest["generation"] == first.generation
     assert manifest["params"]["embedding_model"] == "hash-384"
     assert manifest["params"]["chunk_size"] == settings.chunk_size
     assert manifest["counts"] == {"papers": 20, "chunks": manifest["counts"]["chunks"]}

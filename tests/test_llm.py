@@ -294,3 +294,105 @@ def test_api_key_from_settings_is_used_and_not_leaked(fake_llm, make_settings):
         llm.complete(MSGS)
     assert SENTINEL not in str(ei.value)
     assert chat_posts(fake_llm)[0]["headers"]["authorization"] == f"Bearer {SENTINEL}"
+
+
+# ---------------------------------------------------------------- bounded calls and replies that are not answers
+
+
+def test_every_request_sends_max_tokens(fake_llm):
+    fake_llm.queue_reply("ok [1].")
+    fake_llm.queue_reply("ok [1].")
+    llm = make_llm(fake_llm.base_url, max_tokens=321)
+    llm.complete(MSGS)
+    list(llm.stream(MSGS))
+    assert [r["max_tokens"] for r in chat_posts(fake_llm)] == [321, 321]
+
+
+@pytest.mark.parametrize("how", ["keepalive", "trickle"])
+def test_a_stream_that_never_ends_is_cut_at_the_deadline(fake_llm, how):
+    from rag.llm import LLMDeadline
+
+    if how == "keepalive":
+        fake_llm.queue_keepalive(30)  # headers, then only ": keep-alive" lines
+    else:
+        fake_llm.queue_trickle("one token a second " * 20, interval=1.0)
+    llm = make_llm(fake_llm.base_url, timeout=10.0, deadline=2.0)
+    started = time.monotonic()
+    got = []
+    with pytest.raises(LLMDeadline, match="RAG_LLM_DEADLINE"):
+        for token in llm.stream(MSGS):
+            got.append(token)
+    assert time.monotonic() - started < 4.0  # the per-read timeout (10 s) never fires: the deadline does
+    assert (how == "trickle") == bool(got)
+
+
+def test_a_slow_non_streamed_reply_is_cut_at_the_deadline(fake_llm):
+    from rag.llm import LLMDeadline
+
+    fake_llm.queue_delay(30, "too late")
+    llm = make_llm(fake_llm.base_url, timeout=20.0, deadline=1.5, max_attempts=1)
+    started = time.monotonic()
+    with pytest.raises(LLMDeadline):
+        llm.complete(MSGS)
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize("queue, kind, words", [
+    (lambda f: f.queue_reply_cut_by_length("A long answer that stops mid"), "truncated", "RAG_LLM_MAX_TOKENS"),
+    (lambda f: f.queue_refusal("I can't help with that."), "refusal", "refused"),
+    (lambda f: f.queue_tool_call(), "tool_call", "tool"),
+    (lambda f: f.queue_no_choices(), "no_choices", "no choices"),
+])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_replies_that_are_not_answers_say_what_they_are(fake_llm, queue, kind, words, streamed):
+    from rag.llm import LLMReplyError
+
+    queue(fake_llm)
+    llm = make_llm(fake_llm.base_url)
+    with pytest.raises(LLMReplyError) as ei:
+        list(llm.stream(MSGS)) if streamed else llm.complete(MSGS)
+    assert ei.value.kind == kind and words in str(ei.value)
+    assert len(chat_posts(fake_llm)) == 1  # not retried
+
+
+@pytest.mark.parametrize("body, content_type", [
+    ("<html><body><h1>Welcome to nginx!</h1></body></html>", "text/html"),
+    ('{"choices": [{"message": ', "application/json"),
+])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_200_that_is_not_a_chat_completion_is_named(fake_llm, body, content_type, streamed):
+    from rag.llm import LLMReplyError
+
+    fake_llm.queue_raw(body, content_type)
+    llm = make_llm(fake_llm.base_url)
+    with pytest.raises(LLMReplyError) as ei:
+        list(llm.stream(MSGS)) if streamed else llm.complete(MSGS)
+    assert ei.value.kind == "invalid" and "OpenAI-compatible" in str(ei.value)
+
+
+@pytest.mark.parametrize("status, hint", [
+    (400, "RAG_LLM_MAX_TOKENS"),
+    (403, "may use this model"),
+    (404, "/v1"),
+])
+def test_client_errors_name_the_likely_cause_and_the_servers_reason(fake_llm, status, hint):
+    fake_llm.queue_error(status, body=json.dumps({"error": {"message": f"reason {status} from server"}}))
+    with pytest.raises(LLMError) as ei:
+        make_llm(fake_llm.base_url).complete(MSGS)
+    assert hint in str(ei.value) and f"reason {status} from server" in str(ei.value)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_huge_reply_is_refused_not_printed(fake_llm, streamed):
+    from rag.llm import LLMReplyError
+
+    fake_llm.queue_reply("x" * 200_000)
+    llm = make_llm(fake_llm.base_url, max_reply_chars=5_000)
+    got = []
+    with pytest.raises(LLMReplyError) as ei:
+        if streamed:
+            for token in llm.stream(MSGS):
+                got.append(token)
+        else:
+            got.append(llm.complete(MSGS))
+    assert ei.value.kind == "too_long" and sum(map(len, got)) <= 5_000

@@ -21,9 +21,10 @@ from rag.store import ChromaStore
 N = 1500
 
 
-def _stored(manifest: Path) -> int:
+def _stored(state: Path) -> int:
+    """Papers whose vectors the ingest has committed to the store so far (its resume state)."""
     try:
-        return len(json.loads(manifest.read_text()).get("papers", {}))
+        return len(json.loads(state.read_text()).get("stored", {}))
     except (OSError, ValueError):
         return 0
 
@@ -37,20 +38,19 @@ def test_kill_9_during_ingest_then_resume_gives_exact_counts(tmp_path):
         [str(VENV_BIN / "rag"), "ingest", "--jsonl", str(corpus), "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    manifest = data_dir / "manifest.json"
+    state = data_dir / "ingest.json"
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and _stored(manifest) < 256:
+    while time.time() < deadline and proc.poll() is None and _stored(state) < 256:
         time.sleep(0.05)
     assert proc.poll() is None, "ingest finished before it could be killed: raise N"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    partial = _stored(manifest)
+    partial = _stored(state)
     assert 0 < partial < N
-    assert json.loads(manifest.read_text())["complete"] is False
 
-    # A reader is told the index is incomplete, not given half an answer.
+    # Nothing was published: a reader is told there is no complete index, not given half an answer.
     r = run_cli("search", "diffusion", env={"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"})
-    assert r.returncode != 0 and "incomplete" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "no complete index" in r.stderr and "Traceback" not in r.stderr
 
     r = run_cli("ingest", "--jsonl", str(corpus), "--json", env={"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"})
     assert r.returncode == 0, r.stderr
@@ -65,7 +65,7 @@ def test_kill_9_during_ingest_then_resume_gives_exact_counts(tmp_path):
     store = ChromaStore(data_dir)
     assert store.paper_ids() == {p.paper_id for p in papers}
     assert store.count() == len(expected_chunks)  # no duplicates, no leftovers
-    assert json.loads(manifest.read_text())["complete"] is True
+    assert not state.exists()  # published
 
     r = run_cli("ingest", "--jsonl", str(corpus), "--json", env={"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"})
     assert json.loads(r.stdout)["embedded"] == 0

@@ -321,12 +321,12 @@ class _SlowLLM:
     name = "slow-fake"
     TOKENS = ("Zebra ", "stripe ", "camouflage ", "confuses ", "quantum ", "llamas ", "[1]", ".")
 
-    def stream(self, messages):
+    def stream(self, messages, deadline=None, on_usage=None):
         for token in self.TOKENS:
             time.sleep(0.25)
             yield token
 
-    def complete(self, messages):
+    def complete(self, messages, deadline=None, on_usage=None):
         return "zebra stripe camouflage"
 
 
@@ -419,3 +419,81 @@ def test_browser_too_long_question_gets_a_friendly_message(real_app, page):
     assert f"the limit is {limit:,}" in text and "shorten it" in text
     assert "Traceback" not in page.inner_text("body")
     assert page.input_value("#rag-question textarea").startswith("why why")  # kept, to be shortened
+
+
+def _post(url: str, form: dict) -> tuple[int, dict]:
+    import urllib.parse
+
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
+def test_failed_logins_are_throttled_and_every_response_has_security_headers(tiny_settings, tmp_path):
+    from rag.ui.app import launch
+
+    port = free_port()
+    login = tmp_path / "login"
+    login.write_text("alice:s3cret\n")
+    settings = tiny_settings.model_copy(update={"ui_port": port, "ui_auth_file": login, "ui_login_attempts": 3,
+                                                "ui_login_window": 60.0})
+    app = launch(settings, _tiny_assistant(settings), prevent_thread_lock=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        statuses = [_post(url + "login", {"username": "alice", "password": f"wrong{i}"})[0] for i in range(3)]
+        assert statuses == [400, 400, 400]
+        status, headers = _post(url + "login", {"username": "alice", "password": "s3cret"})
+        assert status == 429 and int(headers["retry-after"]) > 0  # even the right password waits
+        for path in ("", "config", "login"):
+            try:
+                with urllib.request.urlopen(url + path, timeout=30) as resp:
+                    got = resp.headers
+            except urllib.error.HTTPError as exc:
+                got = exc.headers
+            assert got["x-frame-options"] == "DENY", path
+            assert "frame-ancestors 'none'" in got["content-security-policy"]
+            assert got["x-content-type-options"] == "nosniff"
+    finally:
+        app.close()
+
+
+def test_login_throttle_counts_per_client_and_forgets_after_the_window():
+    import asyncio
+
+    from rag.ui.security import LoginThrottle
+
+    now = [0.0]
+
+    async def app(scope, receive, send):
+        ok = scope.get("password") == "right"
+        await send({"type": "http.response.start", "status": 200 if ok else 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    throttle = LoginThrottle(app, max_failures=2, window=10.0, clock=lambda: now[0])
+
+    def attempt(client, password="bad"):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/login", "client": (client, 1), "password": password}
+        asyncio.run(throttle(scope, None, send))
+        return sent[0]["status"]
+
+    assert [attempt("1.1.1.1") for _ in range(3)] == [400, 400, 429]
+    assert attempt("2.2.2.2") == 400  # another client is not affected
+    now[0] = 11.0
+    assert attempt("1.1.1.1", "right") == 200  # the window passed
+
+
+def test_a_password_on_the_command_line_is_refused(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("ui", "--auth", "alice:s3cret", env={"RAG_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 2 and "ps" in r.stderr and "RAG_UI_AUTH" in r.stderr and "--auth-file" in r.stderr
+    assert "s3cret" not in r.stderr

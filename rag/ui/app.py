@@ -23,7 +23,7 @@ import gradio as gr
 from rag.errors import ConfigError, RagError
 from rag.retrieve import MODES
 from rag.settings import repo_root
-from rag.ui import render
+from rag.ui import render, security
 from rag.ui.controller import SCOPED_QUESTION, TOP_K_MAX, ChatController, ChatUpdate, friendly_error
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,29 @@ sup.rag-cite { cursor: help; color: var(--color-accent); font-weight: 600; }
 """
 
 
-def parse_auth(secret) -> tuple[str, str] | None:
-    """`settings.ui_auth` ("user:password", SecretStr) as Gradio's (user, password) tuple."""
+def parse_auth(secret, where: str = "RAG_UI_AUTH") -> tuple[str, str] | None:
+    """"user:password" (a SecretStr or str) as Gradio's (user, password) tuple."""
     if secret is None:
         return None
     value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
+    value = value.strip()
     if not value:
         return None
     user, sep, password = value.partition(":")
     if not sep or not user or not password:
-        raise ConfigError("RAG_UI_AUTH must look like 'user:password' (both non-empty)")
+        raise ConfigError(f"{where} must look like 'user:password' (both non-empty)")
     return user, password
+
+
+def login_from(settings) -> tuple[str, str] | None:
+    """The UI login: RAG_UI_AUTH_FILE (a file holding user:password), else RAG_UI_AUTH; never argv."""
+    if settings.ui_auth_file:
+        path = Path(settings.ui_auth_file)
+        try:
+            return parse_auth(path.read_text(encoding="utf-8"), f"the login file {path}")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the login file {path} ({exc.strerror}): check RAG_UI_AUTH_FILE / --auth-file") from None
+    return parse_auth(settings.ui_auth)
 
 
 def is_loopback(host: str) -> bool:
@@ -308,7 +320,7 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
 
 def launch(settings, assistant=None, *, prevent_thread_lock: bool = False) -> gr.Blocks:
     """Serve the UI on settings.ui_host:ui_port (login if settings.ui_auth) and print the URL."""
-    auth = parse_auth(settings.ui_auth)
+    auth = login_from(settings)
     host = settings.ui_host
     if not is_loopback(host):
         warn = "" if auth else " WITHOUT authentication (set RAG_UI_AUTH=user:password)"
@@ -321,7 +333,8 @@ def launch(settings, assistant=None, *, prevent_thread_lock: bool = False) -> gr
     try:
         app.launch(
             server_name=host, server_port=settings.ui_port, auth=auth,
-            auth_message="Paper RAG: sign in with the user and password from RAG_UI_AUTH." if auth else None,
+            auth_message="Paper RAG: sign in with the user and password the server was started with." if auth else None,
+            app_kwargs={"middleware": security.middleware(settings.ui_login_attempts, settings.ui_login_window)},
             prevent_thread_lock=True, share=False, quiet=True, show_error=False, ssr_mode=False, mcp_server=False,
             theme=app.rag_theme, css=app.rag_css,
         )

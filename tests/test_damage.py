@@ -1,0 +1,148 @@
+"""An index that checks itself: damaged or missing parts give one line naming the fix (never a wrong
+answer, a crash or a traceback), `rag ingest` repairs them without --rebuild, reusing cached vectors,
+and `rag doctor` says what it finds. Real damaged files; the hash embedder keeps it fast."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import CORPUS, run_cli
+from rag.embeddings import HashEmbedder
+from rag.ingest import ingest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The whole corpus, hash-embedded (enough chunks for Chroma to write its native index files)."""
+    from rag.settings import load_settings
+
+    root = tmp_path_factory.mktemp("damage")
+    settings = load_settings(data_dir=root / "index", corpus=str(CORPUS), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    return root / "index"
+
+
+@pytest.fixture
+def index(built, tmp_path):
+    """A private copy of the built index, with env vars for the CLI."""
+    data_dir = tmp_path / "index"
+    shutil.copytree(built, data_dir)
+    env = {"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash", "RAG_CORPUS": str(CORPUS)}
+    return data_dir, env
+
+
+def one_error_line(result, *needles):
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def repaired_search_works(env) -> None:
+    r = run_cli("ingest", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["reason"] != "corpus unchanged" and report["repaired"]
+    assert report["embedded"] == 0  # every vector came back from the cache
+    assert report["papers"] == 701 and report["added"] == 0
+    r = run_cli("search", "Erasing Concepts from Diffusion Models", "--json", "--top-k", "3", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["title"] == "Erasing Concepts from Diffusion Models"
+    assert run_cli("doctor", env=env).returncode == 0
+
+
+def test_an_emptied_vector_store_is_refused_then_repaired(index):
+    data_dir, env = index
+    from rag.store import ChromaStore
+
+    store = ChromaStore(data_dir, None, "papers")
+    store.drop()  # everything gone, collections still there
+    store.close()
+    one_error_line(run_cli("ask", "which papers erase concepts in diffusion models?", env=env), "0 of", "rag ingest")
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 1 and "chunk vectors: 0 of" in doctor.stdout
+    repaired_search_works(env)
+
+
+def test_a_missing_vector_store_is_refused_then_repaired(index):
+    data_dir, env = index
+    shutil.rmtree(data_dir / "chroma")
+    one_error_line(run_cli("search", "concept erasure", env=env), "rag ingest")
+    repaired_search_works(env)
+
+
+def test_a_damaged_chroma_database_is_refused_then_repaired(index):
+    data_dir, env = index
+    (data_dir / "chroma" / "chroma.sqlite3").write_bytes(b"this is not sqlite " * 500)
+    one_error_line(run_cli("search", "concept erasure", env=env), "rag ingest")
+    repaired_search_works(env)
+    assert list(data_dir.glob("chroma.damaged-*"))
+
+
+def test_damaged_native_index_files_never_crash_the_reader(index):
+    data_dir, env = index
+    damaged = list((data_dir / "chroma").glob("*/data_level0.bin"))
+    assert damaged, "the store should have native index files"
+    for path in damaged:
+        with open(path, "r+b") as fh:
+            fh.truncate(1000)
+    for header in (data_dir / "chroma").glob("*/header.bin"):
+        header.write_bytes(b"\xff" * 100)
+    r = run_cli("search", "concept erasure", env=env, process=True)  # a crash would kill this process
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    one_error_line(r, "vector store", "rag ingest")
+    repaired_search_works(env)
+
+
+def test_a_damaged_embedding_cache_is_set_aside_with_a_warning(index, tmp_path):
+    data_dir, env = index
+    cache = data_dir / "embed_cache.sqlite"
+    cache.write_bytes(b"garbage" * 1000)
+    corpus = tmp_path / "more.jsonl"
+    corpus.write_text(json.dumps({"title": "A brand new paper on zymurgy", "abstract": "We brew transformers with yeast; "
+                                  "the attention anneals like a fermenting culture and beats baselines."}) + "\n")
+    r = run_cli("ingest", "--json", "--corpus", str(CORPUS), "--jsonl", str(corpus), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "embed_cache.sqlite" in r.stderr and "damaged" in r.stderr  # the warning names the file
+    report = json.loads(r.stdout)
+    assert report["added"] == 1 and any("embedding cache" in x for x in report["repaired"])
+    assert list(data_dir.glob("embed_cache.sqlite.damaged-*"))
+
+
+def test_an_ingest_lock_that_is_a_directory_does_not_block_ingest(index):
+    data_dir, env = index
+    (data_dir / "ingest.lock").unlink()
+    (data_dir / "ingest.lock").mkdir()
+    r = run_cli("ingest", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (data_dir / "ingest.lock").is_file()
+
+
+def test_rebuild_succeeds_from_damage_to_every_derived_file(index):
+    data_dir, env = index
+    (data_dir / "index.sqlite").write_bytes(b"x" * 4096)
+    (data_dir / "chroma" / "chroma.sqlite3").write_bytes(b"y" * 4096)
+    (data_dir / "embed_cache.sqlite").write_bytes(b"z" * 4096)
+    r = run_cli("ingest", "--rebuild", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["papers"] == 701
+    assert run_cli("doctor", env=env).returncode == 0
+
+
+def test_doctor_json_lists_each_check(index):
+    data_dir, env = index
+    r = run_cli("doctor", "--json", env=env)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["ok"] is True
+    assert {c["name"] for c in out["checks"]} >= {"catalog", "vector store", "parts agree", "corpus", "embedding model"}
+    (data_dir / "ingest.json").write_text(json.dumps({"params": {}, "stored": {}}))
+    out = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    assert not out["ok"] and any(c["name"] == "ingest" and "resumes" in c["repair"] for c in out["checks"])
