@@ -67,7 +67,7 @@ class ChromaStore:
     def _connect(self) -> None:
         import chromadb
 
-        chroma_url, data_dir, collection = self.url, self._data_dir, self.collection_name
+        chroma_url, data_dir = self.url, self._data_dir
         try:
             if chroma_url:
                 import httpx
