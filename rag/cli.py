@@ -57,10 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=_positive_int, help="papers given to the answerer (default 6)")
     s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode (default hybrid)")
     s.add_argument("--extractive", action="store_true", help="answer with quoted sentences, no LLM")
+    s.add_argument("--evidence", action=argparse.BooleanOptionalAction, default=None,
+                   help="with an LLM: let it judge each candidate paper before answering (default RAG_EVIDENCE=on)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("chat", help="interactive conversation with follow-up questions")
     s.add_argument("--extractive", action="store_true", help="answer with quoted sentences, no LLM")
+    s.add_argument("--evidence", action=argparse.BooleanOptionalAction, default=None,
+                   help="with an LLM: let it judge each candidate paper before answering (default RAG_EVIDENCE=on)")
     s.add_argument("--top-k", type=_positive_int)
     s.add_argument("--mode", choices=["hybrid", "dense", "bm25"])
 
@@ -186,7 +190,7 @@ def cmd_ask(args) -> int:
     if args.question is not None:
         _check_question(args.question, settings)  # fail fast, before loading the index and model
     assistant = Assistant.from_settings(settings)
-    kw = {"top_k": args.top_k, "mode": args.mode, "extractive": args.extractive}
+    kw = {"top_k": args.top_k, "mode": args.mode, "extractive": args.extractive, "evidence": args.evidence}
     if args.questions:
         for item in _read_questions(args.questions):
             try:
@@ -225,9 +229,16 @@ def cmd_chat(args) -> int:
         if not question:
             return 0
         try:
-            answer = None
-            for event in assistant.ask_stream(question, history=history, top_k=args.top_k, mode=args.mode, extractive=args.extractive):
-                if event.kind == "token":
+            answer, staged = None, False
+            for event in assistant.ask_stream(question, history=history, top_k=args.top_k, mode=args.mode,
+                                              extractive=args.extractive, evidence=args.evidence):
+                if event.kind == "stage" and sys.stderr.isatty():
+                    print(f"\r\033[K{terminal_safe(event.text)}", end="", file=sys.stderr, flush=True)
+                    staged = True
+                elif event.kind == "token":
+                    if staged:  # clear the stage line before the answer
+                        print("\r\033[K", end="", file=sys.stderr, flush=True)
+                        staged = False
                     print(terminal_safe(event.text), end="", flush=True)
                 elif event.kind == "final":
                     answer = event.answer
@@ -248,8 +259,13 @@ def _print_answer_footer(answer) -> None:
         print(f"  [{s.n}] {terminal_safe(s.title)}")
     for p in answer.possibly_related:
         print(f"  possibly related: {terminal_safe(p['title'])}")
+    for f in answer.flagged:
+        print(f"  flagged: {terminal_safe(f['sentence'])} ({terminal_safe(f['reason'])})")
     if answer.notice:
         print(f"  ({terminal_safe(answer.notice)})")
+    if answer.stages:
+        print("  " + "; ".join(f"{st.name}: {st.calls} call{'s' if st.calls != 1 else ''}, "
+                               f"{st.prompt_tokens + st.completion_tokens} tokens, {st.ms:.0f} ms" for st in answer.stages))
 
 
 def cmd_ui(args) -> int:

@@ -66,6 +66,8 @@ def build_server(assistant):
             "possibly_related": answer.possibly_related,
             "notice": answer.notice,
             "mode": answer.mode,
+            "flagged": answer.flagged,
+            "stages": [st.to_dict() for st in answer.stages],
         }
 
     @server.tool()

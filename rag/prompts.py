@@ -20,6 +20,10 @@ REQUIRED = {
     "rewrite": {"history", "question"},
     "source": {"n", "title", "abstract"},
     "judge": {"question", "answer", "sources"},
+    "evidence": {"question", "title", "abstract"},
+    "evidence_source": {"n", "title", "relevance", "summary", "quotes"},
+    "judge_claims": {"claim", "sources"},
+    "hyde": {"question"},
 }
 
 
@@ -77,11 +81,29 @@ def source_blocks(prompts: Mapping[str, Prompt], sources: Iterable) -> str:
     return "\n".join(fmt.render(n=s.n, title=s.title, abstract=s.abstract or s.snippet) for s in sources)
 
 
-def answer_messages(prompts: Mapping[str, Prompt], question: str, sources: Iterable, history: list[dict] | None = None) -> list[dict]:
-    """The chat messages that ask the LLM to answer `question` from `sources`."""
+def answer_messages(prompts: Mapping[str, Prompt], question: str, sources: Iterable, history: list[dict] | None = None,
+                    evidence: Iterable | None = None) -> list[dict]:
+    """The chat messages that ask the LLM to answer `question` from `sources` (or, after the evidence
+    step, from the judged papers' summaries and quotes)."""
     system = prompts["system"].render(not_found_phrase=NOT_IN_CORPUS)
-    user = prompts["answer"].render(question=question, sources=source_blocks(prompts, sources), not_found_phrase=NOT_IN_CORPUS)
+    blocks = evidence_blocks(prompts, evidence) if evidence is not None else source_blocks(prompts, sources)
+    user = prompts["answer"].render(question=question, sources=blocks, not_found_phrase=NOT_IN_CORPUS)
     return [{"role": "system", "content": system}, *(history or []), {"role": "user", "content": user}]
+
+
+def evidence_blocks(prompts: Mapping[str, Prompt], judged: Iterable) -> str:
+    """The sources as the evidence step left them: summary and verbatim quotes, not whole abstracts."""
+    fmt = prompts["evidence_source"]
+    return "\n\n".join(
+        fmt.render(n=j.n, title=j.title, relevance=j.relevance, summary=j.summary or "(no summary)",
+                   quotes="\n".join(f"> {q}" for q in j.quotes) or "> (no quote)")
+        for j in judged
+    )
+
+
+def evidence_message(prompts: Mapping[str, Prompt], question: str, title: str, abstract: str) -> list[dict]:
+    """The message asking the LLM to judge one paper for a question (prompts/evidence.md)."""
+    return [{"role": "user", "content": prompts["evidence"].render(question=question, title=title, abstract=abstract)}]
 
 
 def judge_message(prompts: Mapping[str, Prompt], question: str, answer: str, sources: Iterable) -> list[dict]:

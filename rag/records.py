@@ -111,6 +111,21 @@ class Quote:
 
 
 @dataclass
+class Stage:
+    """What one LLM stage of an answer cost: rewrite, evidence or answer."""
+
+    name: str
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "ms": round(self.ms, 1)}
+
+
+@dataclass
 class Answer:
     """The answer record shared by CLI, Python API, UI, MCP and eval."""
 
@@ -128,6 +143,9 @@ class Answer:
     quotes: list[Quote] = field(default_factory=list)
     judgement: dict | None = None
     more_papers: int = 0
+    stages: list[Stage] = field(default_factory=list)
+    evidence: list[dict] = field(default_factory=list)
+    flagged: list[dict] = field(default_factory=list)  # LLM sentences citing a paper that is not a (passed) source
 
     def to_dict(self) -> dict:
         return {
@@ -145,12 +163,16 @@ class Answer:
             "quotes": [q.to_dict() for q in self.quotes],
             "judgement": self.judgement,
             "more_papers": self.more_papers,
+            "stages": [st.to_dict() for st in self.stages],
+            "evidence": self.evidence,
+            "flagged": self.flagged,
         }
 
 
 @dataclass
 class StreamEvent:
-    """`token`: text to append; `reset`: discard what was streamed; `final`: the verified answer."""
+    """`token`: text to append; `reset`: discard what was streamed; `stage`: what the answerer is doing now
+    (e.g. "judging 15 papers… 9 relevant"); `final`: the verified answer."""
 
     kind: str
     text: str = ""

@@ -129,11 +129,16 @@ class Retriever:
         """Best `top_k` papers for `query`, one hit per paper, best first (bm25 mode needs no vectors)."""
         return self._retrieve(query, top_k, mode, similarity=False).hits
 
-    def retrieve(self, query: str, top_k: int | None = None, mode: str | None = None) -> Retrieval:
-        """Like `search`, plus the best dense similarity, which is computed in every mode."""
-        return self._retrieve(query, top_k, mode, similarity=True)
+    def retrieve(self, query: str, top_k: int | None = None, mode: str | None = None,
+                 dense_text: str | None = None) -> Retrieval:
+        """Like `search`, plus the best dense similarity, which is computed in every mode.
 
-    def _retrieve(self, query: str, top_k: int | None, mode: str | None, similarity: bool) -> Retrieval:
+        `dense_text` (e.g. a hypothetical abstract written by an LLM, HyDE) replaces the question for the
+        dense search; the lexical search and the reported similarity still use the question itself."""
+        return self._retrieve(query, top_k, mode, similarity=True, dense_text=dense_text)
+
+    def _retrieve(self, query: str, top_k: int | None, mode: str | None, similarity: bool,
+                  dense_text: str | None = None) -> Retrieval:
         self._index.refresh()  # a newly published generation is picked up here, per request
         top_k = check_top_k(self.settings.top_k if top_k is None else top_k)
         mode = check_mode(mode or self.settings.mode)
@@ -142,7 +147,11 @@ class Retriever:
         dense_hits = self._index.dense(qv, n) if similarity or mode != "bm25" else []
         top_similarity = dense_hits[0].similarity if dense_hits else None  # of the question itself, always
         sim_to_q = {h.chunk_id: h.similarity for h in dense_hits}
-        if mode != "bm25" and dense_hits and self._use_feedback(query):
+        if dense_text and mode != "bm25":
+            expanded = self._index.dense_with_vectors(self._embedder.embed([dense_text])[0], n)
+            dense_hits = expanded or dense_hits
+            sim_to_q = {h.chunk_id: float(np.dot(qv, h.vector)) for h in expanded} or sim_to_q
+        elif mode != "bm25" and dense_hits and self._use_feedback(query):
             feedback = self._feedback_search(qv, n)
             if feedback:
                 dense_hits = feedback

@@ -132,6 +132,24 @@ class Settings(BaseSettings):
     history_tokens: int = Field(1500, ge=0, description="Token budget for conversation history.")
     context_tokens: int = Field(3000, ge=200, description="Token budget for the sources in a prompt.")
 
+    # LLM evidence step (PaperQA2-style), used when an LLM is configured
+    evidence: bool = Field(True, description="Let the LLM judge each candidate paper before answering (needs an LLM).")
+    evidence_n: int = Field(10, ge=1, le=100, description="Candidate papers the evidence step judges for a question.")
+    evidence_list_n: int = Field(30, ge=1, le=200, description="Candidate papers judged for a list question (30: the "
+                                 "smallest pool whose list recall on the tune split clears 0.95 with a 0.01 margin).")
+    evidence_min_relevance: int = Field(5, ge=0, le=10, description="Relevance (0-10) a paper needs to be used.")
+    evidence_cache_path: Path | None = Field(None, description="Where evidence judgements are cached (default "
+                                             "DATA_DIR/evidence_cache.sqlite).")
+    evidence_concurrency: int = Field(4, ge=1, le=64, description="Evidence calls in flight at once.")
+    evidence_max_invalid: float = Field(
+        0.5, ge=0, le=1,
+        description="If more than this share of judgements are unusable (a weak model), the step counts as failed "
+        "and relevance is judged offline.",
+    )
+    query_expansion: Literal["off", "hyde"] = Field(
+        "off", description="With an LLM: hyde = search with a hypothetical abstract the LLM writes for the question."
+    )
+
     # LLM
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1.")
     llm_api_key: SecretStr | None = Field(None, description="API key; falls back to OPENAI_API_KEY.")
@@ -148,6 +166,11 @@ class Settings(BaseSettings):
         "then it falls back to an extractive answer with a notice.",
     )
     llm_max_reply_chars: int = Field(20_000, ge=100, description="Longer LLM replies are not shown (fallback).")
+
+    # judge (rag eval --judge): defaults to the answering LLM
+    judge_base_url: str | None = Field(None, description="Endpoint of the judge LLM; unset = RAG_LLM_BASE_URL.")
+    judge_model: str | None = Field(None, description="Model of the judge LLM; unset = RAG_LLM_MODEL.")
+    judge_api_key: SecretStr | None = Field(None, description="API key of the judge LLM; unset = RAG_LLM_API_KEY.")
 
     # UI
     ui_host: str = Field("127.0.0.1", description="Bind address of the UI.")
@@ -176,7 +199,7 @@ class Settings(BaseSettings):
                              "for the paper vectors)")
         return v
 
-    @field_validator("chroma_url", "llm_base_url", "embed_url")
+    @field_validator("chroma_url", "llm_base_url", "embed_url", "judge_base_url")
     @classmethod
     def _url(cls, v, info):
         return _check_url(v, "RAG_" + info.field_name.upper())

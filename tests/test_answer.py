@@ -77,7 +77,7 @@ def llm_assistant(fake_llm, real_index, real_retriever):
     def make(**updates) -> Assistant:
         settings = real_index.model_copy(update=updates) if updates else real_index
         llm = OpenAIChatLLM(fake_llm.base_url, "sk-test", "fake-model", timeout=2, max_attempts=2, max_wait=3)
-        settings = settings.model_copy(update={"list_top_k": 6})  # these tests count six sources
+        settings = settings.model_copy(update={"list_top_k": 6, "evidence": False})  # six sources; the answer call alone (the evidence step: test_evidence.py)
         return Assistant(settings, retriever=real_retriever, llm=llm)
 
     return make
@@ -248,7 +248,7 @@ def test_out_of_corpus_question_abstains_without_calling_the_llm(llm_assistant, 
 def test_dead_llm_falls_back_to_an_extractive_answer_with_a_notice(real_index, real_retriever):
     port = closed_port()
     llm = OpenAIChatLLM(f"http://127.0.0.1:{port}/v1", "sk-test", "fake-model", timeout=2, max_attempts=2, max_wait=3)
-    assistant = Assistant(real_index, retriever=real_retriever, llm=llm)
+    assistant = Assistant(real_index.model_copy(update={"evidence": False}), retriever=real_retriever, llm=llm)
     events = list(assistant.ask_stream(ERASE_Q))
     assert [e.kind for e in events][-1] == "final"
     assert "reset" not in [e.kind for e in events]
@@ -576,7 +576,7 @@ def test_unreachable_llm_in_the_rewrite_is_not_waited_on_again(real_index, real_
             return super().stream(messages, **kw)
 
     llm = Counting(dead, "sk-test", "m", timeout=1, max_attempts=2, max_wait=1)
-    assistant = Assistant(real_index, retriever=real_retriever, llm=llm)
+    assistant = Assistant(real_index.model_copy(update={"evidence": False}), retriever=real_retriever, llm=llm)
     history = [{"role": "user", "content": ERASE_Q}, {"role": "assistant", "content": "papers"}]
     t = time.perf_counter()
     answer = assistant.ask(ADV_FOLLOW_UP, history=history)

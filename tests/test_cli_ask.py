@@ -106,7 +106,7 @@ def test_ask_questions_file_gives_one_json_line_per_question(index_env, tmp_path
 def test_ask_with_llm_endpoint_uses_the_llm(index_env, fake_llm):
     reply = "- **Erasing Concepts from Diffusion Models** fine-tunes with negative guidance [1]."
     fake_llm.queue_reply(reply)
-    env = index_env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_MODEL": "fake-model", "RAG_LLM_API_KEY": "sk-test"}
+    env = index_env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_MODEL": "fake-model", "RAG_LLM_API_KEY": "sk-test", "RAG_EVIDENCE": "off"}
     proc = run_cli("ask", ERASE_Q, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
@@ -123,7 +123,7 @@ def test_ask_with_llm_endpoint_uses_the_llm(index_env, fake_llm):
 @pytest.mark.slow
 def test_ask_with_dead_llm_falls_back_to_extractive(index_env):
     env = index_env | {
-        "RAG_LLM_BASE_URL": f"http://127.0.0.1:{closed_port()}/v1",
+        "RAG_LLM_BASE_URL": f"http://127.0.0.1:{closed_port()}/v1", "RAG_EVIDENCE": "off",
         "RAG_LLM_MAX_ATTEMPTS": "2",
         "RAG_LLM_MAX_WAIT": "2",
     }
@@ -162,7 +162,7 @@ def test_chat_with_llm_streams_answers_and_rewrites_the_follow_up(index_env, fak
     second = "- **Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models** [1]."
     for reply in (first, rewritten, second):
         fake_llm.queue_reply(reply)
-    env = index_env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_MODEL": "fake-model", "RAG_LLM_MAX_ATTEMPTS": "1"}
+    env = index_env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_MODEL": "fake-model", "RAG_LLM_MAX_ATTEMPTS": "1", "RAG_EVIDENCE": "off"}
     proc = run_cli("chat", env=env, input=f"{ERASE_Q}\nwhich of them use adversarial training?\n")
     assert proc.returncode == 0, proc.stderr
     turns = proc.stdout.split("\n> ")

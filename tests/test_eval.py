@@ -374,7 +374,7 @@ class FakeAssistant:
     def __init__(self, retriever):
         self.retriever = retriever
 
-    def ask(self, question, top_k=None, mode=None, extractive=False):
+    def ask(self, question, top_k=None, mode=None, extractive=False, evidence=None):
         hits = self.retriever.search(question, 2, mode)
         sources = [Source(h.rank, h.paper_id, h.title, h.snippet, h.score, self.retriever.papers[h.paper_id].abstract) for h in hits]
         if "unicorn" in question:
@@ -518,15 +518,24 @@ def test_judge_scores_and_summary(make_settings):
     assert parse_scores('{"faithfulness": 5, "answer_relevance": 3}')["answer_relevance"] == 0.5  # 1-5 scale
     with pytest.raises(ValueError):
         parse_scores("no json here")
-    llm = ScriptedLLM(['{"faithfulness": 0.8, "answer_relevance": 0.6}', "garbage"])
+    llm = ScriptedLLM(['{"faithfulness": 0.8, "answer_relevance": 0.6}',
+                       '{"supported": true, "needed": [1]}', '{"supported": false, "needed": []}', "garbage"])
     judge = Judge.from_settings(make_settings(), llm=llm)
-    first = judge.score("What does ESD do?", "ESD erases concepts [1].", _sources())
+    first = judge.score("What does ESD do?", "ESD erases concepts [1]. It fine-tunes the weights [1].\nIt is old.", _sources())
     second = judge.score("q", "a", _sources())
     assert first["faithfulness"] == 0.8 and "error" in second
     prompt = llm.messages[0][0]["content"]
     assert "What does ESD do?" in prompt and "[1] Erasing Concepts from Diffusion Models" in prompt
     assert "{question}" not in prompt and "{sources}" not in prompt
-    assert Judge.summarise([first, second, None]) == {"faithfulness": 0.8, "answer_relevance": 0.6, "judged": 1, "failed": 1}
+    # claim by claim: three sentences, the uncited one unsupported without a call; one of two cited supported
+    claim_prompt = llm.messages[1][0]["content"]
+    assert "ESD erases concepts" in claim_prompt and "[1] Erasing Concepts from Diffusion Models" in claim_prompt
+    assert len(llm.messages) == 4  # holistic, two cited claims, the second answer's holistic call
+    assert first["claims"] == 3 and first["judge_citation_recall"] == 1 / 3
+    assert first["citations"] == 2 and first["judge_citation_precision"] == 0.5
+    assert Judge.summarise([first, second, None]) == {"faithfulness": 0.8, "answer_relevance": 0.6,
+                                                      "judge_citation_recall": round(1 / 3, 6),
+                                                      "judge_citation_precision": 0.5, "judged": 1, "failed": 1}
     assert Judge.from_settings(make_settings()) is None  # no LLM configured: judge off
 
 
@@ -652,7 +661,8 @@ def test_rag_eval_answers_extractive_and_llm_with_judge(real_index, small_datase
     # one reply for answers and judge alike: JSON the judge reads, with a citation the answer check accepts
     fake_llm.default_reply = '{"faithfulness": 0.5, "answer_relevance": 1.0, "reason": "fake [1]"}'
     r = run_cli("eval", "--dataset", str(small_dataset), "--modes", "hybrid", "--answer", "llm", "--judge",
-                "--out", str(tmp_path / "llm"), env=env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_API_KEY": "sk-test"})
+                "--out", str(tmp_path / "llm"), env=env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_API_KEY": "sk-test",
+                                                       "RAG_EVIDENCE": "off"})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "llm" / "report.json").read_text())
     assert report["judge"]["hybrid"]["faithfulness"] == 0.5 and report["judge"]["hybrid"]["judged"] >= 1

@@ -26,7 +26,8 @@ CEILINGS = {"hybrid:false_abstention_rate": 0.04, "hybrid:unsupported_sentence_r
 def _eval(real_index, out, *args):
     base = ["eval", "--dataset", str(REPO_ROOT / "eval/datasets/dev.jsonl"), "--split", "test", "--out", str(out), "--json"]
     r = run_cli(*base, *args, env={"RAG_DATA_DIR": str(real_index.data_dir),
-                                   "RAG_EMBED_CACHE_PATH": str(real_index.embed_cache_path)}, timeout=900)
+                                   "RAG_EMBED_CACHE_PATH": str(real_index.embed_cache_path),
+                                   "RAG_EVIDENCE_CACHE_PATH": str(out / "evidence.sqlite")}, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return json.loads((out / "report.json").read_text())["summary"]
 
@@ -45,3 +46,17 @@ def test_dev_set_gate_and_hybrid_beats_single_modes(real_index, tmp_path):
     # nDCG: hybrid beats dense clearly; on the test split it ties BM25 (0.933 vs 0.932), so no strict order there
     assert summary["hybrid"]["ndcg@10"] > summary["dense"]["ndcg@10"]
     assert summary["hybrid"]["ndcg@10"] >= summary["bm25"]["ndcg@10"] - 0.01
+
+
+@pytest.mark.slow
+def test_with_a_correct_judge_the_evidence_step_abstains_and_lists_completely(real_index, tmp_path):
+    """Issue 12's bar, on the test split with the relevance oracle as the LLM (plumbing, not an LLM's
+    quality): abstention >= 95% caught with <= 2% refused; list citation precision and recall >= 0.95."""
+    out = tmp_path / "oracle"
+    summary = _eval(real_index, out, "--modes", "hybrid", "--answer", "llm", "--oracle-llm",
+                    "--fail-under", "hybrid:abstention_accuracy=0.95", "--fail-over", "hybrid:false_abstention_rate=0.02")
+    report = json.loads((out / "report.json").read_text())
+    lists = report["by_type"]["hybrid"]["list"]
+    assert lists["citation_precision"] >= 0.95 and lists["citation_recall"] >= 0.95, lists
+    assert summary["hybrid"]["stages"]["evidence"]["calls_total"] > 0
+    assert report["config"]["llm"].startswith("relevance oracle")

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from fake_openai import FakeOpenAI
+from rag.eval.fake_openai import FakeOpenAI
 
 MSGS = [{"role": "user", "content": "hello there"}]
 

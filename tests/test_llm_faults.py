@@ -36,7 +36,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture
 def assistant(tiny, fake_llm):
     def make(deadline=3.0, **kw):
-        settings = tiny.model_copy(update={"llm_deadline": deadline})
+        settings = tiny.model_copy(update={"llm_deadline": deadline, "evidence": False})
         llm = OpenAIChatLLM(fake_llm.base_url, "sk-test", "fake-model", timeout=10, max_attempts=2, max_wait=1,
                             deadline=deadline, **kw)
         return Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm=llm)

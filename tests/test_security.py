@@ -30,7 +30,7 @@ def tiny_index(tmp_path, make_settings):
 
 def _env(settings, fake_llm, **extra):
     return {"RAG_DATA_DIR": str(settings.data_dir), "RAG_EMBED_BACKEND": "hash", "RAG_CORPUS": settings.corpus,
-            "RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_API_KEY": SENTINEL, "RAG_LLM_MAX_ATTEMPTS": "2",
+            "RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_API_KEY": SENTINEL, "RAG_EVIDENCE": "off", "RAG_LLM_MAX_ATTEMPTS": "2",
             "RAG_LLM_MAX_WAIT": "2", "RAG_LLM_TIMEOUT": "2", **extra}
 
 
@@ -85,7 +85,7 @@ def test_key_absent_from_ui_page_config_and_api(tiny_index, fake_llm):
     from rag.retrieve import Retriever
     from rag.ui.app import build_app
 
-    settings = tiny_index.model_copy(update={"llm_base_url": fake_llm.base_url})
+    settings = tiny_index.model_copy(update={"llm_base_url": fake_llm.base_url, "evidence": False})
     llm = OpenAIChatLLM(fake_llm.base_url, SENTINEL, "fake-model", timeout=2, max_attempts=1, max_wait=1)
     assistant = Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm)
     app = build_app(settings, assistant)

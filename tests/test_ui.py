@@ -103,6 +103,8 @@ def _tiny_assistant(settings, llm=None):
     from rag.answer import Assistant
     from rag.retrieve import Retriever
 
+    if llm is not None:  # these tests script the answer call alone (the evidence step: test_evidence.py)
+        settings = settings.model_copy(update={"evidence": False})
     return Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm=llm)
 
 
@@ -463,6 +465,7 @@ def test_failed_logins_are_throttled_and_every_response_has_security_headers(tin
 
 def test_login_throttle_counts_per_client_and_forgets_after_the_window():
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from rag.ui.security import LoginThrottle
 
@@ -482,7 +485,9 @@ def test_login_throttle_counts_per_client_and_forgets_after_the_window():
             sent.append(message)
 
         scope = {"type": "http", "method": "POST", "path": "/login", "client": (client, 1), "password": password}
-        asyncio.run(throttle(scope, None, send))
+        # a thread of its own: a browser test on this worker may have left an event loop running here
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, throttle(scope, None, send)).result()
         return sent[0]["status"]
 
     assert [attempt("1.1.1.1") for _ in range(3)] == [400, 400, 429]

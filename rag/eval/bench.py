@@ -1,6 +1,6 @@
 """Benchmarks: ingest throughput, warm latency, embedding speed, and scaling of the store and BM25.
 
-    rag bench [--parts ingest,latency,embedding,scale,reingest] [--sizes 1000,10000,100000]
+    rag bench [--parts ingest,latency,evidence,embedding,scale,reingest] [--sizes 1000,10000,100000]
               [--reingest-n 100000] [--out DIR]
 
 Each part prints a table and writes DIR/<part>.json; a PNG plot goes with the scale part.
@@ -136,6 +136,50 @@ def bench_latency(out: Path, repeats: int = 5) -> dict:
     _table("warm latency (in-process)", rows)
     _save(out, "latency", {"rows": rows})
     return {"rows": rows}
+
+
+def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
+    """What the LLM evidence step adds over retrieval, against a zero-delay OpenAI-protocol server that
+    judges every paper relevant (quoting its first sentence): the client, HTTP, parsing and quote checks,
+    not an LLM. No cache, so every paper is a real call."""
+    from rag.eval.fake_openai import FakeOpenAI, relevance_oracle
+    from rag.evidence import EvidenceCache, EvidenceStep
+    from rag.llm import OpenAIChatLLM
+    from rag.prompts import load_prompts
+    from rag.retrieve import Retriever
+    from rag.settings import load_settings
+
+    settings = load_settings()
+    retriever = Retriever.from_settings(settings)
+    index = retriever.index
+    pools = {q: retriever.retrieve(q, papers).hits for q in QUESTIONS}
+    gold = {q: [h.title for h in hits] for q, hits in pools.items()}
+    rows = []
+    with FakeOpenAI(responder=relevance_oracle(gold)) as fake:
+        llm = OpenAIChatLLM(fake.base_url, "sk-bench", "oracle", timeout=30, max_attempts=1)
+        step = EvidenceStep(llm, load_prompts(), EvidenceCache(None), concurrency=settings.evidence_concurrency)
+        step.judge(QUESTIONS[0], [index.paper(h.paper_id) for h in pools[QUESTIONS[0]]], time.monotonic() + 60)  # warm-up
+        retrieve_ms, evidence_ms = [], []
+        for _ in range(repeats):
+            for q in QUESTIONS:
+                t = time.perf_counter()
+                hits = retriever.retrieve(q, papers).hits
+                retrieve_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                result = step.judge(q, [index.paper(h.paper_id) for h in hits], time.monotonic() + 60)
+                evidence_ms.append((time.perf_counter() - t) * 1000)
+                if result.unanswered or result.invalid:
+                    raise SystemExit(f"evidence bench: {result.unanswered} unanswered, {result.invalid} invalid for {q!r}")
+    for op, ts in (("retrieve", retrieve_ms), (f"evidence ({papers} papers, concurrency "
+                                                f"{settings.evidence_concurrency})", evidence_ms)):
+        rows.append({"op": op, "n": len(ts), "p50_ms": round(_pct(ts, 50), 1), "p95_ms": round(_pct(ts, 95), 1)})
+    data = {"papers": papers, "concurrency": settings.evidence_concurrency, "rows": rows,
+            "evidence_over_retrieval_p50_ms": rows[1]["p50_ms"], "goal_ms": 300}
+    _table("LLM evidence step over retrieval (zero-delay fake server)", rows)
+    print(f"  evidence step adds {rows[1]['p50_ms']} ms p50 ({rows[1]['p95_ms']} ms p95) over retrieval for {papers} "
+          "papers (goal <= 300 ms)")
+    _save(out, "evidence", data)
+    return data
 
 
 def bench_embedding(out: Path, n: int = 256, rounds: int = 5) -> dict:
@@ -360,6 +404,8 @@ def main(argv=None) -> int:
         bench_ingest(args.out, args.backend)
     if "latency" in parts:
         bench_latency(args.out)
+    if "evidence" in parts:
+        bench_evidence(args.out)
     if "embedding" in parts:
         bench_embedding(args.out)
     if "reingest" in parts:

@@ -62,7 +62,13 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--split", choices=("tune", "test", "all"), default="all",
                    help="evaluate only the questions of this split (default all; README figures are test)")
     p.add_argument("--limit", type=_limit, help="evaluate only the first N questions")
-    p.add_argument("--judge", action="store_true", help="also score answers with the LLM judge (prompts/judge.md); needs an LLM")
+    p.add_argument("--judge", action="store_true",
+                   help="also grade answers with a judge LLM, claim by claim (prompts/judge_claims.md, judge.md)")
+    p.add_argument("--evidence", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --answer llm: run the LLM evidence step (default RAG_EVIDENCE)")
+    p.add_argument("--oracle-llm", action="store_true",
+                   help="with --answer llm: answer with a built-in relevance oracle (an OpenAI-protocol server on "
+                        "loopback that knows the dataset's gold papers): measures the plumbing, not an LLM")
     p.add_argument("--json", action="store_true", help="print the summary, per-type metrics, gates and files as JSON")
     p.add_argument("--strict", action="store_true", help="any dataset issue (bad line, unknown gold title) is fatal")
     p.set_defaults(handler=cmd_eval)
@@ -85,6 +91,7 @@ def cmd_eval(args) -> int:
         gate_message,
         parse_gates,
         split_table,
+        stage_table,
         summary_table,
         tradeoff_text,
         write_report,
@@ -113,6 +120,15 @@ def cmd_eval(args) -> int:
     if args.limit:
         dataset.questions = dataset.questions[: args.limit]
 
+    oracle = None
+    if args.oracle_llm:
+        if args.answer != "llm":
+            raise ConfigError("--oracle-llm needs --answer llm")
+        from rag.eval.fake_openai import FakeOpenAI, relevance_oracle
+
+        oracle = FakeOpenAI(responder=relevance_oracle({q.question: q.gold_titles for q in dataset.questions})).start()
+        settings = settings.model_copy(update={"llm_base_url": oracle.base_url, "llm_model": "relevance-oracle",
+                                               "judge_base_url": None, "judge_model": None})
     judge = None
     if args.judge:
         if args.answer == "none":
@@ -123,9 +139,14 @@ def cmd_eval(args) -> int:
             judge = Judge.from_settings(settings)
             if judge is None:
                 print("warning: --judge ignored: no LLM configured (set RAG_LLM_BASE_URL or OPENAI_API_KEY)", file=sys.stderr)
-
-    report = run_eval(settings, dataset, modes=modes, answer=args.answer, top_k=args.top_k,
-                      answer_top_k=args.answer_top_k, retriever=retriever, judge=judge, progress=True)
+    try:
+        report = run_eval(settings, dataset, modes=modes, answer=args.answer, top_k=args.top_k, evidence=args.evidence,
+                          answer_top_k=args.answer_top_k, retriever=retriever, judge=judge, progress=True)
+    finally:
+        if oracle is not None:
+            oracle.stop()
+    if oracle is not None:
+        report["config"]["llm"] = "relevance oracle (plumbing measurement, not an LLM)"
     results = check_gates(report, gates)
     report["gates"] = results
     out = args.out or Path("eval/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -142,6 +163,7 @@ def cmd_eval(args) -> int:
             "by_split": report["by_split"],
             "abstention": tradeoff_text(report),
             "judge": report.get("judge"),
+            "stages": {m: report["summary"][m].get("stages") for m in report["summary"]},
             "gates": results,
             "files": [str(f) for f in files],
         }))
@@ -157,11 +179,16 @@ def cmd_eval(args) -> int:
             print(f"abstention: {line}")
         print()
         print(by_type_table(report, "recall@10"))
+        stages = stage_table(report)
+        if stages:
+            print()
+            print(stages)
         if report.get("judge"):
             print()
             for mode, j in report["judge"].items():
-                print(f"judge {mode}: faithfulness {j['faithfulness']}, answer_relevance {j['answer_relevance']} "
-                      f"({j['judged']} judged, {j['failed']} failed)")
+                print(f"judge {mode}: citation recall {j.get('judge_citation_recall')}, citation precision "
+                      f"{j.get('judge_citation_precision')} (claim by claim); faithfulness {j['faithfulness']}, "
+                      f"answer_relevance {j['answer_relevance']} ({j['judged']} judged, {j['failed']} failed)")
         print()
         print(f"wrote {', '.join(str(f) for f in files)}")
         for g in results:

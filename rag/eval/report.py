@@ -83,6 +83,20 @@ def tradeoff_text(report: dict) -> list[str]:
     return out
 
 
+def stage_table(report: dict, markdown: bool = False) -> str:
+    """Per mode and LLM stage: calls, tokens and time per question (mean) and in total."""
+    rows = []
+    for mode, summary in report["summary"].items():
+        for name, st in (summary.get("stages") or {}).items():
+            rows.append([mode, name, f"{st['calls_mean']:.2f} / {st['calls_total']}",
+                         f"{st['prompt_tokens_mean']:.0f} / {st['prompt_tokens_total']}",
+                         f"{st['completion_tokens_mean']:.0f} / {st['completion_tokens_total']}",
+                         f"{st['ms_mean']:.0f} / {st['ms_total']:.0f}"])
+    if not rows:
+        return ""
+    return _table(["mode", "stage", "calls mean / total", "prompt tokens", "completion tokens", "ms"], rows, markdown)
+
+
 def by_type_table(report: dict, metric: str, markdown: bool = False) -> str:
     modes = list(report["by_type"])
     types = [t for t in TYPES if any(t in report["by_type"][m] for m in modes)]
@@ -153,8 +167,10 @@ def markdown_report(report: dict, plots: list[Path] | None = None) -> str:
     if report.get("judge"):
         lines += ["## LLM judge (separate from the offline metrics)", ""]
         modes = list(report["judge"])
-        keys = ["faithfulness", "answer_relevance", "judged", "failed"]
+        keys = ["judge_citation_recall", "judge_citation_precision", "faithfulness", "answer_relevance", "judged", "failed"]
         lines += [_table(["judge", *modes], [[k] + [fmt(report["judge"][m].get(k), k) for m in modes] for k in keys], True), ""]
+    if any(report["summary"][m].get("stages") for m in cfg["modes"]):
+        lines += ["## LLM cost per stage", "", stage_table(report, markdown=True), ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     lines += _misses(report)

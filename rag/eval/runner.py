@@ -144,7 +144,7 @@ def _empty_row(q: Question, mode: str) -> dict:
     }
 
 
-def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "none", top_k: int = 10,
+def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "none", top_k: int = 10, evidence: bool | None = None,
              answer_top_k: int | None = None, retriever=None, assistant=None, judge=None,
              progress: bool = True) -> dict:
     """Evaluate `dataset`; returns the report dict (see eval/README.md for its shape)."""
@@ -187,12 +187,14 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
                     row["latency_ms"] = row["retrieve_ms"]
                     if assistant is not None:
                         t0 = time.perf_counter()
-                        ans = assistant.ask(q.question, top_k=answer_top_k, mode=mode, extractive=(answer == "extractive"))
+                        ans = assistant.ask(q.question, top_k=answer_top_k, mode=mode, extractive=(answer == "extractive"),
+                                            evidence=evidence)
                         wall = (time.perf_counter() - t0) * 1000
                         row["answer_ms"] = round(wall, 3)
                         total = (getattr(ans, "timings_ms", None) or {}).get("total")
                         row["latency_ms"] = round(float(total if total is not None else wall), 3)
                         row.update(score_answer(q, ans, checker, count, prompts))
+                        row["stages"] = [st.to_dict() for st in getattr(ans, "stages", None) or []]
                         if judge is not None and not ans.abstained:
                             row["judge"] = judge.score(q.question, ans.answer, ans.sources)
                 except RagError as exc:  # one failing question must not stop the run
@@ -220,6 +222,9 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
         r["metrics"] = {k: (round(r["metrics"][k], 6) if isinstance(r["metrics"][k], float) else r["metrics"][k]) for k in ordered}
 
     summary = {mode: summarise([r for r in rows if r["mode"] == mode]) for mode in modes}
+    if answer == "llm":
+        for mode in modes:
+            summary[mode]["stages"] = stage_summary([r for r in rows if r["mode"] == mode])
     if answer == "llm":  # the answerer falls back to extractive answers when the LLM fails
         for mode in modes:
             summary[mode]["llm_fallbacks"] = sum(
@@ -251,6 +256,19 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
             for mode in modes
         }
     return report
+
+
+def stage_summary(rows: list[dict]) -> dict:
+    """Per LLM stage: calls, prompt and completion tokens and time, in total and per question."""
+    out: dict = {}
+    n = max(1, len(rows))
+    for row in rows:
+        for st in row.get("stages") or []:
+            agg = out.setdefault(st["name"], {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "ms": 0.0})
+            for key in ("calls", "prompt_tokens", "completion_tokens", "ms"):
+                agg[key] += st[key]
+    return {name: {**{f"{k}_total": round(v, 1) for k, v in agg.items()},
+                   **{f"{k}_mean": round(v / n, 2) for k, v in agg.items()}} for name, agg in out.items()}
 
 
 def abstention_tradeoff(rows: list[dict], modes: list[str], splits: list[str]) -> dict:

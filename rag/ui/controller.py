@@ -120,7 +120,10 @@ class ChatController:
                 extractive=self.llm_available and answer_mode == "extractive",
                 paper_ids=[scope] if scope else None,
             ):
-                if event.kind == "token":
+                if event.kind == "stage":
+                    pending["stage"] = event.text
+                    yield ChatUpdate(render.chat_messages(turns, pending), turns)
+                elif event.kind == "token":
                     pending["streamed"] += event.text
                     now = time.perf_counter()
                     if now - last >= STREAM_INTERVAL_S:

@@ -91,9 +91,10 @@ def render_citations(text: str, titles: Mapping[int, str]) -> str:
     return "".join(out)
 
 
-def render_streaming(text: str, note: str | None = None) -> str:
-    """What the chat shows while tokens arrive (citations are verified only at the end)."""
-    body = md_text(text) if text else "_Searching the papers…_"
+def render_streaming(text: str, note: str | None = None, stage: str | None = None) -> str:
+    """What the chat shows while it works: the current stage ("judging 15 papers… 9 relevant"), then the
+    tokens as they arrive (citations are verified only at the end)."""
+    body = md_text(text) if text else f'<span class="rag-stage">{esc(stage or "Searching the papers…")}</span>'
     if note:
         body = f"<small>Note: {esc(note)}</small>\n\n" + body
     return body
@@ -117,8 +118,15 @@ def render_turn_answer(turn: Mapping) -> str:
         if cited and not all(c["title"] in answer_text for c in cited):  # extractive answers name them inline
             lines = [f"<sup>[{c['n']}]</sup> {md_text(c['title'])}" for c in cited]
             parts.append("<small>**Cited papers**</small>  \n" + "  \n".join(lines))
+    for flag in turn.get("flagged") or []:
+        parts.append(f"<small>⚠️ Flagged: “{esc(flag['sentence'])}” {esc(flag['reason'])}</small>")
     if turn.get("notice"):
         parts.append(f"<small>Note: {esc(turn['notice'])}</small>")
+    stages = [st for st in turn.get("stages") or [] if st.get("calls")]
+    if stages:
+        parts.append("<small>" + " · ".join(
+            f"{esc(st['name'])}: {st['calls']} call{'s' if st['calls'] != 1 else ''}, "
+            f"{st['prompt_tokens'] + st['completion_tokens']:,} tokens, {st['ms'] / 1000:.1f} s" for st in stages) + "</small>")
     return "\n\n".join(parts)
 
 
@@ -133,7 +141,8 @@ def chat_messages(turns: Iterable[Mapping], pending: Mapping | None = None) -> l
         messages.append({"role": "assistant", "content": render_turn_answer(turn)})
     if pending is not None:
         messages.append({"role": "user", "content": md_text(pending["question"])})
-        messages.append({"role": "assistant", "content": render_streaming(pending.get("streamed", ""), pending.get("note"))})
+        messages.append({"role": "assistant", "content": render_streaming(pending.get("streamed", ""), pending.get("note"),
+                                                                         pending.get("stage"))})
     return messages
 
 

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["FakeOpenAI", "MODEL_NAME"]
+__all__ = ["FakeOpenAI", "MODEL_NAME", "Response", "relevance_oracle"]
 
 MODEL_NAME = "fake-model"
 
@@ -218,7 +219,14 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ chat
     def _chat(self, body: dict):
         fake = self.server.fake
-        item = fake._pop()
+        fake._enter()
+        try:
+            self._chat_item(fake, body)
+        finally:
+            fake._leave()
+
+    def _chat_item(self, fake, body: dict):
+        item = fake._pop(body)
         if item.seconds > 0:
             if fake._stopping.wait(item.seconds):
                 self.close_connection = True
@@ -375,13 +383,17 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeOpenAI:
     """An OpenAI-compatible server on 127.0.0.1 with queued replies and injectable faults."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, strict: bool = False):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, strict: bool = False, responder=None):
+        """`responder` (request body -> reply text) answers whatever was not queued, e.g. `relevance_oracle`."""
         self.host = host
         self.port = port
         self.strict = strict
+        self.responder = responder
         self.default_reply: str | None = None if strict else "OK"
         self.problems: list[str] = []
         self.requests: list[dict] = []
+        self.in_flight = 0  # chat requests being handled now, and the most at once
+        self.max_in_flight = 0
         self._queue: collections.deque[_Item] = collections.deque()
         self._lock = threading.Lock()
         self._ids = 0
@@ -515,14 +527,36 @@ class FakeOpenAI:
         with self._lock:
             self._queue.append(item)
 
-    def _pop(self) -> _Item:
+    def _pop(self, body: dict | None = None) -> _Item:
         with self._lock:
             if self._queue:
                 return self._queue.popleft()
+            responder = self.responder
+        if responder is not None:
+            try:
+                out = responder(body or {})
+                if isinstance(out, Response):
+                    if out.status is not None:
+                        return _Item("error", status=out.status, seconds=out.delay)
+                    return _Item("reply", text=out.text, seconds=out.delay)
+                return _Item("reply", text=out)
+            except Exception as exc:  # noqa: BLE001 - a broken responder is the test's bug: report it
+                self._problem(f"responder failed: {exc!r}")
+                return _Item("error", status=500)
+        with self._lock:
             if self.default_reply is None:
                 self.problems.append("a chat request arrived with nothing queued (strict mode)")
                 return _Item("error", status=500, body='{"error": {"message": "fake: nothing queued"}}')
             return _Item("reply", text=self.default_reply)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _problem(self, text: str) -> None:
         with self._lock:
@@ -552,3 +586,53 @@ class FakeOpenAI:
                 self._conns.add(conn)
             else:
                 self._conns.discard(conn)
+
+
+# ------------------------------------------------------------------ the relevance oracle
+
+
+class Response:
+    """What a responder may return instead of plain text: a reply after `delay` seconds, or HTTP `status`."""
+
+    def __init__(self, text: str = "", delay: float = 0.0, status: int | None = None):
+        self.text, self.delay, self.status = text, delay, status
+
+
+_EVIDENCE = re.compile(r"Question: (?P<question>.*?)\n\nPaper: (?P<title>.*?)\nAbstract:\n(?P<abstract>.*?)\n\nReply", re.S)
+_SOURCE = re.compile(r"^\[(?P<n>\d+)\] (?P<title>.+)$", re.M)
+_CLAIM_SOURCES = re.compile(r"^\[(\d+)\]", re.M)
+
+
+def relevance_oracle(gold: dict[str, list[str]]):
+    """A responder that plays a perfect LLM for a dataset with known answers: it judges a paper relevant
+    (9/10, quoting the abstract's first sentence) exactly when the paper is in the question's gold list,
+    answers by citing every source it is given, rewrites follow-ups to themselves and grades every claim
+    supported. It measures the plumbing around an LLM, not an LLM."""
+    by_question = {_norm(q): {_norm(t) for t in titles} for q, titles in gold.items()}
+
+    def respond(body: dict) -> str:
+        content = (body.get("messages") or [{}])[-1].get("content", "")
+        evidence = _EVIDENCE.search(content)
+        if evidence:
+            relevant = _norm(evidence["title"]) in by_question.get(_norm(evidence["question"]), set())
+            first = re.split(r"(?<=[.!?])\s+", evidence["abstract"].strip(), maxsplit=1)[0]
+            return json.dumps({"relevance": 9 if relevant else 1, "quotes": [first] if relevant else [],
+                               "summary": f"{evidence['title']} addresses the question." if relevant else ""})
+        if content.startswith("You are grading an answer"):
+            return json.dumps({"faithfulness": 1.0, "answer_relevance": 1.0, "reason": "relevance oracle"})
+        if "Sentence:" in content and "Cited sources" in content:
+            return json.dumps({"supported": True, "needed": [int(n) for n in _CLAIM_SOURCES.findall(content)]})
+        if content.startswith("Write the abstract"):
+            return content.rsplit("Question:", 1)[-1].strip()
+        if "Standalone question:" in content:
+            return content.rsplit("Last message:", 1)[-1].split("\n", 1)[0].strip()
+        sources = [(m["n"], m["title"]) for m in _SOURCE.finditer(content.split("Question:")[0])]
+        if not sources:
+            return "The indexed papers do not answer this question."
+        return "\n".join(f"- **{title}** answers this [{n}]." for n, title in sources)
+
+    return respond
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
