@@ -133,6 +133,15 @@ class Assistant:
     def index_info(self) -> dict:
         return self._index.info()
 
+    def similar_papers(self, paper_id: str, k: int = 5) -> list[tuple[Paper, float]]:
+        """The papers nearest to this one by paper vector (the mean of its chunks), with their cosine."""
+        vectors = self._index.paper_vectors([paper_id])
+        if paper_id not in vectors:
+            return []
+        near = self._index.nearest_papers(vectors[paper_id], k + 1)
+        out = [(self._index.get(p.paper_id), p.similarity) for p in near if p.paper_id != paper_id]
+        return [(paper, sim) for paper, sim in out if paper is not None][:k]
+
     def search(self, question: str, top_k: int | None = None, mode: str | None = None) -> list[Hit]:
         return self._retriever.search(check_question(question, self.settings.max_question_chars), top_k, mode)
 
@@ -187,6 +196,7 @@ class Assistant:
             else:
                 plan = _Plan(plan.use_llm, _join(*run.notes, plan.notice))
         if found is None:
+            yield StreamEvent("stage", "retrieving…")
             found = self._gather(query, top_k, mode, paper_ids, listing, plan.use_llm)
             if (found.judgement is not None and found.judgement.abstain and history and query == question
                     and found.judgement.features.terms):
@@ -196,6 +206,8 @@ class Assistant:
                 if not again.judgement.abstain:
                     query, found = topical, again
         t_retrieve = (time.perf_counter() - t0) * 1000
+        if not found.abstain and found.evidence is None:
+            yield StreamEvent("stage", f"reading {len(found.sources)} paper{'s' if len(found.sources) != 1 else ''}…")
         base = dict(question=question, sources=found.sources, standalone_question=query if query != question else None,
                     judgement=found.judgement_dict(), more_papers=found.more, stages=run.stages,
                     evidence=[j.public() for j in found.evidence or []])
@@ -382,7 +394,8 @@ class Assistant:
                 if used + cost > self.settings.context_tokens and sources:
                     break
                 used += cost
-            sources.append(Source(i, hit.paper_id, hit.title, hit.snippet, hit.score, paper.abstract, paper.url))
+            sources.append(Source(i, hit.paper_id, hit.title, hit.snippet, hit.score, paper.abstract, paper.url,
+                                  hit.similarity))
         return sources
 
     def _extractive(self, question, found: "_Found", base, plan, t_retrieve, t1, started) -> Answer:

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("mcp", help="serve the index as MCP tools over stdio (search_papers, ask, get_paper)")
     s = sub.add_parser("doctor", help="check every part of the index and say what `rag ingest` would repair")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s = sub.add_parser("feedback", help="what users rated in the UI: export it as a draft eval dataset")
+    fsub = s.add_subparsers(dest="feedback_command", required=True, parser_class=_Parser)
+    e = fsub.add_parser("export", help="write the 👍/👎 feedback as draft eval-set lines (JSONL) for review")
+    e.add_argument("--out", type=Path, help="write to this file (default: standard output)")
+    e.add_argument("--rating", choices=["up", "down", "all"], default="all", help="which ratings to export")
+    e.add_argument("--feedback-file", type=Path, help="the feedback file (default DATA_DIR/feedback.jsonl)")
     sub.add_parser("bench", help="run the benchmarks (ingest, latency, embedding, scale); see `rag bench --help`")
 
     from rag.eval.cli import add_eval_parser
@@ -285,6 +291,32 @@ def cmd_doctor(args) -> int:
     return print_checks(run_checks(_settings(args)), args.json)
 
 
+def cmd_feedback(args) -> int:
+    """`rag feedback export`: draft dataset lines from DATA_DIR/feedback.jsonl (validated before writing)."""
+    from rag import feedback
+    from rag.eval.dataset import load_dataset
+
+    path = args.feedback_file or feedback.feedback_path(_settings(args))
+    entries, problems = feedback.load(path)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    ratings = feedback.RATINGS if args.rating == "all" else (args.rating,)
+    lines = feedback.draft_dataset(entries, ratings)
+    if not lines:
+        raise ConfigError(f"nothing to export: {len(entries)} rated answers in {path}, none usable with --rating {args.rating}")
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    if args.out:
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        load_dataset(tmp, strict=True)  # what we write must load as a dataset
+        tmp.replace(args.out)
+        print(f"wrote {len(lines)} draft questions from {len(entries)} rated answers to {args.out}; review them "
+              "(notes say what to check) before adding them to a dataset", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_mcp(args) -> int:
     from rag.mcp_server import serve
 
@@ -292,7 +324,8 @@ def cmd_mcp(args) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui, "mcp": cmd_mcp, "doctor": cmd_doctor}
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "ask": cmd_ask, "chat": cmd_chat, "ui": cmd_ui, "mcp": cmd_mcp, "doctor": cmd_doctor,
+            "feedback": cmd_feedback}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,7 @@ class Source:
     score: float
     abstract: str = ""
     url: str | None = None
+    similarity: float | None = None  # cosine of the question and the paper's best chunk, when known
 
     def public(self) -> dict:
         return {
@@ -93,6 +94,8 @@ class Source:
             "title": self.title,
             "snippet": self.snippet,
             "score": round(float(self.score), 6),
+            "similarity": round(float(self.similarity), 4) if self.similarity is not None else None,
+            "url": self.url,
         }
 
 

@@ -59,7 +59,9 @@ def test_a_never_ending_stream_gives_an_extractive_answer_within_the_deadline(as
     events = list(assistant(deadline=2.5).ask_stream(QUESTION))
     took = time.monotonic() - started
     answer = _final(events)
-    assert took < 5.0
+    # the stream is 60 s long: ending near the 2.5 s deadline (plus retrieval and the extractive answer on
+    # a possibly busy 2-core machine) is what is checked, not a speed
+    assert took < 7.0
     assert answer.mode == "extractive" and answer.citations
     assert "RAG_LLM_DEADLINE" in answer.notice and "extractive" in answer.notice
     if misbehave == "trickle":  # tokens were shown: the UI is told to discard them

@@ -134,28 +134,33 @@ def _open(page, url):
 
 
 _TIMER_JS = """() => {
-  // first = the newest assistant message shows streamed text; final = a new sources panel (data-turn)
+  // first = the newest answer shows text (streamed or final); final = one more finished turn, nothing running
   const t = {start: null, first: null, final: null};
   window.__t = t;
-  const panel = () => document.querySelector('#rag-sources [data-turn]');
-  const turn0 = panel() ? panel().dataset.turn : null;
-  const bots0 = document.querySelectorAll('#rag-chat [data-testid="bot"]').length;
-  document.querySelector('#rag-send').addEventListener('click', () => { t.start = performance.now(); }, {capture: true});
+  const conv = () => document.querySelector('#rag-conv .rag-conv');
+  const turns0 = conv() ? Number(conv().dataset.turns) : 0;
+  const start = () => { if (t.start === null) t.start = performance.now(); };
+  document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('#rag-send')) start(); }, {capture: true});
+  document.addEventListener('keydown', (e) => { if (e.key === 'Enter' && e.target.closest && e.target.closest('#rag-question')) start(); }, {capture: true});
   const check = () => {
-    if (t.start === null) return;
-    const bots = document.querySelectorAll('#rag-chat [data-testid="bot"]');
-    const last = bots.length > bots0 ? bots[bots.length - 1] : null;
-    if (t.first === null && last && /\\w/.test(last.innerText) && !last.innerText.includes('Searching the papers')) {
-      t.first = performance.now();
+    const c = conv();
+    if (t.start === null || !c) return;
+    const articles = c.querySelectorAll('article.rag-turn');
+    const last = articles.length > turns0 ? articles[articles.length - 1] : null;
+    const text = last && last.querySelector('.rag-answer');
+    if (t.first === null && text && /\\w/.test(text.innerText)) t.first = performance.now();
+    if (t.final === null && Number(c.dataset.turns) > turns0 && c.dataset.busy === '0') {
+      if (t.first === null) t.first = performance.now();
+      t.final = performance.now();
     }
-    if (t.final === null && panel() && panel().dataset.turn !== turn0) t.final = performance.now();
   };
   new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
 }"""
 
 
 def _ask_timed(page, question: str) -> tuple[float, float]:
-    """Type, click Send, and return (seconds to first streamed text, seconds to the final answer)."""
+    """Type, click Send, and return (seconds to first answer text, seconds to the final answer)."""
+    page.wait_for_selector("#rag-send", state="visible")  # the previous answer has finished
     page.evaluate(_TIMER_JS)
     page.fill("#rag-question textarea", question)
     page.click("#rag-send")
@@ -164,8 +169,32 @@ def _ask_timed(page, question: str) -> tuple[float, float]:
     return (t["first"] - t["start"]) / 1000, (t["final"] - t["start"]) / 1000
 
 
-def _bot_texts(page) -> list[str]:
-    return page.locator('#rag-chat [data-testid="bot"]').all_inner_texts()
+def _turns(page) -> int:
+    return int(page.get_attribute("#rag-conv .rag-conv", "data-turns"))
+
+
+def _wait_turns(page, n: int) -> None:
+    page.wait_for_selector(f"#rag-conv .rag-conv[data-turns='{n}'][data-busy='0']", timeout=WAIT_MS)
+
+
+def _scroll_conversation_to_top(page) -> None:
+    page.evaluate(
+        "document.querySelectorAll('#rag-conv, #rag-conv *').forEach(e => {"
+        " if (e.scrollHeight > e.clientHeight + 4 && /(auto|scroll)/.test(getComputedStyle(e).overflowY)) e.scrollTop = 0; })"
+    )
+
+
+def _screenshot(page, name: str, docs_name: str) -> None:
+    """Save a screenshot in test-artifacts/ and, when asked (UPDATE_DOCS_SCREENSHOT=1) or missing, in docs/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shot), full_page=False)
+    docs = REPO_ROOT / "docs" / docs_name
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1" or not docs.exists():
+        docs.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, docs)
 
 
 # ------------------------------------------------------------------ 1. the /ask API
@@ -212,72 +241,208 @@ def test_browser_chat_streams_cited_answer_with_sources(real_app, page):
     _open(page, url)
     status = page.inner_text("#rag-status")
     assert "papers" in status and ("embedded" in status or "server" in status)
+    assert not page.is_visible("#rag-stop")  # Stop only while an answer runs
 
     first, final = _ask_timed(page, ERASURE_Q)
     print(f"\nUI timings (warm, {'LLM' if app.rag_assistant.has_llm else 'extractive'}): "
-          f"first streamed text {first:.2f}s, final answer {final:.2f}s after submit")
+          f"first answer text {first:.2f}s, final answer {final:.2f}s after submit")
 
-    answer = page.locator('#rag-chat [data-testid="bot"]').last
-    cites = answer.locator("sup.rag-cite")
+    answer = page.locator("#turn-1 .rag-answer")
+    cites = answer.locator("a.rag-cite")
     assert cites.count() >= 1
+    assert cites.first.get_attribute("href") == "#src-1-1"
     tooltips = [cites.nth(i).get_attribute("title") for i in range(cites.count())]
     assert any(_is_erasure_title(t) for t in tooltips), tooltips
     assert any(t.split("] ", 1)[1] in answer.inner_text() for t in tooltips)  # the titles are shown, not only hovered
+    assert page.locator("#turn-1 .rag-conf").inner_text().endswith("confidence")  # a label, not a raw score
     panel = page.locator("#rag-sources")
     titles = panel.locator(".rag-src-title").all_inner_texts()
     assert titles and any(_is_erasure_title(t) for t in titles), titles
     assert panel.locator("mark").count() >= 1  # the quoted sentence is highlighted
-    assert "score" in panel.inner_text()
+    scores = panel.locator("details.rag-scores").first
+    assert not scores.locator("small").is_visible()  # raw scores only behind a toggle
+    assert not page.is_visible("#rag-stop")
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "ui.png"
-    page.wait_for_timeout(1000)  # let the chat settle (autoscroll) before scrolling it back up
-    page.evaluate(  # show the question and the start of the answer rather than its end
-        "document.querySelectorAll('#rag-chat, #rag-chat *').forEach(e => {"
-        " if (e.scrollHeight > e.clientHeight + 4 && /(auto|scroll)/.test(getComputedStyle(e).overflowY)) e.scrollTop = 0; })"
-    )
-    page.mouse.move(5, 5)
-    page.wait_for_timeout(300)
-    page.screenshot(path=str(shot), full_page=False)
-    docs = REPO_ROOT / "docs" / "screenshot.png"
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1" or not docs.exists():
-        docs.parent.mkdir(exist_ok=True)
-        shutil.copyfile(shot, docs)
+    page.wait_for_timeout(500)
+    _scroll_conversation_to_top(page)
+    _screenshot(page, "ui.png", "screenshot.png")
 
 
 @pytest.mark.browser
-def test_browser_follow_up_export_and_new_chat(real_app, page):
+def test_browser_citation_in_an_earlier_answer_shows_that_answers_source(real_app, page):
+    _, url = real_app
+    _open(page, url)
+    _ask_timed(page, ERASURE_Q)
+    _ask_timed(page, "sparse autoencoders for interpretability")
+    assert page.is_visible("section.rag-turn-src[data-turn='2'] .rag-src")  # the newest answer's sources
+    cite = page.locator("#turn-1 a.rag-cite[data-n='2']").first
+    title = cite.get_attribute("title").split("] ", 1)[1]
+    cite.click()
+    page.wait_for_function("location.hash === '#src-1-2'")
+    card = page.locator("#src-1-2")
+    assert card.is_visible() and "rag-target" in card.get_attribute("class")
+    assert page.evaluate("document.activeElement.id") == "src-1-2"
+    assert title in card.locator(".rag-src-title").inner_text()
+    assert card.locator("mark").count() >= 1  # its quoted sentence, highlighted
+    assert not page.is_visible("section.rag-turn-src[data-turn='2']")  # the second answer's sources step aside
+    page.click("#rag-sources .rag-src-nav button[data-show='2']")
+    assert page.is_visible("section.rag-turn-src[data-turn='2']") and not page.is_visible("#src-1-2")
+    # a title opens the paper view
+    page.locator("section.rag-turn-src[data-turn='2'] .rag-src-title a.rag-paper-link").first.click()
+    page.wait_for_selector("#rag-paper .rag-paper-title")
+    assert page.locator("#rag-paper .rag-similar li").count() >= 3  # similar papers by paper vector
+    before = page.inner_text("#rag-paper .rag-paper-title")
+    page.locator("#rag-paper .rag-similar a.rag-paper-link").first.click()
+    page.wait_for_function(f"document.querySelector('#rag-paper .rag-paper-title').innerText !== {json.dumps(before)}")
+
+
+@pytest.mark.browser
+def test_browser_follow_up_export_clear_and_ask_as_new(real_app, page):
     _, url = real_app
     _open(page, url)
     _ask_timed(page, ERASURE_Q)
     _ask_timed(page, "which of them use adversarial training?")
-    bots = _bot_texts(page)
-    assert len(bots) == 2 and bots[1].strip()
+    assert _turns(page) == 2
+    assert page.locator("#turn-2 .rag-searched").count() == 1  # a follow-up: rewritten with the topic, and says so
 
     with page.expect_download() as dl:
         page.click("#rag-export")
     text = Path(dl.value.path()).read_text(encoding="utf-8")
     assert text.startswith("# Paper RAG conversation")
-    assert ERASURE_Q in text and "which of them use adversarial training?" in text
+    assert ERASURE_Q in text and "which of them use adversarial training?" in text and "**References**" in text
+    assert "<sup" not in text and "<a " not in text
 
-    page.click("#rag-new")
-    page.wait_for_function("document.querySelectorAll('#rag-chat [data-testid=\"bot\"]').length === 0")
+    # "ask as a new question" replaces the rewritten turn with the question as typed
+    page.click("#turn-2 [data-action='ask-new']")
+    page.wait_for_function("(() => { const c = document.querySelector('#rag-conv .rag-conv');"
+                           " return c && c.dataset.busy === '0' && c.dataset.turns === '2'"
+                           " && document.querySelector('#turn-2 .rag-searched') === null; })()")
+    assert "adversarial" in page.inner_text("#turn-2 .rag-q")
+
+    page.click("#rag-clear")
+    page.wait_for_selector("#rag-conv .rag-conv[data-turns='0']")
     assert page.locator("#rag-sources .rag-src").count() == 0
+    assert page.locator("#rag-export").is_disabled()
+    page.evaluate("window.__srcBefore = null; new MutationObserver(() => {"
+                  " const c = document.querySelector('#rag-conv .rag-conv');"
+                  " if (c && c.dataset.busy === '1' && window.__srcBefore === null)"
+                  "   window.__srcBefore = document.querySelectorAll('#rag-sources .rag-src').length;"
+                  "}).observe(document.body, {subtree: true, childList: true, attributes: true})")
+    _ask_timed(page, "which of them use adversarial training?")
+    assert page.evaluate("window.__srcBefore") == 0  # an empty sources panel while it ran
+    assert page.locator("#turn-1 .rag-searched").count() == 0  # no previous topic after Clear
 
 
 @pytest.mark.browser
-def test_browser_llm_option_disabled_without_endpoint(real_app, page):
-    app, url = real_app
-    if app.rag_assistant.has_llm:
-        pytest.skip("an LLM endpoint is configured")
+def test_browser_copy_gives_markdown_without_html(real_app, browser):
+    _, url = real_app
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url.rstrip("/"))
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    try:
+        _open(page, url)
+        _ask_timed(page, ERASURE_Q)
+        page.click("#turn-1 [data-action='copy']")
+        page.wait_for_function("window.ragLastCopy !== undefined")
+        copied = page.evaluate("navigator.clipboard.readText()")
+        assert copied == page.evaluate("window.ragLastCopy")
+        assert "[1]" in copied and "**References**" in copied and "- [1] " in copied
+        assert not __import__("re").search(r"<[a-zA-Z/]", copied)  # no HTML tags
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_browser_empty_question_is_blocked(real_app, page):
+    _, url = real_app
     _open(page, url)
-    assert "extractive (no LLM configured)" in page.inner_text("#rag-status")
+    page.fill("#rag-question textarea", "   ")
+    page.wait_for_function("document.querySelector('#rag-send').disabled === true")
+    page.press("#rag-question textarea", "Enter")
+    page.wait_for_timeout(1500)
+    assert _turns(page) == 0 and page.locator("#rag-conv article").count() == 0
+    page.fill("#rag-question textarea", "sparse autoencoders")
+    page.wait_for_function("document.querySelector('#rag-send').disabled === false")
+
+
+@pytest.mark.browser
+def test_browser_feedback_lands_in_the_file_and_exports_as_a_dataset(real_app, page, tmp_path):
+    from conftest import run_cli
+
+    from rag.eval.dataset import load_dataset
+
+    app, url = real_app
+    app.rag_controller.feedback_file = tmp_path / "feedback.jsonl"  # not the shared test index
+    _open(page, url)
+    _ask_timed(page, ERASURE_Q)
+    page.click("#turn-1 [data-action='up']")
+    page.wait_for_selector("#turn-1 .rag-fb.rag-on[data-action='up']")
+    page.fill("#turn-1 .rag-comment textarea", "all erasure papers, good")
+    page.click("#turn-1 [data-action='comment']")
+    page.wait_for_function("document.querySelector('#turn-1 .rag-comment').innerText.includes('comment are saved')")
+    lines = [json.loads(x) for x in (tmp_path / "feedback.jsonl").read_text().splitlines()]
+    assert [x["rating"] for x in lines] == ["up", "up"] and lines[1]["comment"] == "all erasure papers, good"
+    assert lines[0]["question"] == ERASURE_Q and lines[0]["citations"] and lines[0]["settings"]["mode"]
+    assert lines[0]["generation"] is not None and lines[0]["sources"]
+    out = tmp_path / "draft.jsonl"
+    r = run_cli("feedback", "export", "--feedback-file", tmp_path / "feedback.jsonl", "--out", out)
+    assert r.returncode == 0, r.stderr
+    ds = load_dataset(out, strict=True)
+    assert len(ds.questions) == 1 and any(_is_erasure_title(t) for t in ds.questions[0].gold_titles)
+
+
+@pytest.mark.browser
+def test_browser_reload_restores_conversation_and_settings(real_app, page):
+    _, url = real_app
+    _open(page, url)
     page.get_by_text("Answer settings").click()
-    radio = page.locator("#rag-answer-mode")
-    radio.wait_for()
-    assert "no LLM endpoint configured: set RAG_LLM_BASE_URL" in radio.inner_text()
-    llm_choice = radio.locator("input[type=radio][value=llm]")
-    assert llm_choice.is_disabled()
+    page.locator("#rag-mode input[value='bm25']").check()
+    page.wait_for_timeout(500)
+    _ask_timed(page, ERASURE_Q)
+    cited = page.locator("#rag-sources .rag-src-title").first.inner_text()
+    page.reload(wait_until="domcontentloaded")
+    _wait_turns(page, 1)
+    assert ERASURE_Q in page.inner_text("#turn-1 .rag-q")
+    assert page.locator("#rag-sources .rag-src-title").first.inner_text() == cited
+    page.get_by_text("Answer settings").click()
+    assert page.locator("#rag-mode input[value='bm25']").is_checked()
+    assert not page.locator("#rag-export").is_disabled()
+    page.click("#rag-new")
+    page.wait_for_selector("#rag-conv .rag-conv[data-turns='0']")
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector("#rag-conv .rag-conv")
+    page.wait_for_timeout(1000)
+    assert _turns(page) == 0  # New chat cleared the saved conversation too
+
+
+@pytest.mark.browser
+def test_browser_narrow_screen_keeps_input_visible_and_sources_reachable(real_app, browser):
+    _, url = real_app
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    try:
+        _open(page, url)
+        _ask_timed(page, ERASURE_Q)
+        _ask_timed(page, "sparse autoencoders for interpretability")
+        page.evaluate("window.scrollTo(0, 0)")
+        box = page.locator("#rag-question textarea").bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 844, box  # on screen without scrolling
+        send = page.locator("#rag-send").bounding_box()
+        assert abs(send["y"] - box["y"]) < 40  # Send sits beside the input, not on its own row
+        assert not page.is_visible("#rag-side") and not page.is_visible("#rag-stop")
+        page.locator("#turn-1 a.rag-cite[data-n='1']").first.click()
+        page.wait_for_function("location.hash === '#src-1-1'")
+        assert page.is_visible("#src-1-1-m") and "rag-target" in page.get_attribute("#src-1-1-m", "class")
+        page.locator("#turn-2 details.rag-inline-sources > summary").scroll_into_view_if_needed()
+        page.locator("#turn-2 details.rag-inline-sources > summary").click()
+        assert page.locator("#turn-2 details.rag-inline-sources .rag-src").first.is_visible()
+        page.evaluate("window.scrollTo(0, 0)")
+        _scroll_conversation_to_top(page)
+        _screenshot(page, "ui-mobile.png", "screenshot-mobile.png")
+    finally:
+        context.close()
 
 
 # ------------------------------------------------------------------ 3. hostile titles stay text
@@ -291,11 +456,14 @@ def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
     try:
         _open(page, _serve(app))
         _ask_timed(page, ZEBRA_Q)
-        answer = page.locator('#rag-chat [data-testid="bot"]').last
+        answer = page.locator("#turn-1 .rag-answer")
         assert EVIL in answer.inner_text()
         assert EVIL in page.locator("#rag-sources .rag-src-title").first.inner_text()
+        page.click("#turn-1 [data-action='copy']")
+        page.wait_for_function("window.ragLastCopy !== undefined")
+        assert EVIL.replace("<", "\\<") in page.evaluate("window.ragLastCopy")  # Markdown that forms no tag
         assert page.evaluate("typeof window.__pwned") == "undefined"
-        assert page.locator("#rag-chat img[src=x], #rag-sources img[src=x]").count() == 0
+        assert page.locator("#rag-conv img[src=x], #rag-sources img[src=x]").count() == 0
 
         # the Papers tab: table, paper view, and a chat scoped to the selected paper
         page.get_by_role("tab", name="Papers").click()
@@ -306,6 +474,7 @@ def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
         assert EVIL in page.inner_text("#rag-paper .rag-paper-title")
         page.click("#rag-ask-paper")
         page.wait_for_selector("#rag-sources .rag-src")
+        _wait_turns(page, 1)
         page.wait_for_function("document.querySelector('#rag-scope') && document.querySelector('#rag-scope').innerText.includes('Evil')")
         assert EVIL in page.inner_text("#rag-scope")
         assert len(page.locator("#rag-sources .rag-src").all()) == 1  # only the scoped paper
@@ -345,16 +514,19 @@ def test_browser_llm_tokens_stream_then_verified_answer(tiny_settings, page):
         page.fill("#rag-question textarea", ZEBRA_Q)
         page.click("#rag-send")
         page.wait_for_function(
-            "(() => { const b = document.querySelectorAll('#rag-chat [data-testid=\"bot\"]');"
-            " return b.length && b[b.length-1].innerText.includes('Zebra stripe') && !b[b.length-1].innerText.includes('llamas'); })()"
+            "(() => { const a = document.querySelector('#rag-conv .rag-pending .rag-answer');"
+            " return a && a.innerText.includes('Zebra stripe') && !a.innerText.includes('llamas'); })()"
         )  # a partial answer is on screen
+        assert page.is_visible("#rag-stop") and not page.is_visible("#rag-send")  # Stop while it runs
         page.wait_for_function("window.__t.final !== null")
         t = page.evaluate("window.__t")
         assert t["first"] < t["final"] - 500  # tokens arrived well before the verified answer
-        final = page.locator('#rag-chat [data-testid="bot"]').last
-        assert final.locator("sup.rag-cite").first.get_attribute("title") == f"[1] {EVIL}"
-        assert "Cited papers" in final.inner_text() and EVIL in final.inner_text()
+        page.wait_for_selector("#rag-send", state="visible")
+        assert not page.is_visible("#rag-stop")
+        final = page.locator("#turn-1")
+        assert final.locator("a.rag-cite").first.get_attribute("title") == f"[1] {EVIL}"
         assert "Zebra stripe camouflage confuses quantum llamas" in final.inner_text()
+        assert EVIL in page.locator("#rag-sources .rag-src-title").first.inner_text()
         assert page.evaluate("typeof window.__pwned") == "undefined"
     finally:
         app.close()
@@ -414,10 +586,10 @@ def test_browser_too_long_question_gets_a_friendly_message(real_app, page):
     page.fill("#rag-question textarea", "why " * (limit // 4 + 50))
     page.click("#rag-send")
     page.wait_for_function(
-        "(() => { const b = document.querySelectorAll('#rag-chat [data-testid=\"bot\"]');"
-        " return b.length && b[b.length-1].innerText.includes('the limit is'); })()"
+        "(() => { const e = document.querySelector('#rag-conv .rag-error');"
+        " return e && e.innerText.includes('the limit is'); })()"
     )
-    text = _bot_texts(page)[-1]
+    text = page.inner_text("#rag-conv .rag-error")
     assert f"the limit is {limit:,}" in text and "shorten it" in text
     assert "Traceback" not in page.inner_text("body")
     assert page.input_value("#rag-question textarea").startswith("why why")  # kept, to be shortened
