@@ -5,6 +5,7 @@ Vectors are always passed in (never Chroma's default embedding function, which d
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,11 @@ class PaperVector:
 
 
 PAPERS_SUFFIX = "-papers"
+# HNSW's search breadth. Chroma's default (100) left dense results depending on float-level differences
+# between equal models (one test-split question moved from rank 1 to 4 when the same vectors came back
+# through an embedding server); 200 (4x the 50 candidates asked for) gives the same results as exact
+# search (ef 1000) on both dev-set splits. Not tuned for quality: it removes approximation error.
+EF_SEARCH = 200
 
 
 class ChromaStore:
@@ -110,9 +116,15 @@ class ChromaStore:
 
     def _collections(self):
         def get(name):
-            return self._client.get_or_create_collection(
-                name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+            col = self._client.get_or_create_collection(
+                name, embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": EF_SEARCH}}
             )
+            try:  # collections made before EF_SEARCH was set keep Chroma's default (100) until modified
+                if (col.configuration_json or {}).get("hnsw", {}).get("ef_search", EF_SEARCH) < EF_SEARCH:
+                    col.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
+            except Exception as exc:  # noqa: BLE001 - an old server without the field: its default stays
+                log.info("cannot raise ef_search of %s: %s", name, exc)
+            return col
 
         return get(self.collection_name), get(self.collection_name + PAPERS_SUFFIX)
 
@@ -282,6 +294,37 @@ def remember_verified(data_dir: Path) -> None:
             (Path(data_dir) / "chroma.verified").write_text(_segment_signature(chroma_dir))
         except OSError:
             pass
+
+
+COUNTS = "chroma.counts"
+
+
+def _files_signature(chroma_dir: Path) -> str:
+    """Size and modification time of every file of the embedded store."""
+    return "\n".join(f"{p.relative_to(chroma_dir)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                     for p in sorted(chroma_dir.rglob("*")) if p.is_file())
+
+
+def remember_counts(data_dir: Path, chunks: int, papers: int) -> None:
+    """Record the vector counts of the embedded store an ingest just closed, with its files' signature."""
+    chroma_dir = Path(data_dir) / "chroma"
+    try:
+        (Path(data_dir) / COUNTS).write_text(json.dumps(
+            {"chunks": chunks, "papers": papers, "files": _files_signature(chroma_dir)}))
+    except OSError:
+        pass
+
+
+def recorded_counts(data_dir: Path) -> tuple[int, int] | None:
+    """(chunk vectors, paper vectors) as recorded by the last ingest, if not one file of the store changed
+    since (any change, a reader's included, means counting again); else None."""
+    try:
+        got = json.loads((Path(data_dir) / COUNTS).read_text())
+        if got["files"] == _files_signature(Path(data_dir) / "chroma"):
+            return int(got["chunks"]), int(got["papers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def probe_embedded(data_dir: Path, collection: str) -> str | None:
