@@ -20,6 +20,9 @@ import pytest
 from conftest import free_port
 
 from rag.embeddings import HashEmbedder
+from rag.eval.bench_ui import (
+    TIMER_JS as _TIMER_JS,  # one timer for the benchmark and the tests
+)
 from rag.settings import load_settings, repo_root
 
 REPO_ROOT = repo_root()
@@ -133,29 +136,6 @@ def _open(page, url):
     page.wait_for_selector("#rag-question textarea")
 
 
-_TIMER_JS = """() => {
-  // first = the newest answer shows text (streamed or final); final = one more finished turn, nothing running
-  const t = {start: null, first: null, final: null};
-  window.__t = t;
-  const conv = () => document.querySelector('#rag-conv .rag-conv');
-  const turns0 = conv() ? Number(conv().dataset.turns) : 0;
-  const start = () => { if (t.start === null) t.start = performance.now(); };
-  document.addEventListener('click', (e) => { if (e.target.closest && e.target.closest('#rag-send')) start(); }, {capture: true});
-  document.addEventListener('keydown', (e) => { if (e.key === 'Enter' && e.target.closest && e.target.closest('#rag-question')) start(); }, {capture: true});
-  const check = () => {
-    const c = conv();
-    if (t.start === null || !c) return;
-    const articles = c.querySelectorAll('article.rag-turn');
-    const last = articles.length > turns0 ? articles[articles.length - 1] : null;
-    const text = last && last.querySelector('.rag-answer');
-    if (t.first === null && text && /\\w/.test(text.innerText)) t.first = performance.now();
-    if (t.final === null && Number(c.dataset.turns) > turns0 && c.dataset.busy === '0') {
-      if (t.first === null) t.first = performance.now();
-      t.final = performance.now();
-    }
-  };
-  new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
-}"""
 
 
 def _ask_timed(page, question: str) -> tuple[float, float]:
