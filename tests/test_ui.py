@@ -508,6 +508,16 @@ def test_browser_llm_tokens_stream_then_verified_answer(tiny_settings, page):
         assert "Zebra stripe camouflage confuses quantum llamas" in final.inner_text()
         assert EVIL in page.locator("#rag-sources .rag-src-title").first.inner_text()
         assert page.evaluate("typeof window.__pwned") == "undefined"
+
+        # Stop cancels an answer mid-stream: the unfinished turn goes, Send comes back
+        page.fill("#rag-question textarea", "and zebra llamas again?")
+        page.click("#rag-send")
+        page.wait_for_selector("#rag-conv .rag-pending .rag-answer")
+        page.click("#rag-stop")
+        page.wait_for_selector("#rag-send", state="visible")
+        page.wait_for_selector("#rag-conv .rag-conv[data-busy='0'][data-turns='1']")
+        page.wait_for_timeout(3000)  # the cancelled answer would have finished by now
+        assert _turns(page) == 1 and page.locator("#rag-conv .rag-pending").count() == 0
     finally:
         app.close()
 

@@ -587,7 +587,6 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
         conv.select(quick, turns_state, quick_outputs, queue=False, **private)
         sources.select(quick, turns_state, quick_outputs, queue=False, **private)
         paper_html.select(open_similar, None, [paper_html, selected_state, ask_paper], queue=False, **private)
-        stop.click(idle, None, cancels=runs, **toggles)
 
         reset_outputs = [turns_state, conv, sources, scope_state, download, question]
         for button in (new_btn, clear_btn):
@@ -617,6 +616,9 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
             respond, chat_inputs, chat_outputs, **answering, **private)
         scoped_run.then(idle, None, **toggles)
         runs.append(scoped_run)
+        # Stop: cancel the answer (registered after every answering event) and drop the unfinished turn
+        stop.click(lambda turns: (*idle(), ctl.conversation(turns)), turns_state, [send, stop, conv],
+                   cancels=runs, queue=False, **private)
         refresh.click(lambda: load_eval_report(eval_path), None, [eval_head, eval_imgs, eval_full], queue=False,
                       **private)
 
