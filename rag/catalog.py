@@ -17,7 +17,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from rag.corpus import LineDigest
 from rag.errors import IndexCorruptError
+from rag.lexical import expression
 from rag.records import Chunk, Paper
 from rag.text import content_terms
 
@@ -30,6 +32,7 @@ CREATE TABLE IF NOT EXISTS terms (term TEXT PRIMARY KEY, df INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, paper_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_paper ON chunks (paper_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5 (tokens, tokenize = 'unicode61 remove_diacritics 0');
+CREATE TABLE IF NOT EXISTS lines (key TEXT PRIMARY KEY, digest TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -38,6 +41,24 @@ def _corrupt(path: Path, exc: Exception) -> IndexCorruptError:
         f"the index catalog {path} is unreadable ({exc.__class__.__name__}: {exc}): run `rag ingest` to rebuild it "
         "(vectors are reused from the cache)"
     )
+
+
+def _varints(blob: bytes) -> list[int]:
+    """SQLite varints (FTS5's record format for its totals and document sizes)."""
+    out, i = [], 0
+    while i < len(blob):
+        value = 0
+        for k in range(9):
+            byte = blob[i]
+            i += 1
+            if k == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                break
+        out.append(value)
+    return out
 
 
 class Catalog:
@@ -57,6 +78,7 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             raise _corrupt(self.path, exc) from None
         self._lock = threading.RLock()
+        self._vocab = False
 
     def close(self) -> None:
         with self._lock:
@@ -89,6 +111,27 @@ class Catalog:
     def paper_hashes(self) -> dict[str, str]:
         return dict(self._query("SELECT paper_id, hash FROM papers"))
 
+    def paper_sources(self, paper_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """paper_id -> the corpus files it is listed in, for these papers (those in the catalog)."""
+        ids = list(paper_ids)
+        out = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            sql = (f"SELECT paper_id, json_extract(record, '$.sources') FROM papers WHERE paper_id IN "
+                   f"({','.join('?' * len(part))})")
+            out.update({pid: tuple(json.loads(sources or "[]")) for pid, sources in self._query(sql, part)})
+        return out
+
+    def scanned_lines(self) -> dict[str, LineDigest]:
+        """The corpus lines parsed by earlier ingests (rag.corpus.line_key -> digest), so that an ingest of a
+        large JSONL parses only its new lines."""
+        try:
+            return {key: LineDigest.loads(d) for key, d in self._query("SELECT key, digest FROM lines")}
+        except IndexCorruptError:
+            raise
+        except (TypeError, ValueError):
+            return {}  # an unexpected row: forget them all (they are only a cache)
+
     def count_papers(self) -> int:
         return self._query("SELECT count(*) FROM papers")[0][0]
 
@@ -102,11 +145,40 @@ class Catalog:
         rows = self._query("SELECT df FROM terms WHERE term = ?", (term,))
         return rows[0][0] if rows else 0
 
+    def term_rows(self, term: str) -> int:
+        """Lexical rows (chunks) containing the token `term` (FTS5's own posting statistics)."""
+        with self._lock:
+            if not self._vocab:
+                # a view of the FTS5 index in the connection's temp schema: nothing is written to the file
+                self._query("CREATE VIRTUAL TABLE IF NOT EXISTS temp.lexical_vocab USING fts5vocab(main, 'lexical', 'row')")
+                self._vocab = True
+            rows = self._query("SELECT doc FROM temp.lexical_vocab WHERE term = ?", (term,))
+        return rows[0][0] if rows else 0
+
     def lexical(self, match: str, n: int) -> list[tuple[str, float]]:
         """(chunk_id, BM25 score) for an FTS5 MATCH expression, best first (scores positive)."""
         sql = ("SELECT c.chunk_id, -bm25(lexical) FROM lexical JOIN chunks c ON c.id = lexical.rowid "
                "WHERE lexical MATCH ? ORDER BY bm25(lexical) LIMIT ?")
         return [(cid, float(score)) for cid, score in self._query(sql, (match, n))]
+
+    def lexical_candidates(self, terms: list[str], n: int) -> list[tuple[str, float, str, int, set[str]]]:
+        """The `n` best rows for an OR of `terms`: (chunk_id, BM25 score over `terms`, lexical document, length
+        in tokens, `terms`), for rag.lexical.bm25_scores to add the other terms of the query."""
+        sql = ("WITH top AS (SELECT rowid AS id, -bm25(lexical) AS score FROM lexical WHERE lexical MATCH ? "
+               "ORDER BY bm25(lexical) LIMIT ?) "
+               "SELECT c.chunk_id, top.score, l.tokens, d.sz FROM top JOIN lexical l ON l.rowid = top.id "
+               "JOIN lexical_docsize d ON d.id = top.id JOIN chunks c ON c.id = top.id")
+        found_by = set(terms)
+        return [(cid, float(score), doc, _varints(size)[0], found_by)
+                for cid, score, doc, size in self._query(sql, (expression(terms), n))]
+
+    def lexical_totals(self) -> tuple[int, int]:
+        """(rows, tokens) of the lexical index: FTS5's own totals (its "averages" record), which bm25() uses."""
+        rows = self._query("SELECT block FROM lexical_data WHERE id = 1")
+        if not rows:
+            return 0, 0
+        values = _varints(rows[0][0])
+        return values[0], values[1]
 
     def integrity(self) -> str:
         """SQLite's quick_check ("ok" when the file is sound)."""
@@ -137,7 +209,7 @@ class Writer:
         self._db = db
 
     def clear(self) -> None:
-        for table in ("papers", "terms", "chunks", "lexical", "meta"):
+        for table in ("papers", "terms", "chunks", "lexical", "meta", "lines"):
             self._db.execute(f"DELETE FROM {table}")
 
     def remove_papers(self, paper_ids: Iterable[str]) -> None:
@@ -173,6 +245,14 @@ class Writer:
         else:
             self._db.executemany("UPDATE terms SET df = df - 1 WHERE term = ?", [(t,) for t in terms])
             self._db.execute("DELETE FROM terms WHERE df <= 0")
+
+    def count_chunks(self) -> int:
+        return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+
+    def remember_lines(self, lines: dict[str, LineDigest], forget: Iterable[str] = ()) -> None:
+        """Record the digests of parsed corpus lines (new keys only), forgetting lines no longer in the corpus."""
+        self._db.executemany("DELETE FROM lines WHERE key = ?", [(k,) for k in forget])
+        self._db.executemany("INSERT OR IGNORE INTO lines VALUES (?, ?)", [(k, d.dumps()) for k, d in lines.items()])
 
     def set_meta(self, values: dict) -> None:
         self._db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

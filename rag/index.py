@@ -127,6 +127,7 @@ class Index:
         self._cached_paper = lru_cache(maxsize=16384)(self._catalog.paper)
         self._terms = lru_cache(maxsize=16384)(self._paper_terms)
         self._df = lru_cache(maxsize=65536)(self._catalog.df)
+        self._term_rows = lru_cache(maxsize=65536)(self._catalog.term_rows)
 
     @classmethod
     def open(cls, settings, store=None, check_stale: bool = True) -> "Index":
@@ -184,6 +185,7 @@ class Index:
             self._cached_paper.cache_clear()
             self._terms.cache_clear()
             self._df.cache_clear()
+            self._term_rows.cache_clear()
             self._meta = meta
             self.stale = None
             log.info("switched to index generation %s", latest)
@@ -252,10 +254,19 @@ class Index:
 
     def lexical(self, query: str, n: int) -> list[tuple[str, float]]:
         """(chunk_id, BM25 score) best first."""
-        from rag.lexical import match_expression
+        from rag import lexical
 
-        expression = match_expression(query)
-        return self._catalog.lexical(expression, n) if expression else []
+        terms = lexical.query_terms(query)
+        rows = {t: self._term_rows(t) for t in terms}
+        present = [t for t in terms if rows[t]]
+        kept = lexical.within_budget(present, rows)
+        if not kept:
+            return []
+        if len(kept) == len(present):  # within the budget: exhaustive BM25
+            return self._catalog.lexical(lexical.expression(kept), n)
+        # over it: the rarest terms' best candidates, ranked by BM25 over all the terms (see rag.lexical)
+        candidates = self._catalog.lexical_candidates(kept, max(n, lexical.RESCORE_POOL))
+        return lexical.bm25_scores(candidates, present, rows, self._catalog.lexical_totals())[:n]
 
     # -- about -----------------------------------------------------------------------------
 

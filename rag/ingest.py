@@ -218,22 +218,33 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
     with ingest_lock(data_dir):
         catalog = _open_catalog(data_dir, report)
         own_store = store is None
+        recorded = None
+        if own_store and settings.chroma_url is None:
+            from rag.store import recorded_counts
+
+            recorded = recorded_counts(data_dir)  # read before a client opens (and may touch) the files
         if own_store:
             store = _open_store(settings, data_dir, report)
+        done = False
         try:
-            return _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress,
-                           report, started, tqdm)
+            result = _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress,
+                             report, started, tqdm, recorded)
+            done = True
+            return result
         finally:
             catalog.close()
             if own_store:
                 store.close()  # flushes the embedded store's files, so they can be recorded as good
                 if settings.chroma_url is None:
-                    from rag.store import remember_verified
+                    from rag.store import remember_counts, remember_verified
 
                     remember_verified(data_dir)
+                    if done:
+                        remember_counts(data_dir, report.chunks, report.papers)
 
 
-def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress, report, started, tqdm):
+def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress, report, started, tqdm,
+            recorded=None):
     published = catalog.meta()
     if published and published.get("version") != SCHEMA_VERSION:
         published = {}
@@ -250,7 +261,7 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
     if state and state.get("params") != params:
         state = None
     counts = published.get("counts", {}) if published else {}
-    healthy = bool(published) and _healthy(catalog, store, counts, report)
+    healthy = bool(published) and _healthy(catalog, store, counts, report, recorded)
     if healthy and not rebuild and state is None and published.get("corpus_fingerprint") == fingerprint and not report.repaired:
         report.papers = report.unchanged = counts.get("papers", 0)
         report.chunks = counts.get("chunks", 0)
@@ -259,7 +270,8 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
         report.seconds = time.perf_counter() - started
         return report
 
-    scan = scan_corpus(files, strict=strict)
+    known_lines = {} if rebuild else catalog.scanned_lines()
+    scan = scan_corpus(files, strict=strict, known=known_lines)
     report.entries, report.duplicates = scan.entries, scan.duplicates
     report.issues = [str(i) for i in scan.issues]
     cache = open_embedding_cache(settings.embed_cache_path or data_dir / "embed_cache.sqlite", report.repaired)
@@ -274,6 +286,11 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
     previously = dict(in_catalog)  # what readers saw: the report counts changes against it
     if rebuild or (not published and not state):
         stored = {} if rebuild else _legacy_stored(data_dir, params)
+        if stored and store.count_paper_vectors() < len(stored):
+            # the previous layout had no paper vectors: its chunk vectors cannot be kept without them
+            # (they are re-made from the embedding cache), or the upgraded index would not be whole
+            stored = {}
+            report.reason = "upgraded"
         report.rebuilt = bool(published) or rebuild
         report.reason = report.reason or ("rebuild requested" if rebuild else "upgraded" if stored
                                           else "repaired" if report.repaired else "new index")
@@ -305,11 +322,9 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
     new_state = {"params": params, "stored": stored}
     atomic_write(state_path, json.dumps(new_state))
 
-    chunker = Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
     todo = sum(1 for pid in hashes if pid not in stored)
     bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=None if progress and todo else True)
     batch: list = []
-    n_chunks = 0
 
     def flush() -> None:
         chunks = [c for _, paper_chunks in batch for c in paper_chunks]
@@ -324,21 +339,38 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
         bar.update(len(batch))
         batch.clear()
 
+    # Only papers with something to do are read again and chunked: new or changed ones, ones whose vectors
+    # are missing, and ones whose line changed or whose list of files did (their record is rewritten).
+    # An unchanged paper costs neither a parse nor the chunker (whose import alone takes seconds).
+    forgotten = [key for key in known_lines if key not in scan.lines]
+    gone = [pid for pid, h in in_catalog.items() if hashes.get(pid) != h]
+    gone_set = set(gone)
+    keep = {pid: h for pid, h in in_catalog.items() if pid not in gone_set}
+    # a paper keeps its list of files unless one of its lines is new (fresh) or gone (forgotten)
+    maybe_moved = {pid for key in forgotten for pid in (known_lines[key].title_id, known_lines[key].variant_id)}
+    maybe_moved &= keep.keys()
+    listed = catalog.paper_sources(maybe_moved) if maybe_moved else {}
+    need = [pid for pid in hashes if pid not in keep or pid not in stored or pid in scan.fresh
+            or (pid in listed and listed[pid] != scan.sources[pid])]
+    chunker = None
     generation = new_generation()
+    cleared = rebuild or not in_catalog
     with catalog.transaction() as tx:
-        if rebuild or not in_catalog:
+        if cleared:
             tx.clear()
-        gone = [pid for pid, h in in_catalog.items() if hashes.get(pid) != h]
         tx.remove_papers(gone)
-        keep = {pid: h for pid, h in in_catalog.items() if pid not in set(gone)}
-        for paper in iter_unique(scan):
+        for paper in iter_unique(scan, need):
+            pid = paper.paper_id
+            if pid in keep:
+                tx.update_sources(paper, hashes[pid])
+                if pid in stored:
+                    continue
+            if chunker is None:
+                chunker = Chunker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
             paper_chunks = chunker.chunk(paper)
-            n_chunks += len(paper_chunks)
-            if paper.paper_id not in keep:
-                tx.add_paper(paper, hashes[paper.paper_id], paper_chunks, [lexical.document(c.text) for c in paper_chunks])
-            else:
-                tx.update_sources(paper, hashes[paper.paper_id])
-            if paper.paper_id not in stored:
+            if pid not in keep:
+                tx.add_paper(paper, hashes[pid], paper_chunks, [lexical.document(c.text) for c in paper_chunks])
+            if pid not in stored:
                 batch.append((paper, paper_chunks))
                 if len(batch) >= PAPER_BATCH:
                     flush()
@@ -346,7 +378,11 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
             flush()
         bar.close()
         cache.close()
-        report.papers, report.chunks = len(hashes), n_chunks
+        if cleared:  # the line digests went with the rest: remember them all again
+            tx.remember_lines(scan.lines)
+        else:
+            tx.remember_lines({k: d for k, d in scan.lines.items() if k not in known_lines}, forget=forgotten)
+        report.papers, report.chunks = len(hashes), tx.count_chunks()
         tx.set_meta({
             "version": SCHEMA_VERSION,
             "generation": generation,
@@ -373,11 +409,15 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
     return report
 
 
-def _healthy(catalog: Catalog, store, counts: dict, report: IngestReport) -> bool:
-    """The catalog and the vector store agree with the published counts."""
+def _healthy(catalog: Catalog, store, counts: dict, report: IngestReport, recorded: tuple[int, int] | None = None) -> bool:
+    """The catalog and the vector store agree with the published counts.
+
+    `recorded`: the store's (chunk, paper) vector counts as the last ingest left its files, when they are
+    unchanged since (rag.store.recorded_counts); counting a large embedded store costs seconds."""
     try:
-        ok = (catalog.count_papers() == counts.get("papers") == store.count_paper_vectors()
-              and catalog.count_chunks() == counts.get("chunks") == store.count() == catalog.count_lexical())
+        chunk_vectors, paper_vectors = recorded if recorded else (store.count(), store.count_paper_vectors())
+        ok = (catalog.count_papers() == counts.get("papers") == paper_vectors
+              and catalog.count_chunks() == counts.get("chunks") == chunk_vectors == catalog.count_lexical())
     except IndexCorruptError:
         return False
     if not ok:

@@ -399,3 +399,74 @@ def test_published_metadata_has_params_counts_and_a_generation(settings):
     assert manifest["params"]["chunk_size"] == settings.chunk_size
     assert manifest["counts"] == {"papers": 20, "chunks": manifest["counts"]["chunks"]}
     assert manifest["corpus_fingerprint"]
+
+
+# ---------------------------------------------------------------- large JSONL files: only what changed is read
+
+
+def _jsonl(path: Path, papers: list[Paper], categories: str = "cs.LG") -> Path:
+    path.write_text("".join(json.dumps({"title": p.title, "abstract": p.abstract, "categories": categories}) + "\n"
+                            for p in papers))
+    return path
+
+
+def test_jsonl_append_and_remove_parse_only_new_lines(make_settings, tmp_path, small_papers, monkeypatch):
+    corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:15])
+    settings = make_settings(corpus=str(corpus))
+    run(settings)
+    import rag.corpus
+
+    parsed = []
+    real = rag.corpus._jsonl_object
+    monkeypatch.setattr(rag.corpus, "_jsonl_object", lambda *a: parsed.append(a[1]) or real(*a))
+    _jsonl(corpus, small_papers[:17])  # 2 appended
+    report = run(settings)
+    assert (report.added, report.removed, report.unchanged, report.papers) == (2, 0, 15, 17)
+    assert sorted(set(parsed)) == [16, 17]  # scanned and read again: the two new lines only
+    parsed.clear()
+    _jsonl(corpus, small_papers[2:17])  # the first two removed
+    report = run(settings)
+    assert (report.added, report.removed, report.papers) == (0, 2, 15)
+    assert parsed == []
+    assert_consistent(settings, load_corpus([corpus]).papers)
+
+
+def test_jsonl_metadata_change_updates_the_record_without_embedding(make_settings, tmp_path, small_papers):
+    corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:5])
+    settings = make_settings(corpus=str(corpus))
+    run(settings)
+    _jsonl(corpus, small_papers[:5], categories="cs.CV")  # same texts: same content hashes
+    emb = RecordingEmbedder()
+    report = run(settings, emb)
+    assert (report.added, report.changed, report.removed, report.unchanged) == (0, 0, 0, 5)
+    assert emb.calls == 0
+    assert {p.categories for p in load_papers(settings.data_dir).values()} == {("cs.CV",)}
+    assert_consistent(settings, load_corpus([corpus]).papers)
+
+
+def test_upgrading_an_index_of_the_previous_layout_gives_a_whole_index(make_settings, small_corpus):
+    """The previous layout (manifest.json, no catalog, no paper vectors) is upgraded in one ingest."""
+    import json as _json
+
+    from rag.catalog import CATALOG, Catalog
+    from rag.doctor import run_checks
+    from rag.store import ChromaStore
+
+    settings = make_settings(corpus=str(small_corpus), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    data_dir = settings.data_dir
+    catalog = Catalog(data_dir / CATALOG)
+    params, papers = catalog.meta()["params"], catalog.paper_hashes()
+    catalog.close()
+    (data_dir / "manifest.json").write_text(_json.dumps({"params": params, "papers": papers}))
+    for suffix in ("", "-wal", "-shm"):
+        (data_dir / (CATALOG + suffix)).unlink(missing_ok=True)
+    store = ChromaStore(data_dir, None, settings.collection)
+    store._call(store._papers.delete, ids=list(papers))  # the chunk vectors stay, as in the old layout
+    assert store.count_paper_vectors() == 0
+    store.close()
+
+    report = ingest(settings, embedder=HashEmbedder(), progress=False)
+    assert report.reason == "upgraded" and report.papers == len(papers)
+    checks = run_checks(settings)
+    assert all(c.ok for c in checks), [str(c) for c in checks if not c.ok]

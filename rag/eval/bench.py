@@ -1,7 +1,7 @@
 """Benchmarks: ingest throughput, warm latency, embedding speed, and scaling of the store and BM25.
 
-    rag bench [--parts ingest,latency,evidence,embedding,scale,reingest] [--sizes 1000,10000,100000]
-              [--reingest-n 100000] [--out DIR]
+    rag bench [--parts ingest,latency,evidence,embedding,ui,scale,reingest,scale-ingest] [--sizes 1000,10000,100000]
+              [--reingest-n 100000] [--workdir DIR] [--no-server] [--report] [--out DIR]
 
 Each part prints a table and writes DIR/<part>.json; a PNG plot goes with the scale part.
 Speed claims in the README come from here, never from timed tests.
@@ -75,7 +75,7 @@ def bench_ingest(out: Path, backend: str) -> dict:
 def bench_reingest(out: Path, n: int) -> dict:
     """A large synthetic JSONL ingested cold, re-ingested unchanged, then with 10 papers appended
     (hash backend: this measures the pipeline, not the model). Real `rag ingest` processes."""
-    from rag.eval.synth import synthetic_papers, write_jsonl
+    from rag.eval.synth import write_jsonl
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-reingest-"))
     corpus = write_jsonl(tmp / "papers.jsonl", n)
@@ -94,10 +94,7 @@ def bench_reingest(out: Path, n: int) -> dict:
 
     run("cold")
     run("unchanged")
-    with open(corpus, "a") as fh:
-        for obj in synthetic_papers(10, seed=1):
-            obj["title"] = obj["title"].replace("Synthetic Paper", "Appended Paper")
-            fh.write(json.dumps(obj) + "\n")
+    _append_papers(corpus, n)
     run("10 papers appended")
     shutil.rmtree(tmp, ignore_errors=True)
     data = {"n": n, "backend": "hash", "runs": rows}
@@ -391,15 +388,316 @@ def _plot_scale(out: Path, rows) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------ ingest and query at scale
+
+QUERY_WORKER = r"""
+import json, resource, statistics, sys, time
+from pathlib import Path
+from rag.retrieve import Retriever
+from rag.settings import load_settings
+queries, repeats, url = json.loads(sys.argv[1]), int(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else None)
+settings = load_settings()
+store = None
+if url:  # the same Chroma files, served by `chroma run` and queried over HTTP
+    from rag.store import ChromaStore
+    store = ChromaStore(Path(settings.data_dir), url, settings.collection)
+t = time.perf_counter()
+retriever = Retriever.from_settings(settings, store=store, check_stale=False)
+out = {"open_s": round(time.perf_counter() - t, 2), "modes": {}}
+for mode in ("hybrid", "dense", "bm25"):
+    for q in queries:  # warm-up: caches, HNSW pages, FTS5 pages
+        retriever.search(q, 10, mode)
+    ts = []
+    for _ in range(repeats):
+        for q in queries:
+            t = time.perf_counter()
+            retriever.search(q, 10, mode)
+            ts.append((time.perf_counter() - t) * 1000)
+    ts.sort()
+    out["modes"][mode] = {"n": len(ts), "p50_ms": round(statistics.median(ts), 2),
+                          "p95_ms": round(ts[min(len(ts) - 1, int(round(0.95 * (len(ts) - 1))))], 2)}
+if not url:  # what the row budget of rag.lexical costs in ranking, and saves in time, against exhaustive BM25
+    from rag import lexical
+    from rag.catalog import CATALOG, Catalog
+    catalog = Catalog(Path(settings.data_dir) / CATALOG)
+    ts, top10, top50 = [], [], []
+    for q in queries:
+        t = time.perf_counter()
+        exact = catalog.lexical(lexical.match_expression(q), 50)
+        ts.append((time.perf_counter() - t) * 1000)
+        got = retriever.index.lexical(q, 50)
+        for k, acc in ((10, top10), (50, top50)):
+            want = {c for c, _ in exact[:k]}
+            acc.append(len(want & {c for c, _ in got[:k]}) / max(1, len(want)))
+    ts.sort()
+    out["bm25_exhaustive"] = {"n": len(ts), "p50_ms": round(statistics.median(ts), 2),
+                              "p95_ms": round(ts[min(len(ts) - 1, int(round(0.95 * (len(ts) - 1))))], 2),
+                              "overlap_at_10": round(statistics.mean(top10), 3), "overlap_at_50": round(statistics.mean(top50), 3),
+                              "row_budget": lexical.ROW_BUDGET, "rescore_pool": lexical.RESCORE_POOL}
+out["client_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+print(json.dumps(out))
+"""
+
+
+def _bench_queries(n: int = 50) -> list[str]:
+    """`n` questions of the dev set, spread over its types (list, factoid, keyword...)."""
+    path = Path(__file__).resolve().parents[2] / "eval" / "datasets" / "dev.jsonl"
+    questions = [json.loads(line)["question"] for line in path.read_text().splitlines() if line.strip()]
+    step = max(1, len(questions) // n)
+    return questions[::step][:n]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _query_run(env: dict, queries: list[str], repeats: int, url: str | None = None) -> dict:
+    args = [sys.executable, "-c", QUERY_WORKER, json.dumps(queries), str(repeats)] + ([url] if url else [])
+    r = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if r.returncode:
+        raise SystemExit(f"query worker failed: {r.stderr[-1500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _append_papers(corpus: Path, n_existing: int, k: int = 10) -> None:
+    """`k` new papers at the end of the JSONL (titles prefixed, so they cannot repeat an existing one)."""
+    from rag.eval.synth import synthetic_papers
+
+    with open(corpus, "a") as fh:
+        for i, obj in enumerate(synthetic_papers(k, seed=n_existing + 1, start=n_existing)):
+            obj["title"] = f"Appended study {i}: {obj['title']}"
+            fh.write(json.dumps(obj) + "\n")
+
+
+def bench_scale_ingest(out: Path, sizes: list[int], workdir: Path | None = None, repeats: int = 2,
+                       server: bool = True) -> dict:
+    """At each size: `rag ingest --jsonl` (real processes, hash embedder) cold, unchanged, 10 papers appended
+    and the same 10 removed again (papers missing from the file are removed); then query p50/p95 per
+    retrieval mode on that index, Chroma embedded and served by `chroma run`, with client and server RSS.
+
+    `workdir` keeps each size's JSONL and index (a later run reuses them and skips the cold ingest, which
+    it then reports from the previous JSON)."""
+    keep = workdir is not None
+    root_all = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="bench-scale-ingest-"))
+    rag = str(Path(sys.executable).parent / "rag")
+    queries = _bench_queries()
+    previous = {}
+    try:
+        previous = {r["n"]: r for r in json.loads((out / "scale_ingest.json").read_text())["rows"]}
+    except (OSError, ValueError, KeyError):
+        pass
+    rows = []
+    for n in sizes:
+        root = root_all / f"n{n}"
+        root.mkdir(parents=True, exist_ok=True)
+        corpus, data_dir = root / "papers.jsonl", root / "index"
+        row: dict = {"n": n}
+        if not corpus.is_file():
+            from rag.eval.synth import write_jsonl
+
+            t = time.perf_counter()
+            write_jsonl(corpus.with_suffix(".tmp"), n).rename(corpus)
+            row["synth_s"] = round(time.perf_counter() - t, 1)
+        size = corpus.stat().st_size
+        env = {k: v for k, v in os.environ.items() if k not in ("RAG_CHROMA_URL", "RAG_CORPUS", "RAG_EMBED_URL")}
+        env |= {"RAG_DATA_DIR": str(data_dir), "RAG_EMBED_BACKEND": "hash"}
+
+        def ingest(label: str, expect: dict | None = None, n=n, corpus=corpus, env=env) -> dict:
+            t = time.perf_counter()
+            r = subprocess.run([rag, "ingest", "--jsonl", str(corpus), "--json"], env=env, capture_output=True, text=True,
+                               check=False)
+            wall = time.perf_counter() - t
+            if r.returncode:
+                raise SystemExit(f"ingest ({label}, n={n}) failed: {r.stderr.strip()[-1500:]}")
+            rep = json.loads(r.stdout)
+            for key, value in (expect or {}).items():
+                if rep[key] != value:
+                    raise SystemExit(f"ingest ({label}, n={n}): {key} = {rep[key]}, expected {value}")
+            print(f"  n={n} {label}: {wall:.1f} s", flush=True)
+            return {"wall_s": round(wall, 2), "in_process_s": round(rep["seconds"], 2), "papers": rep["papers"],
+                    "chunks": rep["chunks"], "added": rep["added"], "removed": rep["removed"], "embedded": rep["embedded"]}
+
+        reused = keep and (data_dir / "index.sqlite").is_file()
+        if reused:
+            row["cold"] = dict(previous.get(n, {}).get("cold") or {}, reused_index=True)
+            # not a figure: brings a kept index in line with its file (and with this version's caches)
+            row["sync"] = ingest("sync of the kept index (not a figure)")
+        else:
+            row["cold"] = ingest("cold")
+        row["unchanged"] = ingest("unchanged", {"added": 0, "removed": 0, "embedded": 0})
+        _append_papers(corpus, n)
+        try:
+            row["append_10"] = ingest("10 papers appended", {"added": 10, "removed": 0})
+        finally:
+            with open(corpus, "r+b") as fh:  # the same 10 papers gone from the file again
+                fh.truncate(size)
+        row["remove_10"] = ingest("10 papers removed", {"added": 0, "removed": 10})
+        import sqlite3
+
+        with sqlite3.connect(data_dir / "index.sqlite") as db:
+            row["distinct_terms"] = db.execute("SELECT count(*) FROM terms").fetchone()[0]
+        row["index_mb"] = round(sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file()) / 2**20, 1)
+        row["embedded_queries"] = _query_run(env, queries, repeats)
+        print(f"  n={n} queries (embedded): {row['embedded_queries']['modes']}", flush=True)
+        if server:
+            served = root / "server"
+            shutil.rmtree(served, ignore_errors=True)
+            shutil.copytree(data_dir / "chroma", served)
+            proc, url = _chroma_server(served)
+            try:
+                row["server_queries"] = _query_run(env, queries, repeats, url)
+                row["server_queries"]["server_peak_rss_mb"] = _peak_rss_mb(proc.pid)
+            finally:
+                proc.terminate()
+                proc.wait()
+                shutil.rmtree(served, ignore_errors=True)
+            print(f"  n={n} queries (server): {row['server_queries']['modes']}", flush=True)
+        rows.append(row)
+        _save(out, "scale_ingest", _scale_ingest_data(rows, previous))
+    if not keep:
+        shutil.rmtree(root_all, ignore_errors=True)
+    data = _scale_ingest_data(rows, previous)
+    _save(out, "scale_ingest", data)
+    _print_scale_ingest(data)
+    return data
+
+
+FIGURES = {  # name -> (unit, where in a row)
+    "cold_s": ("s", ("cold", "wall_s")),
+    "unchanged_s": ("s", ("unchanged", "wall_s")),
+    "append_10_s": ("s", ("append_10", "wall_s")),
+    "remove_10_s": ("s", ("remove_10", "wall_s")),
+    **{f"{where}_{mode}_{q}_ms": ("ms", (f"{where}_queries", "modes", mode, f"{q}_ms"))
+       for where in ("embedded", "server") for mode in ("hybrid", "dense", "bm25") for q in ("p50", "p95")},
+    "bm25_exhaustive_p50_ms": ("ms", ("embedded_queries", "bm25_exhaustive", "p50_ms")),
+    "bm25_exhaustive_p95_ms": ("ms", ("embedded_queries", "bm25_exhaustive", "p95_ms")),
+    "bm25_overlap_at_10": ("", ("embedded_queries", "bm25_exhaustive", "overlap_at_10")),
+    "bm25_overlap_at_50": ("", ("embedded_queries", "bm25_exhaustive", "overlap_at_50")),
+    "embedded_client_rss_mb": ("MB", ("embedded_queries", "client_max_rss_mb")),
+    "server_client_rss_mb": ("MB", ("server_queries", "client_max_rss_mb")),
+    "server_rss_mb": ("MB", ("server_queries", "server_peak_rss_mb")),
+    "chunks": ("", ("remove_10", "chunks")),
+    "distinct_terms": ("", ("distinct_terms",)),
+    "index_mb": ("MB", ("index_mb",)),
+}
+EXTRAPOLATE_TO = {"300k": 300_000, "1M": 1_000_000, "10M": 10_000_000}
+GOALS = {"append_10_s": {100000: 5.0, 300000: 10.0}, "remove_10_s": {100000: 5.0, 300000: 10.0},
+         "embedded_hybrid_p50_ms": {300000: 30.0}}
+
+
+def _figure(row: dict, path: tuple):
+    for key in path:
+        if not isinstance(row, dict) or key not in row:
+            return None
+        row = row[key]
+    return row if isinstance(row, (int, float)) else None
+
+
+def fit_power_law(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(a, b) of y = a * n^b, least squares in log-log; None with fewer than two sizes."""
+    import math
+
+    points = [(n, y) for n, y in points if n > 0 and y and y > 0]
+    if len({n for n, _ in points}) < 2:
+        return None
+    xs, ys = [math.log(n) for n, _ in points], [math.log(y) for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return math.exp(my - b * mx), b
+
+
+def _scale_ingest_data(rows: list[dict], previous: dict) -> dict:
+    import platform
+    import sqlite3
+
+    import chromadb
+
+    merged = {**previous, **{r["n"]: r for r in rows}}
+    rows = [merged[n] for n in sorted(merged)]
+    table = [{"n": r["n"], **{name: _figure(r, path) for name, (_, path) in FIGURES.items()}} for r in rows]
+    fits = {}
+    for name, (unit, _) in FIGURES.items():
+        fit = fit_power_law([(t["n"], t[name]) for t in table if t[name] is not None])
+        if fit:
+            a, b = fit
+            fits[name] = {"unit": unit, "a": a, "b": b, "sizes": [t["n"] for t in table if t[name]],
+                          **{f"extrapolated_{label}": round(a * n ** b, 3 if name.startswith("bm25_overlap") else 1)
+                             for label, n in EXTRAPOLATE_TO.items()}}
+    goals = []
+    for name, by_n in GOALS.items():
+        for n, limit in by_n.items():
+            got = next((t[name] for t in table if t["n"] == n), None)
+            fit = fits.get(name)
+            extrapolated = round(fit["a"] * n ** fit["b"], 1) if got is None and fit else None
+            goals.append({"figure": name, "n": n, "goal": limit, "measured": got, "extrapolated": extrapolated,
+                          "met": None if got is None else got <= limit})
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "chromadb": chromadb.__version__,
+                    "sqlite": sqlite3.sqlite_version,
+                    "note": "shared machine (another engineer's test runs in parallel; bench under nice -n 5): "
+                            "timings are upper bounds"},
+        "backend": "hash (RAG_EMBED_BACKEND=hash: the pipeline, not the model)",
+        "rows": rows, "table": table, "fits": fits, "goals": goals,
+    }
+
+
+def _print_scale_ingest(data: dict) -> None:
+    table = data["table"]
+    print("\n## ingest and query at scale (hash embedder; " + data["machine"]["note"] + ")")
+    print("  measured".ljust(29) + "".join(f"{t['n']:>12,}" for t in table) + "  | fit a*n^b: b"
+          + "".join(f"{label + ' (extr.)':>15}" for label in EXTRAPOLATE_TO))
+    for name, (unit, _) in FIGURES.items():
+        cells = "".join(f"{'-' if t[name] is None else round(t[name], 2):>12}" for t in table)
+        fit = data["fits"].get(name)
+        tail = (f"  | {round(fit['b'], 3):>12}" + "".join(f"{fit['extrapolated_' + label]:>15,}" for label in EXTRAPOLATE_TO)
+                if fit else "")
+        print("  " + f"{name} ({unit})".ljust(27) + cells + tail)
+    for g in data["goals"]:
+        if g["met"] is None:
+            state = f"not measured; {g['extrapolated']} extrapolated" if g.get("extrapolated") else "not measured"
+        else:
+            state = "met" if g["met"] else "MISSED"
+        print(f"  goal {g['figure']} at {g['n']:,} <= {g['goal']}: {g['measured']} ({state})")
+
+
+def report_scale_ingest(out: Path) -> dict:
+    """Print the saved scale-ingest results, refitted (and saved refitted), without measuring again."""
+    path = out / "scale_ingest.json"
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        raise SystemExit(f"no saved scale-ingest results in {path}: run `rag bench --parts scale-ingest` first") from None
+    data = _scale_ingest_data([], {r["n"]: r for r in rows})
+    data["machine"] = json.loads(path.read_text()).get("machine", data["machine"])
+    _print_scale_ingest(data)
+    _save(out, "scale_ingest", data)
+    return data
+
+
+PARTS = ("ingest", "latency", "embedding", "evidence", "ui", "reingest", "scale-ingest", "scale")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="rag bench", description=__doc__.splitlines()[0])
     p.add_argument("--parts", default="ingest,latency,embedding,scale")
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument("--reingest-n", type=int, default=100000, help="papers for the reingest part")
+    p.add_argument("--workdir", type=Path, help="scale-ingest: keep each size's JSONL and index here and reuse them")
+    p.add_argument("--no-server", action="store_true", help="scale-ingest: skip the Chroma server queries")
+    p.add_argument("--report", action="store_true", help="scale-ingest: print and refit the saved results, measure nothing")
     p.add_argument("--backend", default="auto", help="embedding backend for the ingest part (auto = torch, bf16 where native)")
     p.add_argument("--out", type=Path, default=Path("eval/bench"))
     args = p.parse_args(argv)
     parts = args.parts.split(",")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(sorted(unknown))}: choose from {', '.join(PARTS)}")
     if "ingest" in parts:
         bench_ingest(args.out, args.backend)
     if "latency" in parts:
@@ -408,8 +706,16 @@ def main(argv=None) -> int:
         bench_evidence(args.out)
     if "embedding" in parts:
         bench_embedding(args.out)
+    if "ui" in parts:
+        from rag.eval.bench_ui import bench_ui
+
+        bench_ui(args.out)
     if "reingest" in parts:
         bench_reingest(args.out, args.reingest_n)
+    if "scale-ingest" in parts and args.report:
+        report_scale_ingest(args.out)
+    elif "scale-ingest" in parts:
+        bench_scale_ingest(args.out, [int(s) for s in args.sizes.split(",")], args.workdir, server=not args.no_server)
     if "scale" in parts:
         bench_scale(args.out, [int(s) for s in args.sizes.split(",")])
     return 0
