@@ -120,10 +120,6 @@ class Assistant:
     def has_llm(self) -> bool:
         return self._llm is not None
 
-    @property
-    def llm_name(self) -> str | None:
-        return getattr(self._llm, "name", None) if self._llm is not None else None
-
     def paper(self, paper_id: str) -> Paper | None:
         return self._index.get(paper_id)
 
@@ -407,7 +403,7 @@ class Assistant:
             return self._abstain(base, found.hits, plan, t_retrieve, started, t1, mode="extractive")
         citations = [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in sources if s.n in extract.cited]
         return Answer(answer=extract.text, mode="extractive", abstained=False, citations=citations,
-                      notice=_join(plan.notice, _more_note(found.more) if listing else None),
+                      notice=_join(plan.notice, more_note(found.more) if listing else None),
                       quotes=extract.quotes, timings_ms=_timings(t_retrieve, t1, started), **base)
 
     def _from_llm(self, text, base, hits, plan, t_retrieve, t1, started) -> Answer:
@@ -422,7 +418,7 @@ class Assistant:
                      f"{'did not pass the evidence check' if base['evidence'] else 'is not a source'}: "
                      "the citation was removed and the sentence is flagged.") if flagged else None
         return Answer(answer=checked.text, mode="llm", abstained=False, citations=checked.citations,
-                      notice=_join(plan.notice, _more_note(base["more_papers"]), flag_note), flagged=flagged,
+                      notice=_join(plan.notice, more_note(base["more_papers"]), flag_note), flagged=flagged,
                       invalid_citations=checked.invalid, timings_ms=_timings(t_retrieve, t1, started), **base)
 
     def _abstain(self, base, hits, plan, t_retrieve, started, t1=None, mode=None) -> Answer:
@@ -531,7 +527,7 @@ def _low(plan: _Plan) -> str | None:
     return LOW_CONFIDENCE if LOW_CONFIDENCE in (plan.notice or "") else None
 
 
-def _more_note(more: int) -> str | None:
+def more_note(more: int) -> str | None:
     """What a list answer says when more papers passed the relevance check than it shows."""
     if not more:
         return None

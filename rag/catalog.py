@@ -257,7 +257,3 @@ class Writer:
     def set_meta(self, values: dict) -> None:
         self._db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                              [(k, json.dumps(v)) for k, v in values.items()])
-
-    def papers_in_catalog(self) -> dict[str, tuple[str, str]]:
-        """paper_id -> (hash, record json) as this transaction sees them."""
-        return {pid: (h, r) for pid, h, r in self._db.execute("SELECT paper_id, hash, record FROM papers")}

@@ -260,6 +260,22 @@ def write_listing(path: Path, papers, header: bool = True) -> Path:
     return path
 
 
+def hash_index(root: Path, papers) -> "object":
+    """Settings of a small index built with the hash embedder from `papers` ((title, abstract) pairs or
+    JSONL objects) written to ROOT/papers.jsonl; the index lives in ROOT/index."""
+    import json
+
+    from rag.ingest import ingest
+
+    root.mkdir(parents=True, exist_ok=True)
+    corpus = root / "papers.jsonl"
+    lines = [p if isinstance(p, dict) else {"title": p[0], "abstract": p[1]} for p in papers]
+    corpus.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    settings = load_settings(data_dir=root / "index", corpus=str(corpus), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def corpus_papers():
     """Every unique paper of the vendored corpus, parsed once per session."""

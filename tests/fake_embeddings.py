@@ -24,25 +24,13 @@ import json
 import socket
 import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 
+from rag.eval.fake_openai import QuietHTTPServer as _Server
+
 __all__ = ["FakeEmbeddings"]
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        """A client hanging up on a keep-alive connection is normal here; anything else is reported."""
-        import sys
-
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-            return
-        super().handle_error(request, client_address)
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
 
 
 class FakeEmbeddings:

@@ -13,10 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import hash_index
 
-from rag.embeddings import HashEmbedder
-from rag.ingest import ingest
-from rag.settings import load_settings
 
 PAPERS = [
     ("Erasing Concepts from Diffusion Models", "We erase a visual concept from a pre-trained diffusion model using negative guidance. Code: https://github.com/rohitgandikota/erasing"),
@@ -31,12 +29,7 @@ ERASE_Q = "which papers erase concepts in diffusion models?"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("integrations")
-    corpus = root / "papers.jsonl"
-    corpus.write_text("".join(json.dumps({"title": t, "abstract": a}) + "\n" for t, a in PAPERS))
-    settings = load_settings(data_dir=root / "index", corpus=str(corpus), embed_backend="hash")
-    ingest(settings, embedder=HashEmbedder(), progress=False)
-    return settings
+    return hash_index(tmp_path_factory.mktemp("integrations"), PAPERS)
 
 
 # ---------------------------------------------------------------- llama-index

@@ -3,17 +3,15 @@ LLM does, an answer comes back within the deadline, extractive if need be, with 
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
+from conftest import hash_index
 
 from rag.answer import Assistant
 from rag.embeddings import HashEmbedder
-from rag.ingest import ingest
 from rag.llm import OpenAIChatLLM
 from rag.retrieve import Retriever
-from rag.settings import load_settings
 
 PAPERS = [
     ("Erasing Concepts from Diffusion Models", "We erase a visual concept from a pre-trained diffusion model using negative guidance. The method removes artistic styles."),
@@ -25,12 +23,7 @@ QUESTION = "How do diffusion models erase a visual concept with negative guidanc
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llm-faults")
-    corpus = root / "papers.jsonl"
-    corpus.write_text("".join(json.dumps({"title": t, "abstract": a}) + "\n" for t, a in PAPERS))
-    settings = load_settings(data_dir=root / "index", corpus=str(corpus), embed_backend="hash")
-    ingest(settings, embedder=HashEmbedder(), progress=False)
-    return settings
+    return hash_index(tmp_path_factory.mktemp("llm-faults"), PAPERS)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, hash_index
 
 from rag.embeddings import HashEmbedder
 from rag.eval.bench_ui import (
@@ -82,24 +82,14 @@ def real_app(ui_settings):
 @pytest.fixture(scope="module")
 def tiny_settings(tmp_path_factory):
     """A 4-paper index built with the hash embedder, one paper with a hostile title."""
-    from rag.ingest import ingest
-
-    root = tmp_path_factory.mktemp("ui-tiny")
     papers = [
-        {
-            "title": EVIL,
-            "abstract": "We study zebra stripe camouflage in quantum llamas. Zebra stripe camouflage confuses "
-            "quantum llamas on the savanna. Code: https://github.com/example/zebra",
-        },
-        {"title": "Protein folding with transformers", "abstract": "Protein folding is predicted with transformers. We report accuracy on benchmarks."},
-        {"title": "Graph networks for traffic", "abstract": "Traffic forecasting uses graph neural networks. We evaluate on city data."},
-        {"title": "Speech recognition at scale", "abstract": "We train speech recognition models on many hours of audio."},
+        (EVIL, "We study zebra stripe camouflage in quantum llamas. Zebra stripe camouflage confuses "
+               "quantum llamas on the savanna. Code: https://github.com/example/zebra"),
+        ("Protein folding with transformers", "Protein folding is predicted with transformers. We report accuracy on benchmarks."),
+        ("Graph networks for traffic", "Traffic forecasting uses graph neural networks. We evaluate on city data."),
+        ("Speech recognition at scale", "We train speech recognition models on many hours of audio."),
     ]
-    corpus = root / "papers.jsonl"
-    corpus.write_text("".join(json.dumps(p) + "\n" for p in papers), encoding="utf-8")
-    settings = load_settings(data_dir=root / "index", corpus=str(corpus))
-    ingest(settings, embedder=HashEmbedder(), progress=False)
-    return settings
+    return hash_index(tmp_path_factory.mktemp("ui-tiny"), papers)
 
 
 def _tiny_assistant(settings, llm=None):

@@ -268,10 +268,10 @@ def test_controller_streams_then_replaces_with_verified_answer_and_passes_histor
     ctl, assistant = controller(stream)
     updates = list(ctl.respond("which papers erase concepts?", [], None, "bm25", 3, "extractive"))
     assert updates[0].question == ""  # the box is cleared once the question is accepted
-    assert 'data-busy="1"' in updates[0].conversation and not updates[0].save
+    assert 'data-busy="1"' in updates[0].conversation and not updates[0].final
     assert any("partial text" in u.conversation for u in updates)
     final = updates[-1]
-    assert final.save and 'data-busy="0"' in final.conversation
+    assert final.final and 'data-busy="0"' in final.conversation
     assert "partial text" not in final.conversation
     assert '<a class="rag-cite" href="#src-1-1" data-turn="1" data-n="1" title="[1] Erasing Concepts">' in final.conversation
     assert "fallback notice" in final.conversation
@@ -364,8 +364,8 @@ def test_restore_keeps_only_well_formed_turns(controller):
 
     good = {"question": "q", "answer": "a [1]", "citations": [], "sources": [], "evil": "dropped key"}
     restored = restore_turns([good, "junk", {"question": 3}, {"question": "bad", "citations": "oops"}, None])
+    assert len(restored) == 1  # the string, the numeric question and the unrenderable citations are dropped
     assert restored[0]["question"] == "q" and "evil" not in restored[0]
-    assert all(isinstance(t, dict) for t in restored) and len(restored) <= 2
     assert restore_turns("not a list") == [] and restore_turns(None) == []
 
 

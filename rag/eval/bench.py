@@ -322,10 +322,11 @@ def _chroma_server(path: Path):
     raise SystemExit("chroma server did not start")
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MB (VmRSS: now; VmHWM: its peak), NaN when it cannot be read."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
@@ -447,16 +448,6 @@ def _bench_queries(n: int = 50) -> list[str]:
     return questions[::step][:n]
 
 
-def _peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return float("nan")
-
-
 def _query_run(env: dict, queries: list[str], repeats: int, url: str | None = None) -> dict:
     args = [sys.executable, "-c", QUERY_WORKER, json.dumps(queries), str(repeats)] + ([url] if url else [])
     r = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
@@ -552,7 +543,7 @@ def bench_scale_ingest(out: Path, sizes: list[int], workdir: Path | None = None,
             proc, url = _chroma_server(served)
             try:
                 row["server_queries"] = _query_run(env, queries, repeats, url)
-                row["server_queries"]["server_peak_rss_mb"] = _peak_rss_mb(proc.pid)
+                row["server_queries"]["server_peak_rss_mb"] = _rss_mb(proc.pid, "VmHWM")
             finally:
                 proc.terminate()
                 proc.wait()

@@ -98,7 +98,10 @@ class _Item:
         self.content_type = content_type
 
 
-class _Server(ThreadingHTTPServer):
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threading test server that ignores clients hanging up and never blocks shutdown (also used by
+    tests/fake_embeddings.py)."""
+
     def handle_error(self, request, client_address):
         """A client hanging up on a keep-alive connection is normal here; anything else is reported."""
         import sys
@@ -111,6 +114,8 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
+
+class _Server(QuietHTTPServer):
     def __init__(self, addr, handler, fake: "FakeOpenAI"):
         self.fake = fake
         super().__init__(addr, handler)

@@ -168,23 +168,3 @@ def write_jsonl(path: Path, n: int, seed: int = 0, **kwargs) -> Path:
             fh.write(json.dumps(obj) + "\n")
     return path
 
-
-def vocabulary_stats(path: Path, limit: int | None = None) -> dict:
-    """Distinct content terms, tokens and chunks-worth of words in a synthetic JSONL (for the report)."""
-    from rag.text import content_terms
-
-    terms: Counter = Counter()
-    papers = words = 0
-    with open(path) as fh:
-        for line in fh:
-            obj = json.loads(line)
-            text = f"{obj['title']} {obj['abstract']}"
-            words += len(text.split())
-            terms.update(set(content_terms(text)))
-            papers += 1
-            if limit and papers >= limit:
-                break
-    singletons = sum(1 for c in terms.values() if c == 1)
-    return {"papers": papers, "words_per_paper": round(words / max(papers, 1), 1), "distinct_terms": len(terms),
-            "terms_in_one_paper": singletons}
-

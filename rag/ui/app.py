@@ -329,11 +329,11 @@ def load_eval_report(eval_dir: Path) -> tuple[str, str, str]:
 def _outputs(update: ChatUpdate) -> tuple:
     """A ChatUpdate as the chat event's outputs: conversation, turns, sources, question box, export button."""
     export = gr.skip()
-    if update.export_changed:
+    if update.final:
         export = gr.DownloadButton(value=str(update.export) if update.export else None, interactive=bool(update.export))
     return (
         update.conversation,
-        update.turns if update.save else gr.skip(),
+        update.turns if update.final else gr.skip(),
         update.sources_html if update.sources_html is not None else gr.skip(),
         update.question if update.question is not None else gr.skip(),
         export,

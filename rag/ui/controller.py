@@ -9,6 +9,7 @@ in the browser (gr.BrowserState), so everything read back is validated (restore_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,16 +46,15 @@ MAX_TURNS = 50  # a restored conversation keeps at most this many turns
 
 @dataclass
 class ChatUpdate:
-    """One refresh of the chat: the conversation HTML and the turns, and optionally the sources panel,
-    the question box text and the export file (None = leave that component as it is)."""
+    """One refresh of the chat: the conversation HTML and the turns, and optionally the sources panel and
+    the question box text (None = leave that component as it is); a final update also carries the export."""
 
     conversation: str
     turns: list[dict]
     sources_html: str | None = None
     question: str | None = None
     export: Path | None = None
-    export_changed: bool = False
-    save: bool = False  # the turns changed: store them (in the browser)
+    final: bool = False  # the turns changed: store them (in the browser) and refresh the export
 
 
 @dataclass
@@ -174,7 +174,7 @@ class ChatController:
             shown = raw[:300] + ("…" if len(raw) > 300 else "")
             turns.append({"question": shown, "error": str(exc)})
             # the text stays in the box so it can be shortened
-            yield ChatUpdate(self.conversation(turns), turns, export=self.export(turns), export_changed=True, save=True)
+            yield ChatUpdate(self.conversation(turns), turns, export=self.export(turns), final=True)
             return
         yield from self._answer(text, turns, len(turns), render.history(turns), scope, mode, top_k, answer_mode,
                                 clear_box=True)
@@ -227,7 +227,7 @@ class ChatController:
         })
         turns = before + [turn] + turns[at + 1:]
         yield ChatUpdate(self.conversation(turns), turns, self.sources(turns, at + 1),
-                         export=self.export(turns), export_changed=True, save=True)
+                         export=self.export(turns), final=True)
 
     def act(self, payload, turns, scope, mode, top_k, answer_mode) -> Iterator[ChatUpdate]:
         """The answering buttons: regenerate, ask-new (without the conversation), more (list every paper)."""
@@ -279,10 +279,14 @@ class ChatController:
         """The conversation as a Markdown file (None when there is nothing to export)."""
         if not turns:
             return None
-        name = f"paper-rag-chat-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(turns) % 10_000}.md"
-        path = self._export_dir / name
-        status = self.status().replace("**", "").replace("`", "")
-        path.write_text(render.conversation_markdown(turns, status), encoding="utf-8")
+        # named by content: a page reload or a rating of the same conversation reuses the file
+        key = hashlib.sha1(json.dumps(turns, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = self._export_dir / f"paper-rag-chat-{key}.md"
+        if not path.exists():
+            status = self.status().replace("**", "").replace("`", "")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(render.conversation_markdown(turns, status), encoding="utf-8")
+            tmp.replace(path)
         return path
 
     def scope_note(self, scope) -> str | None:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from markdown_it import MarkdownIt
 
+from rag.answer import more_note
 from rag.citations import MARKER, claims_by_source, expand, find_spans, merge_spans
 from rag.text import strip_bidi
 
@@ -28,7 +29,6 @@ from rag.text import strip_bidi
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable(["link", "image", "autolink", "reference"])
 HIGH_CONFIDENCE = 0.85  # calibrated P(answerable) at or above which an answer is labelled "high confidence"
 
-_MORE_NOTE = re.compile(r"\s*\d+ more papers? passed the relevance check: raise top-k to list (?:it|them)\.")
 _MD_SPECIAL = re.compile(r"([\\`\[\]])")
 _SNIPPET_CONTEXT = 160
 
@@ -167,7 +167,7 @@ def turn_html(turn: Mapping, t: int, papers: Mapping, last: bool = False) -> str
                      + _button("more", t, "Show them", "List every paper that passed") + "</div>")
     notice = turn.get("notice") or ""
     if turn.get("more_papers"):  # the "Show them" button says it better
-        notice = _MORE_NOTE.sub("", notice).strip()
+        notice = " ".join(notice.replace(more_note(int(turn["more_papers"])) or "", "").split())
     if notice:
         parts.append(f'<div class="rag-notice">{esc(notice)}</div>')
     stages = _stages_line(turn)
