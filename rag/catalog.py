@@ -122,11 +122,24 @@ class Catalog:
             out.update({pid: tuple(json.loads(sources or "[]")) for pid, sources in self._query(sql, part)})
         return out
 
+    def chunk_ids(self, paper_ids: Iterable[str]) -> dict[str, list[str]]:
+        """paper_id -> its chunks' ids, for these papers (those in the catalog)."""
+        ids = list(paper_ids)
+        out: dict[str, list[str]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            sql = f"SELECT paper_id, chunk_id FROM chunks WHERE paper_id IN ({','.join('?' * len(part))})"
+            for pid, chunk_id in self._query(sql, part):
+                out.setdefault(pid, []).append(chunk_id)
+        return out
+
     def scanned_lines(self) -> dict[str, LineDigest]:
         """The corpus lines parsed by earlier ingests (rag.corpus.line_key -> digest), so that an ingest of a
         large JSONL parses only its new lines."""
         try:
-            return {key: LineDigest.loads(d) for key, d in self._query("SELECT key, digest FROM lines")}
+            rows = self._query("SELECT key, digest FROM lines")
+            # map() with the tuple constructor: 2x a comprehension calling loads() (300k rows at 300k papers)
+            return dict(zip([key for key, _ in rows], map(LineDigest._make, map(str.split, [d for _, d in rows]))))
         except IndexCorruptError:
             raise
         except (TypeError, ValueError):

@@ -120,11 +120,23 @@ def _read_questions(path: Path) -> list[dict]:
 
 
 def cmd_ingest(args) -> int:
+    settings = _settings(args)
+    # A chunking child, started before anything else, imports llama-index while this process opens the index
+    # and scans the corpus (rag.chunking.ChunkWorker); on one CPU it would only compete.
+    worker = None
+    if (os.cpu_count() or 1) > 1:
+        from rag.chunking import ChunkWorker
+
+        worker = ChunkWorker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
     from rag.ingest import ingest
 
-    settings = _settings(args)
     paths = (args.corpus or []) + (args.jsonl or [])
-    report = ingest(settings, paths or None, strict=args.strict, rebuild=args.rebuild, progress=not args.json)
+    try:
+        report = ingest(settings, paths or None, strict=args.strict, rebuild=args.rebuild, progress=not args.json,
+                        chunking=worker)
+    finally:
+        if worker is not None:
+            worker.close()
     if args.json:
         print(_json(report.to_dict()))
     else:

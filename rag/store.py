@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -68,6 +68,7 @@ class ChromaStore:
         self.mode = "server" if chroma_url else "embedded"
         self.collection_name = collection
         self._data_dir = Path(data_dir)
+        self._warming = None
         self._connect()
 
     def _connect(self) -> None:
@@ -101,8 +102,36 @@ class ChromaStore:
                 _forget_system(Path(data_dir) / "chroma")
             raise
 
+    def warm_up(self) -> None:
+        """Load the embedded store's vector indexes in a background thread: the first write to a collection
+        otherwise loads its whole HNSW index first (1.8 s for both at 100k papers), and Chroma releases the
+        GIL while loading, so the caller's own work (scanning the corpus) goes on meanwhile. Every other call
+        waits for it to finish. A server loads its indexes itself: nothing to do."""
+        if self.mode != "embedded" or self._warming is not None:
+            return
+        import threading
+
+        def load() -> None:
+            try:
+                for col in (self._col, self._papers):
+                    one = col.get(limit=1, include=["embeddings"])
+                    if one["ids"]:
+                        col.query(query_embeddings=[np.asarray(one["embeddings"][0], dtype=np.float32)], n_results=1,
+                                  include=[])
+            except Exception as exc:  # noqa: BLE001 - only a head start: the real call will report any problem
+                log.debug("warming up the vector store: %s", exc)
+
+        self._warming = threading.Thread(target=load, daemon=True, name="rag-store-warm-up")
+        self._warming.start()
+
+    def _wait_warm(self) -> None:
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+
     def close(self) -> None:
         """Release the client (embedded: the last client of a path frees its in-memory index)."""
+        self._wait_warm()
         try:
             self._client.close()
         except Exception as exc:  # noqa: BLE001 - closing a dead server connection is not an error
@@ -129,6 +158,7 @@ class ChromaStore:
         return get(self.collection_name), get(self.collection_name + PAPERS_SUFFIX)
 
     def _call(self, fn, *args, **kwargs):
+        self._wait_warm()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
@@ -140,6 +170,7 @@ class ChromaStore:
         return self._call(self._col.count)
 
     def max_batch(self) -> int:
+        self._wait_warm()
         try:
             return max(1, min(5000, int(self._client.get_max_batch_size())))
         except Exception:
@@ -164,11 +195,19 @@ class ChromaStore:
                 ],
             )
 
-    def delete_papers(self, paper_ids: Sequence[str]) -> None:
+    def delete_papers(self, paper_ids: Sequence[str], chunk_ids: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Drop these papers' chunk and paper vectors. `chunk_ids`: each paper's chunk ids where known (the
+        catalog's); the others are found by a metadata filter, which costs a scan (0.8 s at 100k papers)."""
         ids = list(paper_ids)
-        for i in range(0, len(ids), 500):
-            self._call(self._col.delete, where={"paper_id": {"$in": ids[i : i + 500]}})
-            self._call(self._papers.delete, ids=ids[i : i + 500])
+        known = chunk_ids or {}
+        by_id = [cid for pid in ids if pid in known for cid in known[pid]]
+        filtered = [pid for pid in ids if pid not in known]
+        for i in range(0, len(by_id), 1000):
+            self._call(self._col.delete, ids=by_id[i : i + 1000])
+        for i in range(0, len(filtered), 500):
+            self._call(self._col.delete, where={"paper_id": {"$in": filtered[i : i + 500]}})
+        for i in range(0, len(ids), 1000):
+            self._call(self._papers.delete, ids=ids[i : i + 1000])
 
     def upsert_paper_vectors(self, paper_ids: Sequence[str], vectors: np.ndarray) -> None:
         step = self.max_batch()

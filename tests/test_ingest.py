@@ -4,6 +4,7 @@ SQLite FTS5, no model)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rag.corpus import load_corpus
 from rag.embeddings import HashEmbedder
 from rag.errors import CorpusError, IndexCorruptError, IndexLockedError, IndexMissingError, ParseError
 from rag.index import Index
-from rag.ingest import STATE, ingest, ingest_lock
+from rag.ingest import STATE, ingest, ingest_lock, resume_state
 from rag.records import Paper
 from rag.retrieve import Retriever
 from rag.store import ChromaStore
@@ -343,8 +344,9 @@ def test_interrupted_ingest_resumes(settings, small_papers, monkeypatch):
         run(settings, RecordingEmbedder(fail_on_call=3))  # two batches of 5 papers written, then Ctrl-C
     with pytest.raises(IndexMissingError, match=r"rag ingest"):
         Index.open(settings)  # nothing was published
-    state = json.loads((Path(settings.data_dir) / STATE).read_text())
+    state = resume_state(settings.data_dir)
     assert len(state["stored"]) == 10
+    assert len((Path(settings.data_dir) / STATE).read_text().splitlines()) == 3  # a head, then a line per batch
     assert len(store_of(settings).paper_ids()) == 10
 
     emb = RecordingEmbedder()
@@ -470,3 +472,49 @@ def test_upgrading_an_index_of_the_previous_layout_gives_a_whole_index(make_sett
     assert report.reason == "upgraded" and report.papers == len(papers)
     checks = run_checks(settings)
     assert all(c.ok for c in checks), [str(c) for c in checks if not c.ok]
+
+
+def test_interrupted_update_resumes_against_the_published_catalog(make_settings, tmp_path, small_papers, monkeypatch):
+    """An update (2 papers removed, 1 changed, 5 added) stopped after its first batch: the resume state names
+    the published generation instead of copying every stored paper, and the next run finishes the update."""
+    import rag.ingest
+
+    corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:15])
+    settings = make_settings(corpus=str(corpus))
+    run(settings)
+    generation = read_meta(settings.data_dir)["generation"]
+    changed = replace(small_papers[2], abstract=NEW_ABSTRACT)
+    after = [small_papers[0], small_papers[1], changed, *small_papers[3:13], *small_papers[15:20]]
+    _jsonl(corpus, after)
+    monkeypatch.setattr(rag.ingest, "PAPER_BATCH", 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(settings, RecordingEmbedder(fail_on_call=2))
+    head = json.loads((Path(settings.data_dir) / STATE).read_text().splitlines()[0])
+    assert head["base_generation"] == generation and "stored" not in head
+    assert set(head["dropped"]) == {small_papers[13].paper_id, small_papers[14].paper_id, changed.paper_id}
+    state = resume_state(settings.data_dir)
+    assert len(state["stored"]) == 15 - 3 + 2  # the published papers, less the dropped, plus one batch
+    report = run(settings)
+    assert report.papers == len(after)
+    assert_consistent(settings, after)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_chunk_worker_chunks_exactly_like_this_process(small_papers, broken, monkeypatch, caplog):
+    """`rag ingest` chunks in a child process (rag.chunking.ChunkWorker): same chunks and lexical documents
+    as in-process chunking, in order; a child that cannot start leaves the chunking to this process."""
+    from rag.chunking import ChunkWorker, LocalChunking
+
+    if broken:
+        monkeypatch.setattr("sys.executable", "/nonexistent/python")
+    worker = ChunkWorker(160, 32)
+    try:
+        got = list(worker.stream(small_papers, batch=3))
+    finally:
+        worker.close()
+    expected = list(LocalChunking(160, 32).stream(small_papers))
+    assert [(p.paper_id, [c.text for c in cs], docs) for p, cs, docs in got] == \
+           [(p.paper_id, [c.text for c in cs], docs) for p, cs, docs in expected]
+    assert (worker.failure is not None) == broken
+    if broken:
+        assert "chunking in this process" in caplog.text

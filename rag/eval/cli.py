@@ -9,8 +9,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from rag.eval.runner import ANSWER_CHOICES
 from rag.errors import ConfigError
+
+ANSWER_CHOICES = ("extractive", "llm", "none")  # defined here, not in rag.eval.runner: every `rag` command builds this parser
 
 EXAMPLES = """examples:
   rag eval --dataset eval/datasets/dev.jsonl --answer none --out /tmp/evalrun

@@ -30,7 +30,7 @@ from rag.prompts import load_prompts
 from rag.retrieve import MODES
 
 log = logging.getLogger(__name__)
-ANSWER_CHOICES = ("extractive", "llm", "none")
+from rag.eval.cli import ANSWER_CHOICES  # noqa: E402,F401 (the parser's; re-exported)
 REPORT_VERSION = 1
 
 
