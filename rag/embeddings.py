@@ -274,6 +274,10 @@ class EmbeddingCache:
                 found[key] = np.frombuffer(blob, dtype=np.float32)
         return found
 
+    def has_model(self, model: str) -> bool:
+        """True when any vector of `model` is cached."""
+        return self._db.execute("SELECT 1 FROM emb WHERE model = ? LIMIT 1", (model,)).fetchone() is not None
+
     def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
         with self._db:
             self._db.executemany(

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -336,11 +337,13 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
     cache_path = Path(settings.embed_cache_path or data_dir / "embed_cache.sqlite")
     cache = open_embedding_cache(cache_path, report.repaired)
     live = {"model": embedder}
+    model_lock = threading.Lock()
 
     def get_embedder():
-        if live["model"] is None:
-            live["model"] = make_embedder(settings)
-        return live["model"]
+        with model_lock:  # the preloading thread, if any, holds it while it loads
+            if live["model"] is None:
+                live["model"] = make_embedder(settings)
+            return live["model"]
 
     in_catalog = catalog.paper_hashes() if published and not rebuild else {}
     previously = dict(in_catalog)  # what readers saw: the report counts changes against it
@@ -397,6 +400,19 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
             stored.pop(pid, None)
 
     todo = len(hashes.keys() - stored.keys())
+    preload = None
+    if todo and live["model"] is None and not cache.has_model(model_name):
+        # Nothing of this model is cached (a new index): it will be needed, and loading it (torch, the
+        # weights: seconds) overlaps the chunking child's start and the first batch. Its errors surface
+        # at first use, from get_embedder in this thread.
+        def load() -> None:
+            try:
+                get_embedder()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("preloading the embedding model: %s", exc)
+
+        preload = threading.Thread(target=load, daemon=True, name="rag-model-preload")
+        preload.start()
     bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=None if progress and todo else True)
     batch: list = []
 
@@ -455,6 +471,8 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
         if batch:
             flush()
         bar.close()
+        if preload is not None:
+            preload.join()
         cache.close()
         remember_cache_verified(cache_path)
         if cleared:  # the line digests went with the rest: remember them all again

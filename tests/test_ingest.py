@@ -518,3 +518,14 @@ def test_chunk_worker_chunks_exactly_like_this_process(small_papers, broken, mon
     assert (worker.failure is not None) == broken
     if broken:
         assert "chunking in this process" in caplog.text
+
+
+def test_a_missing_model_fails_the_ingest_with_its_fix_not_a_thread_traceback(tmp_path, small_corpus):
+    """A new index preloads the model in a thread (rag.ingest); its failure is reported once, by the ingest."""
+    from tests.conftest import run_cli
+
+    env = {"RAG_DATA_DIR": str(tmp_path / "index"), "RAG_EMBED_MODEL_PATH": str(tmp_path / "no-model"),
+           "RAG_EMBED_BACKEND": "torch"}
+    r = run_cli("ingest", "--corpus", str(small_corpus), env=env, process=True)
+    assert r.returncode != 0
+    assert "RAG_EMBED_MODEL_PATH" in r.stderr and "Traceback" not in r.stderr
