@@ -120,17 +120,18 @@ def _read_questions(path: Path) -> list[dict]:
 
 
 def cmd_ingest(args) -> int:
+    from rag.ingest import corpus_unchanged, ingest
+
     settings = _settings(args)
-    # A chunking child, started before anything else, imports llama-index while this process opens the index
-    # and scans the corpus (rag.chunking.ChunkWorker); on one CPU it would only compete.
+    paths = (args.corpus or []) + (args.jsonl or [])
+    # A chunking child, started before the index is opened, imports llama-index while this process opens the
+    # index and scans the corpus (rag.chunking.ChunkWorker); not when the corpus looks unchanged (nothing to
+    # chunk), nor on one CPU, where it would only compete.
     worker = None
-    if (os.cpu_count() or 1) > 1:
+    if (os.cpu_count() or 1) > 1 and (args.rebuild or not corpus_unchanged(settings, paths or None)):
         from rag.chunking import ChunkWorker
 
         worker = ChunkWorker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
-    from rag.ingest import ingest
-
-    paths = (args.corpus or []) + (args.jsonl or [])
     try:
         report = ingest(settings, paths or None, strict=args.strict, rebuild=args.rebuild, progress=not args.json,
                         chunking=worker)

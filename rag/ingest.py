@@ -261,6 +261,21 @@ def _open_store(settings, data_dir: Path, report: IngestReport):
         return ChromaStore(data_dir, None, settings.collection)
 
 
+def corpus_unchanged(settings, corpus_paths: list[Path] | None = None) -> bool:
+    """A cheap guess, before an ingest: the corpus files hash as they did when the index was published
+    (the ingest itself still checks everything). `rag ingest` starts its chunking child only when not."""
+    try:
+        catalog = Catalog(Path(settings.data_dir) / CATALOG)
+        try:
+            meta = catalog.meta()
+        finally:
+            catalog.close()
+        paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, meta or None)
+        return bool(meta) and meta.get("corpus_fingerprint") == corpus_fingerprint(corpus_files(paths))
+    except Exception:  # noqa: BLE001 - no index, a damaged one, an unreadable corpus: the ingest reports it
+        return False
+
+
 def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = False, rebuild: bool = False,
            embedder=None, store=None, progress: bool = True, chunking=None) -> IngestReport:
     """Bring the index in `settings.data_dir` up to date with the corpus, repairing what is damaged.

@@ -529,3 +529,17 @@ def test_a_missing_model_fails_the_ingest_with_its_fix_not_a_thread_traceback(tm
     r = run_cli("ingest", "--corpus", str(small_corpus), env=env, process=True)
     assert r.returncode != 0
     assert "RAG_EMBED_MODEL_PATH" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_corpus_unchanged_is_a_cheap_guess_that_never_claims_too_much(make_settings, tmp_path, small_papers):
+    from rag.ingest import corpus_unchanged
+
+    corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:5])
+    settings = make_settings(corpus=str(corpus))
+    assert not corpus_unchanged(settings)  # no index yet
+    run(settings)
+    assert corpus_unchanged(settings)
+    _jsonl(corpus, small_papers[:6])
+    assert not corpus_unchanged(settings)
+    (Path(settings.data_dir) / CATALOG).write_bytes(b"not a database")
+    assert not corpus_unchanged(settings)

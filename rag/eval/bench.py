@@ -526,6 +526,7 @@ def bench_scale_ingest(out: Path, sizes: list[int], workdir: Path | None = None,
             row["sync"] = ingest("sync of the kept index (not a figure)")
         else:
             row["cold"] = ingest("cold")
+            _save(out, "scale_ingest", _scale_ingest_data(rows + [row], previous))  # kept if a later step fails
         row["unchanged"] = ingest("unchanged", {"added": 0, "removed": 0, "embedded": 0})
         _append_papers(corpus, n)
         try:
