@@ -262,6 +262,10 @@ class Writer:
     def count_chunks(self) -> int:
         return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
+    def forget_lines(self) -> None:
+        """Drop the whole line cache (made with another key scheme)."""
+        self._db.execute("DELETE FROM lines")
+
     def remember_lines(self, lines: dict[str, LineDigest], forget: Iterable[str] = ()) -> None:
         """Record the digests of parsed corpus lines (new keys only), forgetting lines no longer in the corpus."""
         self._db.executemany("DELETE FROM lines WHERE key = ?", [(k,) for k in forget])

@@ -355,6 +355,9 @@ class LineDigest(NamedTuple):
         return cls(*text.split(" "))
 
 
+LINE_KEYS = "sha1"  # how line_key() hashes; the catalog's line cache made with another scheme is rebuilt
+
+
 def line_key(fname: str, blob: bytes) -> str:
     """The key a JSONL line's digest is remembered under: a hash of its file's name and its bytes (the name,
     so a line moved to another file counts as changed: its paper's list of files changes)."""

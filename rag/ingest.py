@@ -31,7 +31,7 @@ import numpy as np
 
 from rag.catalog import CATALOG, SCHEMA_VERSION, Catalog
 from rag.chunking import LocalChunking
-from rag.corpus import corpus_files, corpus_fingerprint, iter_unique, scan_corpus
+from rag.corpus import LINE_KEYS, corpus_files, corpus_fingerprint, iter_unique, scan_corpus
 from rag.embeddings import (embed_with_cache, embedder_name, make_embedder, open_embedding_cache,
                             remember_cache_verified)
 from rag.errors import ConfigError, IndexCorruptError, IndexLockedError, StoreUnavailableError
@@ -335,7 +335,9 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
         state = None
     counts = published.get("counts", {}) if published else {}
     healthy = bool(published) and _healthy(catalog, store, counts, report, recorded)
-    if healthy and not rebuild and state is None and published.get("corpus_fingerprint") == fingerprint and not report.repaired:
+    same_keys = bool(published) and published.get("line_keys") == LINE_KEYS  # else the line cache is re-keyed now
+    if (healthy and not rebuild and state is None and published.get("corpus_fingerprint") == fingerprint
+            and same_keys and not report.repaired):
         report.papers = report.unchanged = counts.get("papers", 0)
         report.chunks = counts.get("chunks", 0)
         report.reason = "corpus unchanged"
@@ -345,7 +347,7 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
 
     if not rebuild and hasattr(store, "warm_up"):
         store.warm_up()  # its vector indexes load while the corpus is scanned
-    known_lines = {} if rebuild else catalog.scanned_lines()
+    known_lines = catalog.scanned_lines() if same_keys and not rebuild else {}
     scan = scan_corpus(files, strict=strict, known=known_lines)
     report.entries, report.duplicates = scan.entries, scan.duplicates
     report.issues = [str(i) for i in scan.issues]
@@ -490,7 +492,9 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
             preload.join()
         cache.close()
         remember_cache_verified(cache_path)
-        if cleared:  # the line digests went with the rest: remember them all again
+        if cleared or not same_keys:  # the line digests went with the rest, or are re-keyed: remember them all
+            if not cleared:
+                tx.forget_lines()
             tx.remember_lines(scan.lines)
         else:
             tx.remember_lines({k: d for k, d in scan.lines.items() if k not in known_lines}, forget=forgotten)
@@ -503,6 +507,7 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
             "corpus_paths": [str(p.resolve()) for p in paths],
             "corpus_files": [str(f) for f in files],
             "corpus_fingerprint": fingerprint,
+            "line_keys": LINE_KEYS,
             "counts": {"papers": report.papers, "chunks": report.chunks},
             "embedding": live["model"].describe() if live["model"] is not None and hasattr(live["model"], "describe")
             else (published or {}).get("embedding"),

@@ -543,3 +543,26 @@ def test_corpus_unchanged_is_a_cheap_guess_that_never_claims_too_much(make_setti
     assert not corpus_unchanged(settings)
     (Path(settings.data_dir) / CATALOG).write_bytes(b"not a database")
     assert not corpus_unchanged(settings)
+
+
+def test_a_line_cache_keyed_another_way_is_rebuilt_by_the_next_ingest(make_settings, tmp_path, small_papers):
+    """An index whose JSONL line cache was keyed by an older scheme: the next ingest (even with the corpus
+    unchanged) re-keys it, so the first real update after an upgrade does not pay a full parse."""
+    import sqlite3
+
+    corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:8])
+    settings = make_settings(corpus=str(corpus))
+    run(settings)
+    db_path = Path(settings.data_dir) / CATALOG
+    with sqlite3.connect(db_path) as db:
+        keys = {k for (k,) in db.execute("SELECT key FROM lines")}
+        assert len(keys) == 8
+        db.execute("UPDATE lines SET key = 'old-' || key")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'line_keys'", (json.dumps("blake2b"),))
+    report = run(settings)
+    assert report.reason != "corpus unchanged" and report.embedded == 0 and report.added == report.removed == 0
+    with sqlite3.connect(db_path) as db:
+        assert {k for (k,) in db.execute("SELECT key FROM lines")} == keys
+    assert read_meta(settings.data_dir)["line_keys"] == "sha1"
+    assert run(settings).reason == "corpus unchanged"
+    assert_consistent(settings, small_papers[:8])
