@@ -120,15 +120,15 @@ def _read_questions(path: Path) -> list[dict]:
 
 
 def cmd_ingest(args) -> int:
-    from rag.ingest import corpus_unchanged, ingest
+    from rag.ingest import corpus_change, ingest
 
     settings = _settings(args)
     paths = (args.corpus or []) + (args.jsonl or [])
     # A chunking child, started before the index is opened, imports llama-index while this process opens the
-    # index and scans the corpus (rag.chunking.ChunkWorker); not when the corpus looks unchanged (nothing to
-    # chunk), nor on one CPU, where it would only compete.
+    # index and scans the corpus (rag.chunking.ChunkWorker); only when papers are probably added (a removal
+    # chunks nothing, and the child's imports would take CPU from this process), never on one CPU.
     worker = None
-    if (os.cpu_count() or 1) > 1 and (args.rebuild or not corpus_unchanged(settings, paths or None)):
+    if (os.cpu_count() or 1) > 1 and (args.rebuild or corpus_change(settings, paths or None) in ("grown", "unknown")):
         from rag.chunking import ChunkWorker
 
         worker = ChunkWorker(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)

@@ -261,9 +261,12 @@ def _open_store(settings, data_dir: Path, report: IngestReport):
         return ChromaStore(data_dir, None, settings.collection)
 
 
-def corpus_unchanged(settings, corpus_paths: list[Path] | None = None) -> bool:
-    """A cheap guess, before an ingest: the corpus files hash as they did when the index was published
-    (the ingest itself still checks everything). `rag ingest` starts its chunking child only when not."""
+def corpus_change(settings, corpus_paths: list[Path] | None = None) -> str:
+    """A cheap guess before an ingest, from the published metadata (the ingest itself still checks
+    everything): "unchanged" (the files hash as when the index was published), "grown" (more bytes: papers
+    probably added), "shrunk" (fewer or as many bytes: probably removed or edited), or "unknown" (no index,
+    a damaged one, an unreadable corpus). `rag ingest` starts its chunking child only when papers are
+    probably added: removing papers needs no chunking."""
     try:
         catalog = Catalog(Path(settings.data_dir) / CATALOG)
         try:
@@ -271,9 +274,15 @@ def corpus_unchanged(settings, corpus_paths: list[Path] | None = None) -> bool:
         finally:
             catalog.close()
         paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, meta or None)
-        return bool(meta) and meta.get("corpus_fingerprint") == corpus_fingerprint(corpus_files(paths))
-    except Exception:  # noqa: BLE001 - no index, a damaged one, an unreadable corpus: the ingest reports it
-        return False
+        files = corpus_files(paths)
+        if not meta:
+            return "unknown"
+        if meta.get("corpus_fingerprint") == corpus_fingerprint(files):
+            return "unchanged"
+        size, before = sum(Path(f).stat().st_size for f in files), meta.get("corpus_bytes")
+        return "unknown" if before is None else "grown" if size > before else "shrunk"
+    except Exception:  # noqa: BLE001 - the ingest reports whatever is wrong
+        return "unknown"
 
 
 def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = False, rebuild: bool = False,
@@ -507,6 +516,7 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
             "corpus_paths": [str(p.resolve()) for p in paths],
             "corpus_files": [str(f) for f in files],
             "corpus_fingerprint": fingerprint,
+            "corpus_bytes": sum(Path(f).stat().st_size for f in files),
             "line_keys": LINE_KEYS,
             "counts": {"papers": report.papers, "chunks": report.chunks},
             "embedding": live["model"].describe() if live["model"] is not None and hasattr(live["model"], "describe")

@@ -531,18 +531,20 @@ def test_a_missing_model_fails_the_ingest_with_its_fix_not_a_thread_traceback(tm
     assert "RAG_EMBED_MODEL_PATH" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_corpus_unchanged_is_a_cheap_guess_that_never_claims_too_much(make_settings, tmp_path, small_papers):
-    from rag.ingest import corpus_unchanged
+def test_corpus_change_is_a_cheap_guess_that_never_claims_too_much(make_settings, tmp_path, small_papers):
+    from rag.ingest import corpus_change
 
     corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:5])
     settings = make_settings(corpus=str(corpus))
-    assert not corpus_unchanged(settings)  # no index yet
+    assert corpus_change(settings) == "unknown"  # no index yet
     run(settings)
-    assert corpus_unchanged(settings)
+    assert corpus_change(settings) == "unchanged"
     _jsonl(corpus, small_papers[:6])
-    assert not corpus_unchanged(settings)
+    assert corpus_change(settings) == "grown"
+    _jsonl(corpus, small_papers[:4])
+    assert corpus_change(settings) == "shrunk"
     (Path(settings.data_dir) / CATALOG).write_bytes(b"not a database")
-    assert not corpus_unchanged(settings)
+    assert corpus_change(settings) == "unknown"
 
 
 def test_a_line_cache_keyed_another_way_is_rebuilt_by_the_next_ingest(make_settings, tmp_path, small_papers):
