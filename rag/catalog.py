@@ -134,7 +134,7 @@ class Catalog:
         return out
 
     def scanned_lines(self) -> dict[str, LineDigest]:
-        """The corpus lines parsed by earlier ingests (rag.corpus.line_key -> digest), so that an ingest of a
+        """The corpus lines parsed by earlier ingests (key per rag.corpus.LINE_KEYS -> digest), so that an ingest of a
         large JSONL parses only its new lines."""
         try:
             rows = self._query("SELECT key, digest FROM lines")

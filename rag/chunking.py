@@ -125,7 +125,7 @@ class ChunkWorker:
         import threading
 
         self.params = {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "tokenizer": tokenizer}
-        self._local: Chunker | None = None
+        self._local = LocalChunking(chunk_size, chunk_overlap, tokenizer)  # the fallback
         self.failure: str | None = None
         self._results: queue.Queue = queue.Queue()
         self._requests: queue.Queue = queue.Queue()
@@ -171,11 +171,6 @@ class ChunkWorker:
             self.failure = why
         self.close()
 
-    def _chunk_here(self, papers: list[Paper]) -> list[ChunkedPaper]:
-        if self._local is None:
-            self._local = Chunker(**self.params)
-        return [_chunk_with_documents(self._local, p) for p in papers]
-
     def _receive(self, papers: list[Paper]) -> list[ChunkedPaper]:
         import queue
 
@@ -187,7 +182,7 @@ class ChunkWorker:
             if status == "ok" and len(value) == len(papers):
                 return [(p, chunks, docs) for p, (chunks, docs) in zip(papers, value)]
             self._fail(str(value))
-        return self._chunk_here(papers)
+        return list(self._local.stream(papers))
 
     def stream(self, papers: Iterable[Paper], batch: int = 64) -> Iterable[ChunkedPaper]:
         """Every paper with its chunks and their lexical documents, in order."""

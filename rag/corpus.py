@@ -355,13 +355,10 @@ class LineDigest(NamedTuple):
         return cls(*text.split(" "))
 
 
-LINE_KEYS = "sha1"  # how line_key() hashes; the catalog's line cache made with another scheme is rebuilt
-
-
-def line_key(fname: str, blob: bytes) -> str:
-    """The key a JSONL line's digest is remembered under: a hash of its file's name and its bytes (the name,
-    so a line moved to another file counts as changed: its paper's list of files changes)."""
-    return hashlib.sha1(fname.encode() + b"\n" + blob.strip()).hexdigest()  # a cache key: sha1 is 2.5x blake2b here
+# A JSONL line's digest is remembered under sha1(file name + "\n" + the stripped line): the name, so a line
+# moved to another file counts as changed (its paper's list of files changes). sha1 is 2.5x BLAKE2b here and
+# this is a cache key. The catalog's line cache made with another scheme is rebuilt (rag.ingest).
+LINE_KEYS = "sha1"
 
 
 @dataclass
@@ -425,7 +422,7 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False,
         prefix = name.encode() + b"\n"
         sha1, lines, fast = hashlib.sha1, scan.lines, 0
         for no, blob in _jsonl_lines(path, scan.offsets.setdefault(fidx, array("q"))):
-            key = sha1(prefix + blob.strip()).hexdigest()  # line_key(), inlined
+            key = sha1(prefix + blob.strip()).hexdigest()  # the LINE_KEYS scheme
             digest = known.get(key)
             if digest is not None:
                 lines[key] = digest
@@ -504,9 +501,17 @@ def iter_unique(scan: CorpusScan, only: Iterable[str] | None = None) -> Iterator
             papers = ((no, _jsonl_paper(path.name, no, obj, [])) for no, obj in papers if obj is not None)
         else:
             papers = ((no, paper) for _, no, paper in iter_raw_papers([path], []) if no in at)
+        changed = CorpusError(f"{path.name} changed while it was being ingested: run `rag ingest` again once it "
+                              "is written (nothing of this run is lost: it resumes)")
+        read = set()
         for no, paper in papers:
             pid = at[no]
+            if content_hash(paper) != scan.hashes[pid]:  # the file changed since pass one read it
+                raise changed
+            read.add(no)
             yield replace(paper, paper_id=pid, sources=scan.sources[pid])
+        if len(read) < len(at):  # wanted lines gone or no longer parseable
+            raise changed
 
 
 def load_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusLoad:

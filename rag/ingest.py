@@ -209,7 +209,7 @@ def resume_state(data_dir: Path) -> dict | None:
     data_dir = Path(data_dir)
     if not (data_dir / STATE).is_file():
         return None
-    catalog = Catalog(data_dir / CATALOG, create=True)
+    catalog = Catalog(data_dir / CATALOG)  # a read: never creates one (the ingest that wrote STATE did)
     try:
         return _read_state(data_dir / STATE, catalog, catalog.meta())
     finally:
@@ -261,12 +261,15 @@ def _open_store(settings, data_dir: Path, report: IngestReport):
         return ChromaStore(data_dir, None, settings.collection)
 
 
+def _stat(files) -> dict[str, list[int]]:
+    return {str(f): [st.st_size, st.st_mtime_ns] for f in files for st in [Path(f).stat()]}
+
+
 def corpus_change(settings, corpus_paths: list[Path] | None = None) -> str:
-    """A cheap guess before an ingest, from the published metadata (the ingest itself still checks
-    everything): "unchanged" (the files hash as when the index was published), "grown" (more bytes: papers
-    probably added), "shrunk" (fewer or as many bytes: probably removed or edited), or "unknown" (no index,
-    a damaged one, an unreadable corpus). `rag ingest` starts its chunking child only when papers are
-    probably added: removing papers needs no chunking."""
+    """A cheap guess before an ingest, from file sizes and times against the published metadata (no file
+    is read; the ingest itself checks the contents): "unchanged", "grown" (more bytes: papers probably
+    added), "shrunk" (fewer or as many: probably removed or edited), or "unknown" (no index, a damaged one,
+    an unreadable corpus). `rag ingest` starts its chunking child only for "grown" or "unknown"."""
     try:
         catalog = Catalog(Path(settings.data_dir) / CATALOG)
         try:
@@ -274,13 +277,12 @@ def corpus_change(settings, corpus_paths: list[Path] | None = None) -> str:
         finally:
             catalog.close()
         paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, meta or None)
-        files = corpus_files(paths)
-        if not meta:
+        now, before = _stat(corpus_files(paths)), meta.get("corpus_stat")
+        if not meta or not isinstance(before, dict):
             return "unknown"
-        if meta.get("corpus_fingerprint") == corpus_fingerprint(files):
+        if now == before:
             return "unchanged"
-        size, before = sum(Path(f).stat().st_size for f in files), meta.get("corpus_bytes")
-        return "unknown" if before is None else "grown" if size > before else "shrunk"
+        return "grown" if sum(s for s, _ in now.values()) > sum(s for s, _ in before.values()) else "shrunk"
     except Exception:  # noqa: BLE001 - the ingest reports whatever is wrong
         return "unknown"
 
@@ -516,7 +518,7 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
             "corpus_paths": [str(p.resolve()) for p in paths],
             "corpus_files": [str(f) for f in files],
             "corpus_fingerprint": fingerprint,
-            "corpus_bytes": sum(Path(f).stat().st_size for f in files),
+            "corpus_stat": _stat(files),  # for corpus_change()
             "line_keys": LINE_KEYS,
             "counts": {"papers": report.papers, "chunks": report.chunks},
             "embedding": live["model"].describe() if live["model"] is not None and hasattr(live["model"], "describe")

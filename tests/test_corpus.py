@@ -400,3 +400,23 @@ def test_explicit_file_paths_and_multiple_paths(tmp_path):
     assert [p.title for p in load.papers] == ["Paper A", "Paper B"]
     assert load.files == [str(a), str(b)]
     assert isinstance(load.files[0], str) and Path(load.files[0]).exists()
+
+
+@pytest.mark.parametrize("edit", ["rewritten", "truncated"])
+def test_a_file_changed_between_the_two_passes_is_refused_not_misread(tmp_path, edit):
+    """Pass two re-reads only the wanted lines (by byte offset); if the file changed since pass one read it,
+    the ingest stops with the fix instead of indexing other text under the scanned hashes."""
+    from rag.corpus import iter_unique, scan_corpus
+
+    path = tmp_path / "papers.jsonl"
+    rows = [{"title": f"Paper number {i}", "abstract": f"An abstract about topic {i} and its results."} for i in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scan = scan_corpus([path])
+    assert len(list(iter_unique(scan, list(scan.hashes)[-2:]))) == 2  # unchanged: read back by offset
+    if edit == "rewritten":
+        rows[3]["abstract"] = "Quite another abstract, written after the first pass."
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    with pytest.raises(CorpusError, match="changed while it was being ingested"):
+        list(iter_unique(scan, list(scan.hashes)[-2:]))

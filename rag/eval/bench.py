@@ -38,6 +38,24 @@ def _pct(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
+def summary(ms: list[float], digits: int = 2) -> dict:
+    """{"n", "p50_ms" (the median), "p95_ms"} of timings in milliseconds: one definition for every bench."""
+    import statistics
+
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), digits), "p95_ms": round(_pct(ms, 95), digits)}
+
+
+def time_each(fn, items, repeats: int) -> list[float]:
+    """Milliseconds of `fn(item)` for every item, `repeats` rounds."""
+    out = []
+    for _ in range(repeats):
+        for item in items:
+            t = time.perf_counter()
+            fn(item)
+            out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
 def _table(title, rows):
     print(f"\n## {title}")
     for row in rows:
@@ -114,22 +132,9 @@ def bench_latency(out: Path, repeats: int = 5) -> dict:
     assistant = Assistant.from_settings(settings, retriever=retriever)
     for q in QUESTIONS:  # warm-up
         retriever.search(q, 10)
-    rows = []
-    for mode in ("hybrid", "dense", "bm25"):
-        ts = []
-        for _ in range(repeats):
-            for q in QUESTIONS:
-                t = time.perf_counter()
-                retriever.search(q, 10, mode)
-                ts.append((time.perf_counter() - t) * 1000)
-        rows.append({"op": f"search/{mode}", "n": len(ts), "p50_ms": round(_pct(ts, 50), 2), "p95_ms": round(_pct(ts, 95), 2)})
-    ts = []
-    for _ in range(repeats):
-        for q in QUESTIONS:
-            t = time.perf_counter()
-            assistant.ask(q, extractive=True)
-            ts.append((time.perf_counter() - t) * 1000)
-    rows.append({"op": "ask/extractive", "n": len(ts), "p50_ms": round(_pct(ts, 50), 2), "p95_ms": round(_pct(ts, 95), 2)})
+    rows = [{"op": f"search/{mode}", **summary(time_each(lambda q, m=mode: retriever.search(q, 10, m), QUESTIONS, repeats))}
+            for mode in ("hybrid", "dense", "bm25")]
+    rows.append({"op": "ask/extractive", **summary(time_each(lambda q: assistant.ask(q, extractive=True), QUESTIONS, repeats))})
     _table("warm latency (in-process)", rows)
     _save(out, "latency", {"rows": rows})
     return {"rows": rows}
@@ -169,7 +174,7 @@ def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
                     raise SystemExit(f"evidence bench: {result.unanswered} unanswered, {result.invalid} invalid for {q!r}")
     for op, ts in (("retrieve", retrieve_ms), (f"evidence ({papers} papers, concurrency "
                                                 f"{settings.evidence_concurrency})", evidence_ms)):
-        rows.append({"op": op, "n": len(ts), "p50_ms": round(_pct(ts, 50), 1), "p95_ms": round(_pct(ts, 95), 1)})
+        rows.append({"op": op, **summary(ts, 1)})
     data = {"papers": papers, "concurrency": settings.evidence_concurrency, "rows": rows,
             "evidence_over_retrieval_p50_ms": rows[1]["p50_ms"], "goal_ms": 300}
     _table("LLM evidence step over retrieval (zero-delay fake server)", rows)
@@ -394,6 +399,7 @@ def _plot_scale(out: Path, rows) -> None:
 QUERY_WORKER = r"""
 import json, resource, statistics, sys, time
 from pathlib import Path
+from rag.eval.bench import summary, time_each
 from rag.retrieve import Retriever
 from rag.settings import load_settings
 queries, repeats, url = json.loads(sys.argv[1]), int(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else None)
@@ -406,33 +412,21 @@ t = time.perf_counter()
 retriever = Retriever.from_settings(settings, store=store, check_stale=False)
 out = {"open_s": round(time.perf_counter() - t, 2), "modes": {}}
 for mode in ("hybrid", "dense", "bm25"):
-    for q in queries:  # warm-up: caches, HNSW pages, FTS5 pages
-        retriever.search(q, 10, mode)
-    ts = []
-    for _ in range(repeats):
-        for q in queries:
-            t = time.perf_counter()
-            retriever.search(q, 10, mode)
-            ts.append((time.perf_counter() - t) * 1000)
-    ts.sort()
-    out["modes"][mode] = {"n": len(ts), "p50_ms": round(statistics.median(ts), 2),
-                          "p95_ms": round(ts[min(len(ts) - 1, int(round(0.95 * (len(ts) - 1))))], 2)}
+    search = lambda q, m=mode: retriever.search(q, 10, m)
+    time_each(search, queries, 1)  # warm-up: caches, HNSW pages, FTS5 pages
+    out["modes"][mode] = summary(time_each(search, queries, repeats))
 if not url:  # what the row budget of rag.lexical costs in ranking, and saves in time, against exhaustive BM25
     from rag import lexical
     from rag.catalog import CATALOG, Catalog
     catalog = Catalog(Path(settings.data_dir) / CATALOG)
-    ts, top10, top50 = [], [], []
+    exact = lambda q: catalog.lexical(lexical.match_expression(q), 50)
+    ts, top10, top50 = time_each(exact, queries, 1), [], []
     for q in queries:
-        t = time.perf_counter()
-        exact = catalog.lexical(lexical.match_expression(q), 50)
-        ts.append((time.perf_counter() - t) * 1000)
-        got = retriever.index.lexical(q, 50)
+        best, got = exact(q), retriever.index.lexical(q, 50)
         for k, acc in ((10, top10), (50, top50)):
-            want = {c for c, _ in exact[:k]}
+            want = {c for c, _ in best[:k]}
             acc.append(len(want & {c for c, _ in got[:k]}) / max(1, len(want)))
-    ts.sort()
-    out["bm25_exhaustive"] = {"n": len(ts), "p50_ms": round(statistics.median(ts), 2),
-                              "p95_ms": round(ts[min(len(ts) - 1, int(round(0.95 * (len(ts) - 1))))], 2),
+    out["bm25_exhaustive"] = {**summary(ts),
                               "overlap_at_10": round(statistics.mean(top10), 3), "overlap_at_50": round(statistics.mean(top50), 3),
                               "row_budget": lexical.ROW_BUDGET, "rescore_pool": lexical.RESCORE_POOL}
 out["client_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

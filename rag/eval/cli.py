@@ -10,8 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from rag.errors import ConfigError
-
-ANSWER_CHOICES = ("extractive", "llm", "none")  # defined here, not in rag.eval.runner: every `rag` command builds this parser
+from rag.eval import ANSWER_CHOICES
 
 EXAMPLES = """examples:
   rag eval --dataset eval/datasets/dev.jsonl --answer none --out /tmp/evalrun

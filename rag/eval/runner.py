@@ -14,6 +14,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rag.errors import ConfigError, RagError
+from rag.eval import ANSWER_CHOICES
 from rag.eval.dataset import Dataset, Question
 from rag.eval.metrics import (
     METRICS,
@@ -25,12 +27,11 @@ from rag.eval.metrics import (
     summarise,
     unsupported_sentence_rate,
 )
-from rag.errors import ConfigError, RagError
 from rag.prompts import load_prompts
 from rag.retrieve import MODES
 
 log = logging.getLogger(__name__)
-from rag.eval.cli import ANSWER_CHOICES  # noqa: E402,F401 (the parser's; re-exported)
+
 REPORT_VERSION = 1
 
 
