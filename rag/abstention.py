@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from rag.judgement import JudgementParams
-from rag.text import content_terms, matched_terms
+from rag.text import content_terms, is_keyword_query, matched_terms
 
 ANSWER, LOW, ABSTAIN = "answer", "low", "abstain"
 LEVELS = (ANSWER, LOW, ABSTAIN)
@@ -39,7 +39,9 @@ class Features:
     """sim: best dense cosine of any chunk to the question; cov: idf-weighted share of the question's terms
     in the best of the top papers; oov: idf share of question terms the corpus never uses; sent_sim: best
     cosine of a single sentence (or title) of the top papers; miss_idf: the rarest question term missing
-    from the best-covering top paper, as a share of the largest possible idf; terms: content terms."""
+    from the best-covering top paper, as a share of the largest possible idf; kw_miss: miss_idf again for a
+    search-box query ("legal judgment prediction indian courts", where every word is a constraint) and 0 for
+    a sentence, whose wording need not occur in the paper; terms: content terms."""
 
     sim: float
     cov: float
@@ -47,6 +49,7 @@ class Features:
     sent_sim: float
     miss_idf: float
     terms: int
+    kw_miss: float = 0.0
 
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -84,13 +87,15 @@ def features(question: str, similarity: float | None, paper_ids: Sequence[str], 
     """`paper_ids`: the retrieved papers, best first; `sentence_sims`: each top paper's best sentence cosine."""
     terms = set(content_terms(question))
     top = list(paper_ids)[:TOP_PAPERS]
+    miss = missing_idf(terms, stats, top)
     return Features(
         sim=float(similarity) if similarity is not None and math.isfinite(similarity) else 0.0,
         cov=coverage(terms, stats, top),
         oov=oov_share(terms, stats),
         sent_sim=max(sentence_sims[:TOP_PAPERS], default=0.0),
-        miss_idf=missing_idf(terms, stats, top),
+        miss_idf=miss,
         terms=len(terms),
+        kw_miss=miss if is_keyword_query(question) else 0.0,
     )
 
 

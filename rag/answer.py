@@ -29,7 +29,7 @@ from rag.retrieve import PaperSearch
 from rag.tokens import encoding_for_model
 from rag.relevance import LIST_POOL, ListRelevance, paper_features
 from rag.sentences import shared_sentence_vectors
-from rag.text import is_keyword_query
+from rag.text import KEYWORD_MAX_WORDS, is_keyword_query
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _LIST_QUESTION = re.compile(
     r"|\b(papers|works)\s+(on|about|that|which|using|for|proposing)\b",
     re.I,
 )
-LIST_MAX_WORDS = 7  # a keyword query ("sparse autoencoders interpretability") asks for papers, unless it asks a fact
+LIST_MAX_WORDS = KEYWORD_MAX_WORDS  # a keyword query ("sparse autoencoders interpretability") asks for papers, unless it asks a fact
 LOW_CONFIDENCE = "Low confidence: these papers may not answer this question; the closest passages are quoted."
 EXTRACTIVE = "Extractive answer: sentences quoted from the abstracts"
 EVIDENCE_SHARE = 0.6  # of the answer's LLM deadline left when the evidence step starts

@@ -103,7 +103,10 @@ _QUESTION_START = re.compile(
 )
 
 
-def is_keyword_query(text: str, max_words: int) -> bool:
+KEYWORD_MAX_WORDS = 7  # "sparse autoencoders interpretability": a search-box query, every word a constraint
+
+
+def is_keyword_query(text: str, max_words: int = KEYWORD_MAX_WORDS) -> bool:
     """A search-box style query ("concept erasure diffusion"): at most `max_words` words, no question mark,
     not opening like a question."""
     return "?" not in text and len(text.split()) <= max_words and not _QUESTION_START.match(text)

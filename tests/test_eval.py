@@ -233,11 +233,14 @@ def test_score_answer_on_hand_built_answer_records():
     assert row["cited_titles"] == ["Erasing Concepts from Diffusion Models"]
     assert row["answer_tokens"] > 0 and row["prompt_tokens"] > 0
 
-    # abstained on an answerable question: a false abstention, no grounding metrics
+    # abstained on an answerable question: a false abstention that delivered no fact and no gold paper
+    # (scored 0, not left out: leaving it out would make refusing look free to recall)
     abst = Answer(question="q", answer="The indexed papers do not answer this question.", mode="extractive",
                   abstained=True, sources=_sources(), timings_ms={"retrieve": 5, "generate": 0.0, "total": 6})
     row = score_answer(_q(), abst, checker, count=len)
-    assert row["metrics"] == {"false_abstention_rate": 1.0}
+    assert row["metrics"] == {"false_abstention_rate": 1.0, "citation_recall": 0.0, "key_fact_recall": 0.0}
+    row = score_answer(_q(facts=()), abst, checker, count=len)
+    assert row["metrics"] == {"false_abstention_rate": 1.0, "citation_recall": 0.0, "key_fact_recall": None}
     assert row["prompt_tokens"] is None  # abstained before generating: no prompt sent
     # the same abstention on an unanswerable question is correct
     row = score_answer(_q("unanswerable", (), ()), abst, checker)

@@ -55,7 +55,7 @@ def test_shipped_parameters_load_and_record_what_they_were_fitted_on():
     assert params.fitted["split"] == "tune" and params.fitted["dataset_sha256"]
     assert 0 < params.abstain_below <= params.low_below < 1
     assert 0 < params.relevant_at < 1
-    assert set(params.abstention.features) == {"sim", "cov", "oov", "sent_sim", "miss_idf"}
+    assert set(params.abstention.features) == {"sim", "cov", "oov", "sent_sim", "miss_idf", "kw_miss"}
     assert JudgementParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params
 
 
@@ -80,6 +80,38 @@ def test_three_levels_from_the_calibrated_probability(sim, level):
     assert 0.0 <= judged.confidence <= 1.0
 
 
+class _Stats:
+    """Two papers' terms over a corpus of 100 papers (df = number of the two papers using a term)."""
+
+    papers = {"p1": {"legal", "judgment", "predict", "court"}, "p2": {"court", "german"}}
+
+    def df(self, term):
+        return sum(term in terms for terms in self.papers.values())
+
+    def idf(self, term):
+        import math
+
+        return math.log(1 + 100 / (self.df(term) + 0.5))
+
+    def paper_terms(self, paper_id):
+        return self.papers[paper_id]
+
+    def __len__(self):
+        return 100
+
+
+def test_a_missing_word_counts_again_when_the_query_is_a_keyword_query():
+    from rag.abstention import features
+
+    typed = features("legal judgment prediction indian courts", 0.6, ["p1", "p2"], _Stats(), [0.7, 0.5])
+    asked = features("Which papers predict the judgment of Indian courts in legal cases?", 0.6, ["p1", "p2"],
+                     _Stats(), [0.7, 0.5])
+    assert typed.miss_idf > 0.9 and typed.kw_miss == typed.miss_idf  # "indian" is in neither paper
+    assert asked.miss_idf > 0.9 and asked.kw_miss == 0.0  # a sentence's wording need not be the paper's
+    covered = features("legal judgment prediction courts", 0.6, ["p1", "p2"], _Stats(), [0.7, 0.5])
+    assert covered.miss_idf == 0.0 and covered.kw_miss == 0.0
+
+
 def test_a_question_without_content_words_is_never_answered():
     judged = Abstention(_params()).judge(Features(0.99, 1.0, 0.0, 0.99, 0.0, terms=0))
     assert judged.level == ABSTAIN and judged.abstain
@@ -90,9 +122,11 @@ def test_calibration_picks_the_operating_point_within_the_allowed_false_refusals
 
     rows = []
     for i in range(60):  # answerable: high sim; unanswerable: low sim, with overlap in the middle
-        rows.append({"answerable": True, "sim": 0.45 + i / 100, "cov": 0.8, "oov": 0.0, "sent_sim": 0.7, "miss_idf": 0.3})
+        rows.append({"answerable": True, "sim": 0.45 + i / 100, "cov": 0.8, "oov": 0.0, "sent_sim": 0.7, "miss_idf": 0.3,
+                     "kw_miss": 0.0})
     for i in range(20):
-        rows.append({"answerable": False, "sim": 0.30 + i / 80, "cov": 0.4, "oov": 0.2, "sent_sim": 0.5, "miss_idf": 0.8})
+        rows.append({"answerable": False, "sim": 0.30 + i / 80, "cov": 0.4, "oov": 0.2, "sent_sim": 0.5, "miss_idf": 0.8,
+                     "kw_miss": 0.8 * (i % 2)})
     model, abstain_below, low_below, info = fit_abstention(rows, max_false=0.05, low_share=0.1)
     point = info["cv_point"]
     assert point["false_refusals"] <= 3 and point["caught"] >= 10

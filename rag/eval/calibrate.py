@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ABSTENTION_FEATURES = ("sim", "cov", "oov", "sent_sim", "miss_idf")
+ABSTENTION_FEATURES = ("sim", "cov", "oov", "sent_sim", "miss_idf", "kw_miss")
 RELEVANCE_FEATURES = ("inv_rank", "dsim", "rcov", "dss")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "judgement.json"
 

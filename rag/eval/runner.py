@@ -91,6 +91,9 @@ def score_answer(q: Question, ans, checker: SupportChecker, count=None, prompts=
     metrics: dict = {}
     if q.answerable:
         metrics["false_abstention_rate"] = 1.0 if abstained else 0.0
+        if abstained:  # a refused answerable question delivered none of its facts or papers: 0, not "not scored"
+            metrics["citation_recall"] = 0.0
+            metrics["key_fact_recall"] = 0.0 if q.key_facts else None
     else:
         metrics["abstention_accuracy"] = 1.0 if abstained else 0.0
     if not abstained:
