@@ -80,14 +80,19 @@ class Assistant:
     """Answers questions over an index: the same `Answer` for CLI, Python API, UI, MCP and eval."""
 
     def __init__(self, settings, retriever: PaperSearch, llm: ChatModel | None = None, prompts=None,
-                 abstention=None, extractor=None):
+                 abstention=None, extractor=None, params=None):
+        """`params`: the judgement parameters (default: RAG_JUDGEMENT_PARAMS or the shipped ones)."""
         self.settings = settings
         self._retriever = retriever
         self._index = retriever.index
         self._llm = llm
         self.prompts = prompts or load_prompts()
-        params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
-        self._abstention = abstention or Abstention.from_settings(settings)
+        if params is None:
+            params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
+            self._abstention = abstention or Abstention.from_settings(settings)
+        else:
+            self._abstention = abstention or Abstention(params, settings.abstain_threshold,
+                                                        settings.low_confidence_threshold)
         self._relevance = ListRelevance(params)
         self._extractor = extractor or Extractor(Weights(**params.fitted.get("extractive_weights", {})))
         self._sentences = (shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))

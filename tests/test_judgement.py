@@ -213,3 +213,33 @@ def test_the_ui_examples_are_answered_from_the_corpus(real_assistant):
     for example in EXAMPLES:
         answer = real_assistant.ask(example)
         assert answer.judgement["level"] == ANSWER and answer.citations, example
+
+
+@pytest.mark.slow
+def test_the_extractive_fit_scores_what_rag_eval_scores(real_index, real_retriever):
+    """Calibration fits the sentence weights on the answers the pipeline gives (list sources filtered by the
+    relevance model, refusals scoring 0), so its tune figure is the one `rag eval` reports for those weights."""
+    import dataclasses
+    from pathlib import Path
+
+    from rag.answer import Assistant, _embed_cache_path
+    from rag.eval.calibrate import fit_extractive
+    from rag.eval.dataset import load_dataset
+    from rag.eval.runner import run_eval
+    from rag.extractive import Extractor, Weights
+    from rag.sentences import shared_sentence_vectors
+
+    dev = Path(__file__).resolve().parent.parent / "eval" / "datasets" / "dev.jsonl"
+    ds = load_dataset(dev, [p.title for p in real_retriever.index.papers()])
+    tune = [q for q in ds.questions if q.split == "tune" and q.answerable and q.key_facts]
+    small = dataclasses.replace(ds, questions=[q for q in tune if q.type == "list"][:4]
+                                + [q for q in tune if q.type == "multi_hop"][:3])
+    params = load_params()
+    sentences = shared_sentence_vectors(real_retriever.embedder, _embed_cache_path(real_index))
+    weights, info = fit_extractive(real_index, small, "tune", {"retriever": real_retriever, "sentences": sentences},
+                                   params)
+    assistant = Assistant(real_index, real_retriever, None, params=params, extractor=Extractor(Weights(**weights)))
+    report = run_eval(real_index, small, modes=["hybrid"], answer="extractive", retriever=real_retriever,
+                      assistant=assistant, progress=False)
+    assert info["questions"] == 7
+    assert info["key_fact_recall"] == pytest.approx(report["by_split"]["hybrid"]["tune"]["key_fact_recall"], abs=1e-4)

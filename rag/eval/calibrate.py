@@ -9,7 +9,8 @@ Three things are fitted, each on tune only (the test split is never read here):
 - list relevance: a logistic model of P(paper is a gold paper) over rag.relevance.paper_features for the
   list questions' candidates (acceptable extras left out), kept at the threshold that maximises the
   cross-validated F1 of list precision and recall;
-- extractive sentence weights (rag.extractive.Weights), by grid search for key-fact recall.
+- extractive sentence weights (rag.extractive.Weights), by grid search for key-fact recall of the answers the
+  pipeline gives with the two models above (as `rag eval` scores them).
 """
 
 from __future__ import annotations
@@ -137,37 +138,42 @@ def fit_relevance(candidates, k: int, min_precision: float):
     return model, best["threshold"], best
 
 
-def fit_extractive(settings, dataset, split, collected):
-    """Grid-search the sentence weights for key-fact recall on the split's answerable questions."""
-    from rag.answer import is_list_question
+def fit_extractive(settings, dataset, split, collected, params):
+    """Grid-search the sentence weights for key-fact recall on the split's answerable questions, over the
+    sources the pipeline itself gives the answerer (an Assistant with the abstention and list relevance just
+    fitted, `params`): a list answer quotes only the papers that pass, and a refused question scores 0,
+    exactly as `rag eval` scores them. The weights change which sentences are quoted, not which papers."""
+    from rag.answer import Assistant, is_list_question
     from rag.eval.metrics import key_fact_recall
     from rag.extractive import Extractor, Weights
-    from rag.records import Source
 
     retriever, sentences = collected["retriever"], collected["sentences"]
-    index = retriever.index
-    cases = []
+    assistant = Assistant(settings, retriever, None, params=params)
+    cases, refused = [], 0
     for q in dataset.questions:
         if q.split != split or not q.answerable or not q.key_facts:
             continue
-        listing = is_list_question(q.question) or q.type == "list"
-        hits = retriever.retrieve(q.question, settings.list_top_k if listing else settings.answer_top_k, "hybrid").hits
-        sources = [Source(i, h.paper_id, h.title, h.snippet, h.score, index.paper(h.paper_id).abstract)
-                   for i, h in enumerate(hits, 1)]
-        cases.append((q, listing, sources, sentences.of([index.paper(s.paper_id) for s in sources]),
+        answer = assistant.ask(q.question, mode="hybrid", extractive=True)
+        if answer.abstained or not answer.sources:
+            refused += 1  # 0 key facts whatever the weights
+            continue
+        sources = list(answer.sources)
+        cases.append((q, is_list_question(q.question), sources,
+                      sentences.of([retriever.index.paper(s.paper_id) for s in sources]),
                       retriever.embed_query(q.question)))
+    total = len(cases) + refused
     grid = itertools.product((1.0, 2.0, 4.0), (1.0,), (0.3, 0.6), (0.2, 0.4), (0.0, 0.2), (0.0, 0.5, 1.0, 2.0), (3, 4))
     best = None
     for values in grid:
         extractor = Extractor(Weights(*values))
-        scores = []
+        found = 0.0
         for q, listing, sources, sents, qv in cases:
             extract = extractor.answer(q.question, sources, listing, sents, qv)
-            scores.append(key_fact_recall(extract.text if extract else "", q.key_facts) or 0.0)
-        score = float(np.mean(scores)) if scores else 0.0
+            found += key_fact_recall(extract.text if extract else "", q.key_facts) or 0.0
+        score = found / total if total else 0.0
         if best is None or score > best[0] + 1e-9:
             best = (score, asdict(extractor.weights))
-    return best[1], {"key_fact_recall": round(best[0], 4), "questions": len(cases)}
+    return best[1], {"key_fact_recall": round(best[0], 4), "questions": total, "refused": refused}
 
 
 def main(argv=None) -> int:
@@ -198,7 +204,8 @@ def main(argv=None) -> int:
     collected = collect(settings, dataset, args.split)
     model_a, abstain_below, low_below, a_info = fit_abstention(collected["questions"], args.max_false_refusals, args.low_share)
     model_r, relevant_at, r_info = fit_relevance(collected["candidates"], settings.list_top_k, args.min_list_precision)
-    weights, e_info = fit_extractive(settings, dataset, args.split, collected)
+    weights, e_info = fit_extractive(settings, dataset, args.split, collected,
+                                     JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at, {}))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
     fitted = {
