@@ -31,6 +31,9 @@ _STATES_RESULT = re.compile(
 _STATES_METHOD = re.compile(
     r"\b(we (propose|introduce|present|develop|design|show|find|study)|this (paper|work)|our (method|approach|model|"
     r"framework)|(is|are) (proposed|introduced))\b", re.I)
+# A name or a figure: a word with two capitals ("AdvUnlearn", "TEEN", "aTLAS"), letters with digits ("wav2vec",
+# "GPT-3", "Llama-2") or a number of two digits or more ("57.6%", "680,000").
+_NAME = re.compile(r"\b(?:\w*[A-Z]\w*[A-Z]\w*|[A-Za-z]+\d\w*|\d\w*[A-Za-z]\w*|[A-Za-z]+-\d\w*|\d[\d.,]*\d%?)(?:-\w+)*")
 _CLAUSE = re.compile(r"(?<=[;,:])\s+|\s+(?=(?:which|while|whereas|where|and|but|thereby|by)\s)")
 
 
@@ -45,6 +48,7 @@ class Weights:
     position: float = 0.2  # bonus / (1 + position) for early sentences
     rank: float = 0.5  # bonus / source number: sentences of better-ranked papers first
     quotes: int = 3  # sentences quoted for a specific (non-list) question
+    entity: float = 0.0  # list bullets: bonus for a sentence naming what the question does not (a method, a figure)
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,11 @@ class Extractor:
             return None
         q_terms = set(content_terms(question))
         if list_question:
+            # One bullet per paper, the papers already chosen: the bonus for naming the paper's method or
+            # result changes which sentence is quoted, never which paper is cited.
+            q_words = set(question.casefold().split())
             best: dict[int, Scored] = {}
-            for row in ranked:
+            for row in sorted(ranked, key=lambda r: -(r.score + self.weights.entity * _names(r.text, q_words))):
                 best.setdefault(row.source.n, row)
             rows = [_shorten(best[s.n], q_terms) for s in sources if s.n in best]
             lines = [f"- **{r.source.title}** — {_quoted(r)} [{r.source.n}]" for r in rows]
@@ -158,6 +165,11 @@ class Extractor:
             lines.append(f"- **{src.title}** — " + " ".join(f"{_quoted(r)} [{n}]" for r in mine))
             quotes.extend(_quote(r) for r in mine)
         return Extract("\n".join(lines), quotes, sorted(order))
+
+
+def _names(text: str, known: set[str]) -> float:
+    """How much `text` names (methods, models, figures) beyond the words in `known`: 0, 1/3, 2/3 or 1."""
+    return min(len({m.group(0).casefold() for m in _NAME.finditer(text)} - known), 3) / 3
 
 
 def asks_for_result(question: str) -> bool:

@@ -243,3 +243,21 @@ def test_the_extractive_fit_scores_what_rag_eval_scores(real_index, real_retriev
                       assistant=assistant, progress=False)
     assert info["questions"] == 7
     assert info["key_fact_recall"] == pytest.approx(report["by_split"]["hybrid"]["tune"]["key_fact_recall"], abs=1e-4)
+
+
+def test_a_list_bullet_may_prefer_the_sentence_naming_the_method_but_cites_the_same_papers():
+    from rag.extractive import Extractor, Weights
+    from rag.records import Source
+
+    abstracts = [
+        "Concept erasure in diffusion models removes unwanted concepts. We propose AdvUnlearn, robust to attacks.",
+        "Erasing concepts from diffusion models is studied here. Our TRCE reaches 92.5% erasure on I2P.",
+    ]
+    sources = [Source(i, f"p{i}", f"Paper {i}", "", 1.0, a) for i, a in enumerate(abstracts, 1)]
+    question = "which papers erase concepts in diffusion models?"
+    plain = Extractor(Weights(entity=0.0)).answer(question, sources, True)
+    naming = Extractor(Weights(entity=5.0)).answer(question, sources, True)
+    assert plain.cited == naming.cited == [1, 2]
+    assert "AdvUnlearn" not in plain.text and "TRCE" not in plain.text
+    assert "AdvUnlearn" in naming.text and "TRCE" in naming.text
+    assert all(q.text in abstracts[q.n - 1] for q in naming.quotes)  # still verbatim

@@ -162,7 +162,9 @@ def fit_extractive(settings, dataset, split, collected, params):
                       sentences.of([retriever.index.paper(s.paper_id) for s in sources]),
                       retriever.embed_query(q.question)))
     total = len(cases) + refused
-    grid = itertools.product((1.0, 2.0, 4.0), (1.0,), (0.3, 0.6), (0.2, 0.4), (0.0, 0.2), (0.0, 0.5, 1.0, 2.0), (3, 4))
+    # semantic, lexical, result, method, position, rank, quotes (3 or 4: quotes stay short), entity
+    grid = itertools.product((1.0, 2.0, 4.0), (1.0,), (0.3, 0.6), (0.2, 0.4), (0.0, 0.2), (0.0, 0.5, 1.0, 2.0), (3, 4),
+                             (0.0, 0.2, 0.4, 0.8))
     best = None
     for values in grid:
         extractor = Extractor(Weights(*values))
