@@ -38,8 +38,8 @@ def collect(settings, dataset, split: str) -> dict:
     from rag.answer import is_list_question
     from rag.corpus import normalise_title
     from rag.relevance import LIST_POOL, paper_features
-    from rag.retrieve import Retriever
     from rag.answer import _embed_cache_path
+    from rag.retrieve import Retriever
     from rag.sentences import shared_sentence_vectors
 
     retriever = Retriever.from_settings(settings, check_stale=False)
@@ -49,14 +49,17 @@ def collect(settings, dataset, split: str) -> dict:
     for q in dataset.questions:
         if q.split != split:
             continue
-        listing = is_list_question(q.question) or q.type == "list"
+        listing = is_list_question(q.question)  # as the answerer decides it (never from the dataset's label)
         found = retriever.retrieve(q.question, LIST_POOL if listing else settings.answer_top_k, "hybrid")
         qv = retriever.embed_query(q.question)
         papers = [index.paper(h.paper_id) for h in found.hits]
         sims = sentences.best_similarity(qv, papers if listing else papers[:TOP_PAPERS])
         f = features(q.question, found.top_similarity, [h.paper_id for h in found.hits], index, sims[:TOP_PAPERS])
         questions.append({"id": q.id, "type": q.type, "answerable": q.answerable, **asdict(f)})
-        if q.type == "list":
+        if q.type == "list":  # the relevance model learns from every gold list, judged over a list's pool
+            if not listing:
+                found = retriever.retrieve(q.question, LIST_POOL, "hybrid")
+                sims = sentences.best_similarity(qv, [index.paper(h.paper_id) for h in found.hits])
             gold = {normalise_title(t) for t in q.gold_titles}
             acceptable = {normalise_title(t) for t in q.acceptable_titles}
             for hit, row in zip(found.hits, paper_features(q.question, found.hits, index, sims)):
