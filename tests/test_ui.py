@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -462,10 +463,18 @@ class _SlowLLM:
     name = "slow-fake"
     TOKENS = ("Zebra ", "stripe ", "camouflage ", "confuses ", "quantum ", "llamas ", "[1]", ".")
 
+    def __init__(self):
+        self.tokens = self.TOKENS
+        self.ended = threading.Event()  # set when a stream ends: run out, or closed by a cancel
+
     def stream(self, messages, deadline=None, on_usage=None):
-        for token in self.TOKENS:
-            time.sleep(0.25)
-            yield token
+        self.ended.clear()
+        try:
+            for token in self.tokens:
+                time.sleep(0.25)
+                yield token
+        finally:
+            self.ended.set()
 
     def complete(self, messages, deadline=None, on_usage=None):
         return "zebra stripe camouflage"
@@ -476,7 +485,8 @@ def test_browser_llm_tokens_stream_then_verified_answer(tiny_settings, page):
     from rag.ui.app import build_app
 
     settings = tiny_settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "stub-model"})
-    app = build_app(settings, _tiny_assistant(settings, llm=_SlowLLM()))
+    llm = _SlowLLM()
+    app = build_app(settings, _tiny_assistant(settings, llm=llm))
     try:
         _open(page, _serve(app))
         assert "stub-model" in page.inner_text("#rag-status")
@@ -499,14 +509,17 @@ def test_browser_llm_tokens_stream_then_verified_answer(tiny_settings, page):
         assert EVIL in page.locator("#rag-sources .rag-src-title").first.inner_text()
         assert page.evaluate("typeof window.__pwned") == "undefined"
 
-        # Stop cancels an answer mid-stream: the unfinished turn goes, Send comes back
+        # Stop cancels an answer mid-stream: the unfinished turn goes, Send comes back. The stream lasts ~12 s
+        # so the click lands mid-stream on a loaded machine too (a 2 s stream could finish before it).
+        llm.tokens = _SlowLLM.TOKENS[:6] * 8 + _SlowLLM.TOKENS[6:]
         page.fill("#rag-question textarea", "and zebra llamas again?")
         page.click("#rag-send")
         page.wait_for_selector("#rag-conv .rag-pending .rag-answer")
         page.click("#rag-stop")
         page.wait_for_selector("#rag-send", state="visible")
-        page.wait_for_selector("#rag-conv .rag-conv[data-busy='0'][data-turns='1']")
-        page.wait_for_timeout(3000)  # the cancelled answer would have finished by now
+        _wait_turns(page, 1)
+        assert llm.ended.wait(30)  # the stream is over (closed by the cancel, or run out in its thread)
+        page.wait_for_timeout(1000)  # time for a wrongly kept answer to render
         assert _turns(page) == 1 and page.locator("#rag-conv .rag-pending").count() == 0
     finally:
         app.close()
