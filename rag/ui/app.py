@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import secrets
+import time
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ EXAMPLES = [
     "Which papers propose benchmarks for evaluating multimodal models?",
 ]
 CONVERSATION_HEIGHT = "min(60vh, 640px)"  # the input stays on screen at 390×844 too
+STOP_SETTLE_S = 0.5  # after Stop, when the conversation is drawn again (see the Stop handler)
 NO_LLM_REASON = "no LLM endpoint configured: set RAG_LLM_BASE_URL"
 MAKE_EVAL_HINT = (
     "No evaluation report yet. Produce one with `make eval`, or:\n\n"
@@ -616,9 +618,16 @@ def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> g
             respond, chat_inputs, chat_outputs, **answering, **private)
         scoped_run.then(idle, None, **toggles)
         runs.append(scoped_run)
-        # Stop: cancel the answer (registered after every answering event) and drop the unfinished turn
+        # Stop: cancel the answer (registered after every answering event) and drop the unfinished turn. A
+        # streamed update already on its way when the run is cancelled can land after Stop's render and
+        # bring the unfinished turn back (seen on a loaded machine), so the conversation is drawn once more
+        # after a moment: the cancelled run sends nothing after that.
+        def settle(turns):
+            time.sleep(STOP_SETTLE_S)
+            return ctl.conversation(turns)
+
         stop.click(lambda turns: (*idle(), ctl.conversation(turns)), turns_state, [send, stop, conv],
-                   cancels=runs, queue=False, **private)
+                   cancels=runs, queue=False, **private).then(settle, turns_state, conv, queue=False, **private)
         refresh.click(lambda: load_eval_report(eval_path), None, [eval_head, eval_imgs, eval_full], queue=False,
                       **private)
 
