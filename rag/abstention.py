@@ -125,10 +125,11 @@ class Abstention:
         self.low_below = max(self.abstain_below, params.low_below if low_below is None else low_below)
 
     @classmethod
-    def from_settings(cls, settings) -> "Abstention":
+    def from_settings(cls, settings, params: JudgementParams | None = None) -> "Abstention":
+        """With `params`, or else RAG_JUDGEMENT_PARAMS / the shipped ones; thresholds overridden by settings."""
         from rag.judgement import load_params
 
-        params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
+        params = params or load_params(str(settings.judgement_params) if settings.judgement_params else None)
         return cls(params, settings.abstain_threshold, settings.low_confidence_threshold)
 
     def judge(self, f: Features) -> Judgement:

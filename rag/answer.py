@@ -87,12 +87,8 @@ class Assistant:
         self._index = retriever.index
         self._llm = llm
         self.prompts = prompts or load_prompts()
-        if params is None:
-            params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
-            self._abstention = abstention or Abstention.from_settings(settings)
-        else:
-            self._abstention = abstention or Abstention(params, settings.abstain_threshold,
-                                                        settings.low_confidence_threshold)
+        params = params or load_params(str(settings.judgement_params) if settings.judgement_params else None)
+        self._abstention = abstention or Abstention.from_settings(settings, params)
         self._relevance = ListRelevance(params)
         self._extractor = extractor or Extractor(Weights(**params.fitted.get("extractive_weights", {})))
         self._sentences = (shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))

@@ -297,15 +297,10 @@ class EmbeddingCache:
 
 
 def _file_signature(path: Path) -> str:
-    """Size and modification time of the cache file and its write-ahead log (the log exists while open)."""
-    parts = []
-    for p in (path, Path(str(path) + "-wal")):
-        try:
-            st = p.stat()
-            parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{p.name}:-")
-    return "\n".join(parts)
+    """The cache file and its write-ahead log (which exists while the cache is open)."""
+    from rag.files import files_signature
+
+    return files_signature([path, Path(str(path) + "-wal")])
 
 
 def remember_cache_verified(path: Path) -> None:

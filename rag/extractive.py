@@ -146,7 +146,7 @@ class Extractor:
         if list_question:
             # One bullet per paper, the papers already chosen: the bonus for naming the paper's method or
             # result changes which sentence is quoted, never which paper is cited.
-            q_words = set(question.casefold().split())
+            q_words = {w.strip(".,;:!?()[]\"'") for w in question.casefold().split()}
             best: dict[int, Scored] = {}
             for row in sorted(ranked, key=lambda r: -(r.score + self.weights.entity * _names(r.text, q_words))):
                 best.setdefault(row.source.n, row)

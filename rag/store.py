@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from rag.errors import StoreUnavailableError
+from rag.files import files_signature
 from rag.records import Chunk
 
 log = logging.getLogger(__name__)
@@ -316,13 +317,9 @@ for name in (sys.argv[2], sys.argv[2] + "-papers"):
 
 
 def _segment_signature(chroma_dir: Path) -> str:
-    """Size and modification time of the native (HNSW) index files, the ones a damaged copy can crash on."""
-    parts = []
-    for path in sorted(chroma_dir.rglob("*")):
-        if path.is_file() and path.suffix in (".bin", ".pickle"):
-            st = path.stat()
-            parts.append(f"{path.relative_to(chroma_dir)}:{st.st_size}:{st.st_mtime_ns}")
-    return "\n".join(parts)
+    """The native (HNSW) index files, the ones a damaged copy can crash on."""
+    return files_signature((p for p in sorted(chroma_dir.rglob("*")) if p.is_file() and p.suffix in (".bin", ".pickle")),
+                           chroma_dir)
 
 
 def remember_verified(data_dir: Path) -> None:
@@ -339,9 +336,8 @@ COUNTS = "chroma.counts"
 
 
 def _files_signature(chroma_dir: Path) -> str:
-    """Size and modification time of every file of the embedded store."""
-    return "\n".join(f"{p.relative_to(chroma_dir)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                     for p in sorted(chroma_dir.rglob("*")) if p.is_file())
+    """Every file of the embedded store."""
+    return files_signature((p for p in sorted(chroma_dir.rglob("*")) if p.is_file()), chroma_dir)
 
 
 def remember_counts(data_dir: Path, chunks: int, papers: int) -> None:
