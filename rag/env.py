@@ -1,6 +1,6 @@
 """Process-wide defaults for the entry points (CLI, UI, eval, MCP), never applied on import.
 
-The library itself needs no environment variables (rag.tokens loads tiktoken's files from llama-index,
+The library itself needs no environment variables (rag.token_counts loads tiktoken's files from llama-index,
 the model loads from its local folder, Chroma gets telemetry off in its settings). These defaults make
 the libraries underneath quiet and offline in a process that Paper RAG owns.
 """

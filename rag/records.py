@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class Paper:
-    """One unique paper (deduplicated by normalised title; see rag.corpus)."""
+    """One unique paper (deduplicated by normalised title; see rag.corpus.parse)."""
 
     paper_id: str
     title: str

@@ -1,8 +1,8 @@
 """Text primitives shared by lexical search, answers and evaluation: one stopword list, one stemmer,
 one sentence splitter, and terminal-safe output.
 
-Everything that decides "which words count" lives here, so BM25, abstention coverage, extractive
-sentence scoring and the eval metrics can never drift apart.
+Everything that decides "which words count" lives here (`content_terms`), so BM25, abstention coverage,
+extractive sentence scoring and the eval metrics use the same terms.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import unicodedata
 from functools import lru_cache
 
 # General English function words plus the filler of questions about papers ("which papers propose ...").
-# BM25 uses the same list (rag.lexical).
+# BM25 uses the same list (rag.index.lexical).
 STOPWORDS = frozenset(
     """
     a about above after again against all also am an and any are as at be because been before being below
@@ -27,7 +27,11 @@ STOPWORDS = frozenset(
     """.split()
 )
 
-_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+# The one tokenizer: BM25's documents and queries (rag.index.lexical), abstention's term coverage, extractive
+# sentence scoring and the eval metrics all use `content_terms`. Accents are folded ("naïve" = "naive") and words
+# split at hyphens ("text-to-image" -> text, imag: it matches "text to image" and "text-to-image" alike).
+TERMS_VERSION = 2  # recorded in the index: a change of `content_terms` rebuilds the lexical index and term statistics
+_TERM = re.compile(r"[^\W_]{2,}")  # letters and digits, two or more
 
 
 @lru_cache(maxsize=1)
@@ -42,15 +46,21 @@ def stemmer():
     return _stem_word()
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (hyphenated compounds kept whole)."""
-    return _WORD.findall(text.lower())
+def fold(text: str) -> str:
+    """Lower-cased, accents removed (NFKD without combining marks): the form terms are taken from."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 def content_terms(text: str) -> list[str]:
-    """Stemmed content words of `text`: stopwords, question filler and one-letter tokens removed."""
+    """Stemmed content terms of `text`: folded words without stopwords and question filler."""
     stem = _stem_word()
-    return [stem(w) for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 1]
+    return [stem(w) for w in _TERM.findall(fold(text)) if w not in STOPWORDS]
+
+
+def term_document(text: str) -> str:
+    """What the lexical index stores for a chunk: its terms, space-separated."""
+    return " ".join(content_terms(text))
 
 
 def matched_terms(query_terms: set[str], text_terms: set[str]) -> set[str]:

@@ -30,7 +30,7 @@ from rag.env import configure_process  # noqa: E402
 
 configure_process()  # the test process is an entry point: offline, no telemetry
 
-from rag.embeddings import HashEmbedder  # noqa: E402
+from rag.index.embedders import HashEmbedder  # noqa: E402
 from rag.settings import load_settings, repo_root  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,6 +41,7 @@ CORPUS = REPO / "data" / "corpus"
 VENV_BIN = Path(sys.executable).parent
 CACHE = REPO / ".cache" / "tests"
 EMBED_CACHE = CACHE / "embed_cache.sqlite"
+COMPLETE_MARKER = "test-build-complete.json"  # the ingest report of a finished build
 
 
 def free_port() -> int:
@@ -85,8 +86,10 @@ def real_index(tmp_path_factory):
 
     CACHE.mkdir(parents=True, exist_ok=True)
     built = CACHE / f"real-index-{_code_key()}"
+    complete = built / COMPLETE_MARKER  # written last, after a successful ingest: a partial build never counts
+    data_dir = tmp_path_factory.mktemp("real-index") / "index"
     with FileLock(str(CACHE / "real-index.lock"), timeout=900):
-        if not (built / "manifest.json").is_file():
+        if not complete.is_file():
             for old in CACHE.glob("real-index-*"):
                 shutil.rmtree(old, ignore_errors=True)
             staging = built.with_name(built.name + ".tmp")
@@ -94,15 +97,16 @@ def real_index(tmp_path_factory):
             env = {"RAG_DATA_DIR": str(staging), "RAG_EMBED_CACHE_PATH": str(EMBED_CACHE)}
             result = run_cli("ingest", "--json", env=env, process=True, timeout=900)
             assert result.returncode == 0, result.stderr
+            (staging / COMPLETE_MARKER).write_text(result.stdout)
             staging.rename(built)
-    data_dir = tmp_path_factory.mktemp("real-index") / "index"
-    shutil.copytree(built, data_dir)
+        # copied under the lock: another worker may be about to replace an outdated build
+        shutil.copytree(built, data_dir, ignore=shutil.ignore_patterns(COMPLETE_MARKER))
     return load_settings(data_dir=data_dir, embed_cache_path=EMBED_CACHE)
 
 
 @pytest.fixture(scope="session")
 def real_retriever(real_index):
-    from rag.retrieve import Retriever
+    from rag.retrieve.hybrid import Retriever
 
     return Retriever.from_settings(real_index)
 
@@ -110,7 +114,7 @@ def real_retriever(real_index):
 @pytest.fixture(scope="session")
 def real_assistant(real_retriever, real_index):
     """An extractive Assistant over the real index (no LLM)."""
-    from rag.answer import Assistant
+    from rag.answer.assistant import Assistant
 
     return Assistant(real_index, real_retriever)
 
@@ -220,14 +224,14 @@ def _environ(env: dict | None):
 
 
 def run_cli(*args, env=None, timeout=300, input=None, cwd=None, process=False) -> CliResult:
-    """Run `rag ARGS`: in this process through `rag.cli.main` (fast), or with process=True the real
+    """Run `rag ARGS`: in this process through `rag.apps.cli.main` (fast), or with process=True the real
     console script in a subprocess (for exit codes, signals, start-up and environment behaviour)."""
     if process:
         rag_bin = shutil.which("rag", path=str(VENV_BIN)) or "rag"
         proc = subprocess.run([rag_bin, *args], capture_output=True, text=True, env=os.environ | (env or {}),
                               timeout=timeout, input=input, cwd=cwd)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
-    from rag.cli import main
+    from rag.apps.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     old_cwd = os.getcwd()
@@ -265,7 +269,7 @@ def hash_index(root: Path, papers) -> "object":
     JSONL objects) written to ROOT/papers.jsonl; the index lives in ROOT/index."""
     import json
 
-    from rag.ingest import ingest
+    from rag.index.ingest import ingest
 
     root.mkdir(parents=True, exist_ok=True)
     corpus = root / "papers.jsonl"
@@ -279,7 +283,7 @@ def hash_index(root: Path, papers) -> "object":
 @pytest.fixture(scope="session")
 def corpus_papers():
     """Every unique paper of the vendored corpus, parsed once per session."""
-    from rag.corpus import load_corpus
+    from rag.corpus.parse import load_corpus
 
     return load_corpus([CORPUS]).papers
 

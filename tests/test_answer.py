@@ -1,4 +1,4 @@
-"""Grounded answers (rag.answer): citation verification, abstention, LLM fallbacks, token budgets,
+"""Grounded answers (rag.answer.assistant): citation verification, abstention, LLM fallbacks, token budgets,
 follow-ups, prompt files and question checks.
 
 LLM tests use the real `openai` client against FakeOpenAI; extractive tests use the real index.
@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from conftest import free_port
 
 import pytest
-from rag.tokens import encoding, encoding_for_model
+from conftest import free_port
 
-from rag.answer import Assistant, StreamEvent, check_question
-from rag.conversation import rule_rewrite
+from rag.answer.assistant import Assistant, StreamEvent, check_question
+from rag.answer.conversation import rule_rewrite
+from rag.clients.chat import OpenAIChatLLM
 from rag.errors import PromptError, QuestionError
-from rag.llm import OpenAIChatLLM
 from rag.prompts import NOT_IN_CORPUS, REQUIRED, load_prompts
 from rag.settings import load_settings, repo_root
+from rag.token_counts import encoding, encoding_for_model
 
 PROMPTS_DIR = repo_root() / "prompts"
 
@@ -561,7 +561,7 @@ def test_third_turn_follow_up_keeps_the_first_topic(extractive):
 def test_unreachable_llm_in_the_rewrite_is_not_waited_on_again(real_index, real_retriever):
     import time
 
-    from rag.llm import OpenAIChatLLM
+    from rag.clients.chat import OpenAIChatLLM
 
     dead = f"http://127.0.0.1:{closed_port()}/v1"
     calls = []

@@ -1,10 +1,17 @@
-"""The citation grammar (rag.citations): verification, normalisation, claims and spans."""
+"""The citation grammar (rag.answer.citations): verification, normalisation, claims and spans."""
 
 from __future__ import annotations
 
 import pytest
 
-from rag.citations import Claim, cited_numbers, claims, claims_by_source, find_spans, verify
+from rag.answer.citations import (
+    Claim,
+    cited_numbers,
+    claims,
+    claims_by_source,
+    find_spans,
+    verify,
+)
 from rag.records import Source
 
 

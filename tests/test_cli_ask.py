@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import free_port, run_cli
+
 from rag.prompts import NOT_IN_CORPUS
 
 ERASE_Q = "which papers erase concepts in diffusion models?"

@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, write_listing
-from rag.embeddings import HashEmbedder
-from rag.ingest import ingest, ingest_lock
+
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import ingest
+from rag.index.layout import ingest_lock
 from rag.settings import load_settings
 
 HIT_KEYS = ["rank", "paper_id", "title", "score", "snippet"]

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import CORPUS, write_listing
-from rag.corpus import (
+
+from rag.corpus.parse import (
     BOILERPLATE,
     clean_text,
     find_code_urls,
@@ -406,7 +406,7 @@ def test_explicit_file_paths_and_multiple_paths(tmp_path):
 def test_a_file_changed_between_the_two_passes_is_refused_not_misread(tmp_path, edit):
     """Pass two re-reads only the wanted lines (by byte offset); if the file changed since pass one read it,
     the ingest stops with the fix instead of indexing other text under the scanned hashes."""
-    from rag.corpus import iter_unique, scan_corpus
+    from rag.corpus.parse import iter_unique, scan_corpus
 
     path = tmp_path / "papers.jsonl"
     rows = [{"title": f"Paper number {i}", "abstract": f"An abstract about topic {i} and its results."} for i in range(5)]

@@ -8,10 +8,10 @@ import json
 import shutil
 
 import pytest
-
 from conftest import CORPUS, run_cli
-from rag.embeddings import HashEmbedder
-from rag.ingest import ingest
+
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import ingest
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def repaired_search_works(env) -> None:
 
 def test_an_emptied_vector_store_is_refused_then_repaired(index):
     data_dir, env = index
-    from rag.store import ChromaStore
+    from rag.index.chroma_store import ChromaStore
 
     store = ChromaStore(data_dir, None, "papers")
     store.drop()  # everything gone, collections still there

@@ -19,7 +19,7 @@ def test_every_setting_is_documented_and_every_documented_setting_exists():
 
 
 def test_every_command_is_documented():
-    from rag.cli import build_parser
+    from rag.apps.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 from fake_embeddings import FakeEmbeddings
 
-from rag.chunking import Chunker
-from rag.embeddings import DEFAULT_MODEL_NAME, HashEmbedder, TorchEmbedder, embedder_name, make_embedder, native_bf16
+from rag.corpus.chunk import Chunker
 from rag.errors import ConfigError, RagError
-from rag.remote_embed import RemoteEmbedder
+from rag.index.embedders import (
+    DEFAULT_MODEL_NAME,
+    HashEmbedder,
+    TorchEmbedder,
+    embedder_name,
+    make_embedder,
+    native_bf16,
+)
+from rag.index.remote_embedder import RemoteEmbedder
 from rag.settings import load_settings
 
 KEY = "sk-test-secret-0123456789"
@@ -256,7 +263,7 @@ def test_forcing_fp32_skips_bf16(fp32, chunk_texts):
 
 @pytest.mark.slow
 def test_a_failed_probe_check_falls_back_to_fp32_with_a_warning(model_path, fp32, chunk_texts, caplog):
-    with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="rag.index.embedders"):
         emb = TorchEmbedder(model_path, precision="bf16", min_cosine=1.01)  # no bf16 vector can pass
     assert emb.describe()["precision"] == "fp32"
     assert emb.describe()["bf16_probe_min_cosine"] < 1.01
@@ -277,8 +284,8 @@ def test_the_packaged_model_served_remotely_matches_the_local_one(fp32, local, c
 
 @pytest.mark.slow
 def test_an_index_built_locally_serves_queries_embedded_remotely(fp32, local, make_settings, small_corpus):
-    from rag.ingest import ingest
-    from rag.retrieve import Retriever
+    from rag.index.ingest import ingest
+    from rag.retrieve.hybrid import Retriever
 
     settings = make_settings(corpus=str(small_corpus))
     ingest(settings, embedder=local, progress=False)

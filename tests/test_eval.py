@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+from rag.corpus.parse import normalise_title
+from rag.errors import ConfigError
 from rag.eval.dataset import DatasetError, load_dataset
-from rag.eval.judge import Judge, parse_scores
+from rag.eval.grader import Judge, parse_scores
 from rag.eval.metrics import (
     METRICS,
     SupportChecker,
@@ -33,8 +35,6 @@ from rag.eval.report import (
     write_report,
 )
 from rag.eval.runner import run_eval, score_answer
-from rag.corpus import normalise_title
-from rag.errors import ConfigError
 from rag.records import Answer, Hit, Paper, Retrieval, Source
 
 # ---------------------------------------------------------------- retrieval metrics
@@ -354,7 +354,7 @@ class FakeIndex:
 
 
 class FakeRetriever:
-    """A rag.retrieve.PaperSearch with a fixed ranking per question."""
+    """A rag.retrieve.hybrid.PaperSearch with a fixed ranking per question."""
 
     def __init__(self, papers, ranking, embedder):
         self.papers = {p.paper_id: p for p in papers}
@@ -500,7 +500,7 @@ def test_compare_reports(tmp_path):
 
 
 class ScriptedLLM:
-    """A rag.llm.ChatModel replying from a script."""
+    """A rag.clients.chat.ChatModel replying from a script."""
 
     name = "scripted"
 
@@ -642,7 +642,7 @@ def test_rag_eval_compare(eval_runs):
 def test_rag_eval_answers_extractive_and_llm_with_judge(real_index, small_dataset, tmp_path, fake_llm):
     import os
 
-    from rag.cli import main
+    from rag.apps.cli import main
 
     env = _env(real_index)
     old = {k: os.environ.get(k) for k in env}

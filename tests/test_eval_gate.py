@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from conftest import REPO as REPO_ROOT, run_cli
+from conftest import REPO as REPO_ROOT
+from conftest import run_cli
 
 FLOORS = {  # measured on test (115 q): recall@10 0.962, ndcg@10 0.944, mrr 0.966, citation precision 0.76,
     # recall 0.84, key facts 0.756, abstention 0.308 (README, Evaluation)

@@ -1,4 +1,4 @@
-"""The LLM evidence step (rag.evidence, rag.answer): every paper judged by the LLM before answering.
+"""The LLM evidence step (rag.judge.llm_evidence, rag.answer.assistant): every paper judged by the LLM before answering.
 
 The LLM is FakeOpenAI (the real `openai` client over real HTTP) in relevance-oracle mode: it judges a paper
 relevant exactly when the paper is in the question's gold list (a small fixture set taken from the dev
@@ -15,10 +15,10 @@ import time
 import pytest
 from conftest import free_port, run_cli
 
-from rag.answer import Assistant, is_list_question
+from rag.answer.assistant import Assistant, is_list_question
+from rag.clients.chat import OpenAIChatLLM
 from rag.eval.fake_openai import FakeOpenAI, Response, relevance_oracle
-from rag.evidence import EvidenceCache, parse_judgement
-from rag.llm import OpenAIChatLLM
+from rag.judge.llm_evidence import EvidenceCache, parse_judgement
 from rag.prompts import NOT_IN_CORPUS
 from rag.records import Paper
 from rag.settings import repo_root

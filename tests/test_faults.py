@@ -6,12 +6,12 @@ import json
 import os
 
 import pytest
-
 from conftest import ChromaServer, run_cli
-from rag.embeddings import HashEmbedder
+
 from rag.errors import ConfigError, StoreUnavailableError
-from rag.ingest import ingest
-from rag.retrieve import Retriever
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import ingest
+from rag.retrieve.hybrid import Retriever
 
 SMALL = [
     {"title": "Erasing Concepts from Diffusion Models", "abstract": "We erase a visual concept from a diffusion model by fine-tuning with negative guidance. " * 3},

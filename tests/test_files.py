@@ -26,7 +26,7 @@ def test_a_signature_changes_with_size_time_or_existence(tmp_path):
 
 
 def test_the_embedding_cache_is_checked_again_only_when_its_file_changed(tmp_path, monkeypatch):
-    from rag import embeddings
+    from rag.index import embed_cache as embeddings
 
     checks = []
     real_check = embeddings.EmbeddingCache.check

@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
-
 from conftest import VENV_BIN, free_port
-from rag.embeddings import HashEmbedder
-from rag.ingest import ingest
+
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import ingest
 from rag.records import Paper
 from rag.settings import load_settings
 
@@ -27,7 +27,7 @@ def _write(path, papers):
 def test_reingest_while_four_clients_query_the_ui(tmp_path, corpus_papers):
     from gradio_client import Client
 
-    from rag.ui.app import build_app
+    from rag.apps.ui.app import build_app
 
     kept, removed = corpus_papers[:260], corpus_papers[260:300]
     added = [Paper(paper_id="", title=f"Zymurgical Transformer Number {i}",

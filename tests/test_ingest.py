@@ -4,23 +4,30 @@ SQLite FTS5, no model)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from conftest import write_listing
-from rag.catalog import CATALOG, Catalog
-from rag.chunking import Chunker
-from rag.corpus import load_corpus
-from rag.embeddings import HashEmbedder
-from rag.errors import CorpusError, IndexCorruptError, IndexLockedError, IndexMissingError, ParseError
-from rag.index import Index
-from rag.ingest import STATE, ingest, ingest_lock, resume_state
+
+from rag.corpus.chunk import Chunker
+from rag.corpus.parse import load_corpus
+from rag.errors import (
+    CorpusError,
+    IndexCorruptError,
+    IndexLockedError,
+    IndexMissingError,
+    ParseError,
+)
+from rag.index.catalog import CATALOG, Catalog
+from rag.index.chroma_store import ChromaStore
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import STATE, ingest, resume_state
+from rag.index.layout import ingest_lock
+from rag.index.reader import Index
 from rag.records import Paper
-from rag.retrieve import Retriever
-from rag.store import ChromaStore
+from rag.retrieve.hybrid import Retriever
 
 NEW_ABSTRACT = (
     "Zymurgical transformers brew quasiperiodic embeddings: we introduce a fermentation-inspired attention "
@@ -337,9 +344,9 @@ def test_lock_held_by_another_thread_blocks_ingest(settings):
 
 
 def test_interrupted_ingest_resumes(settings, small_papers, monkeypatch):
-    import rag.ingest
+    import rag.index.ingest
 
-    monkeypatch.setattr(rag.ingest, "PAPER_BATCH", 5)
+    monkeypatch.setattr(rag.index.ingest, "PAPER_BATCH", 5)
     with pytest.raises(KeyboardInterrupt):
         run(settings, RecordingEmbedder(fail_on_call=3))  # two batches of 5 papers written, then Ctrl-C
     with pytest.raises(IndexMissingError, match=r"rag ingest"):
@@ -416,11 +423,11 @@ def test_jsonl_append_and_remove_parse_only_new_lines(make_settings, tmp_path, s
     corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:15])
     settings = make_settings(corpus=str(corpus))
     run(settings)
-    import rag.corpus
+    import rag.corpus.parse
 
     parsed = []
-    real = rag.corpus._jsonl_object
-    monkeypatch.setattr(rag.corpus, "_jsonl_object", lambda *a: parsed.append(a[1]) or real(*a))
+    real = rag.corpus.parse._jsonl_object
+    monkeypatch.setattr(rag.corpus.parse, "_jsonl_object", lambda *a: parsed.append(a[1]) or real(*a))
     _jsonl(corpus, small_papers[:17])  # 2 appended
     report = run(settings)
     assert (report.added, report.removed, report.unchanged, report.papers) == (2, 0, 15, 17)
@@ -450,9 +457,9 @@ def test_upgrading_an_index_of_the_previous_layout_gives_a_whole_index(make_sett
     """The previous layout (manifest.json, no catalog, no paper vectors) is upgraded in one ingest."""
     import json as _json
 
-    from rag.catalog import CATALOG, Catalog
-    from rag.doctor import run_checks
-    from rag.store import ChromaStore
+    from rag.apps.doctor import run_checks
+    from rag.index.catalog import CATALOG, Catalog
+    from rag.index.chroma_store import ChromaStore
 
     settings = make_settings(corpus=str(small_corpus), embed_backend="hash")
     ingest(settings, embedder=HashEmbedder(), progress=False)
@@ -477,7 +484,7 @@ def test_upgrading_an_index_of_the_previous_layout_gives_a_whole_index(make_sett
 def test_interrupted_update_resumes_against_the_published_catalog(make_settings, tmp_path, small_papers, monkeypatch):
     """An update (2 papers removed, 1 changed, 5 added) stopped after its first batch: the resume state names
     the published generation instead of copying every stored paper, and the next run finishes the update."""
-    import rag.ingest
+    import rag.index.ingest
 
     corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:15])
     settings = make_settings(corpus=str(corpus))
@@ -486,7 +493,7 @@ def test_interrupted_update_resumes_against_the_published_catalog(make_settings,
     changed = replace(small_papers[2], abstract=NEW_ABSTRACT)
     after = [small_papers[0], small_papers[1], changed, *small_papers[3:13], *small_papers[15:20]]
     _jsonl(corpus, after)
-    monkeypatch.setattr(rag.ingest, "PAPER_BATCH", 2)
+    monkeypatch.setattr(rag.index.ingest, "PAPER_BATCH", 2)
     with pytest.raises(KeyboardInterrupt):
         run(settings, RecordingEmbedder(fail_on_call=2))
     head = json.loads((Path(settings.data_dir) / STATE).read_text().splitlines()[0])
@@ -501,9 +508,9 @@ def test_interrupted_update_resumes_against_the_published_catalog(make_settings,
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_chunk_worker_chunks_exactly_like_this_process(small_papers, broken, monkeypatch, caplog):
-    """`rag ingest` chunks in a child process (rag.chunking.ChunkWorker): same chunks and lexical documents
+    """`rag ingest` chunks in a child process (rag.corpus.chunk.ChunkWorker): same chunks and lexical documents
     as in-process chunking, in order; a child that cannot start leaves the chunking to this process."""
-    from rag.chunking import ChunkWorker, LocalChunking
+    from rag.corpus.chunk import ChunkWorker, LocalChunking
 
     if broken:
         monkeypatch.setattr("sys.executable", "/nonexistent/python")
@@ -521,7 +528,7 @@ def test_chunk_worker_chunks_exactly_like_this_process(small_papers, broken, mon
 
 
 def test_a_missing_model_fails_the_ingest_with_its_fix_not_a_thread_traceback(tmp_path, small_corpus):
-    """A new index preloads the model in a thread (rag.ingest); its failure is reported once, by the ingest."""
+    """A new index preloads the model in a thread (rag.index.ingest); its failure is reported once, by the ingest."""
     from tests.conftest import run_cli
 
     env = {"RAG_DATA_DIR": str(tmp_path / "index"), "RAG_EMBED_MODEL_PATH": str(tmp_path / "no-model"),
@@ -532,7 +539,7 @@ def test_a_missing_model_fails_the_ingest_with_its_fix_not_a_thread_traceback(tm
 
 
 def test_corpus_change_is_a_cheap_guess_that_never_claims_too_much(make_settings, tmp_path, small_papers):
-    from rag.ingest import corpus_change
+    from rag.index.ingest import corpus_change
 
     corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:5])
     settings = make_settings(corpus=str(corpus))

@@ -1,4 +1,4 @@
-"""Paper RAG inside other tools: llama-index pipelines (rag.llama_index) and MCP clients (`rag mcp` over stdio).
+"""Paper RAG inside other tools: llama-index pipelines (rag.apps.llama_index) and MCP clients (`rag mcp` over stdio).
 
 A 6-paper index built with the hash embedder keeps these fast; they exercise the real llama-index and mcp
 packages and a real subprocess speaking MCP on stdio.
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import hash_index
-
 
 PAPERS = [
     ("Erasing Concepts from Diffusion Models", "We erase a visual concept from a pre-trained diffusion model using negative guidance. Code: https://github.com/rohitgandikota/erasing"),
@@ -41,7 +40,7 @@ def test_paper_retriever_composes_with_retriever_query_engine_and_a_postprocesso
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.response_synthesizers import get_response_synthesizer
 
-    from rag.llama_index import PaperRetriever
+    from rag.apps.llama_index import PaperRetriever
 
     retriever = PaperRetriever.from_settings(top_k=4, data_dir=tiny.data_dir, corpus=tiny.corpus, embed_backend="hash")
     nodes = retriever.retrieve("concept erasure diffusion")
@@ -65,7 +64,7 @@ def test_paper_retriever_composes_with_retriever_query_engine_and_a_postprocesso
 
 
 def test_paper_query_engine_answers_with_citations_and_chats(tiny):
-    from rag.llama_index import PaperQueryEngine
+    from rag.apps.llama_index import PaperQueryEngine
 
     engine = PaperQueryEngine.from_settings(top_k=4, data_dir=tiny.data_dir, corpus=tiny.corpus, embed_backend="hash")
     response = engine.query(ERASE_Q)
@@ -93,7 +92,7 @@ def test_paper_query_engine_answers_with_citations_and_chats(tiny):
 def test_adapters_never_touch_llama_index_global_settings(tiny):
     from llama_index.core import Settings
 
-    from rag.llama_index import PaperQueryEngine
+    from rag.apps.llama_index import PaperQueryEngine
 
     before = Settings._llm, Settings._embed_model
     PaperQueryEngine.from_settings(data_dir=tiny.data_dir, corpus=tiny.corpus, embed_backend="hash").query(ERASE_Q)

@@ -1,5 +1,5 @@
 """Judgement that holds out of sample: follow-ups, abstention levels, list relevance, top-k, extractive
-sentence choice, and the fitted parameters (rag.conversation, rag.abstention, rag.relevance, rag.judgement)."""
+sentence choice, and the fitted parameters (rag.answer.conversation, rag.judge.abstention, rag.judge.list_relevance, rag.judge.params)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from rag.abstention import ABSTAIN, ANSWER, LOW, Abstention, Features
-from rag.conversation import leans_on_context, rule_rewrite
-from rag.judgement import JudgementParams, Logistic, load_params
+from rag.answer.conversation import leans_on_context, rule_rewrite
+from rag.judge.abstention import ABSTAIN, ANSWER, LOW, Abstention, Features
+from rag.judge.params import JudgementParams, Logistic, load_params
 from rag.text import is_keyword_query
 
 ERASE_Q = "which papers erase concepts in diffusion models?"
@@ -101,7 +101,7 @@ class _Stats:
 
 
 def test_a_missing_word_counts_again_when_the_query_is_a_keyword_query():
-    from rag.abstention import features
+    from rag.judge.abstention import features
 
     typed = features("legal judgment prediction indian courts", 0.6, ["p1", "p2"], _Stats(), [0.7, 0.5])
     asked = features("Which papers predict the judgment of Indian courts in legal cases?", 0.6, ["p1", "p2"],
@@ -196,7 +196,7 @@ def test_asking_a_paper_for_its_results_quotes_a_result(real_assistant):
 
 @pytest.mark.slow
 def test_long_sentences_are_cut_to_a_verbatim_clause(real_assistant):
-    from rag.extractive import MAX_QUOTE_WORDS
+    from rag.answer.extractive import MAX_QUOTE_WORDS
 
     for question in (ERASE_Q, "sparse autoencoders for interpretability", "dpo preference optimization llm alignment"):
         answer = real_assistant.ask(question)
@@ -208,7 +208,7 @@ def test_long_sentences_are_cut_to_a_verbatim_clause(real_assistant):
 
 @pytest.mark.slow
 def test_the_ui_examples_are_answered_from_the_corpus(real_assistant):
-    from rag.ui.app import EXAMPLES
+    from rag.apps.ui.app import EXAMPLES
 
     for example in EXAMPLES:
         answer = real_assistant.ask(example)
@@ -222,12 +222,12 @@ def test_the_extractive_fit_scores_what_rag_eval_scores(real_index, real_retriev
     import dataclasses
     from pathlib import Path
 
-    from rag.answer import Assistant, _embed_cache_path
+    from rag.answer.assistant import Assistant, _embed_cache_path
+    from rag.answer.extractive import Extractor, Weights
     from rag.eval.calibrate import fit_extractive
     from rag.eval.dataset import load_dataset
     from rag.eval.runner import run_eval
-    from rag.extractive import Extractor, Weights
-    from rag.sentences import shared_sentence_vectors
+    from rag.index.sentence_vectors import shared_sentence_vectors
 
     dev = Path(__file__).resolve().parent.parent / "eval" / "datasets" / "dev.jsonl"
     ds = load_dataset(dev, [p.title for p in real_retriever.index.papers()])
@@ -246,7 +246,7 @@ def test_the_extractive_fit_scores_what_rag_eval_scores(real_index, real_retriev
 
 
 def test_a_list_bullet_may_prefer_the_sentence_naming_the_method_but_cites_the_same_papers():
-    from rag.extractive import Extractor, Weights
+    from rag.answer.extractive import Extractor, Weights
     from rag.records import Source
 
     abstracts = [

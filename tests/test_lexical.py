@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from rag import lexical
-from rag.catalog import Catalog
+from rag.index import lexical
+from rag.index.catalog import Catalog
 from rag.records import Chunk, Paper
 
 
@@ -16,7 +16,7 @@ def catalog(tmp_path, corpus_papers):
     with catalog.transaction() as tx:
         for p in corpus_papers[:300]:
             chunk = Chunk(f"{p.paper_id}:0", p.paper_id, p.title, 0, f"{p.title}\n{p.abstract}", p.abstract)
-            tx.add_paper(Paper(p.paper_id, p.title, p.abstract), "h", [chunk], [lexical.document(chunk.text)])
+            tx.add_paper(Paper(p.paper_id, p.title, p.abstract), "h", [chunk], [lexical.term_document(chunk.text)])
     return catalog
 
 
@@ -52,7 +52,7 @@ def test_within_budget_keeps_the_rarest_terms_and_at_least_one():
 def test_search_over_budget_ranks_its_candidates_exactly(catalog, monkeypatch, make_settings):
     """With a budget well below the common terms' rows: every hit carries its exhaustive BM25 score, the best
     hit is exhaustive BM25's, and most of its top 10 is found."""
-    from rag.index import Index
+    from rag.index.reader import Index
 
     index = Index(make_settings(), catalog, store=None, meta={"counts": {"chunks": 300}})
     monkeypatch.setattr(lexical, "ROW_BUDGET", 60)
@@ -73,7 +73,7 @@ def test_no_dev_question_reaches_the_budget_on_the_vendored_corpus(tmp_path, cor
     """So the dev-set figures are exhaustive BM25's: the row budget only acts on larger corpora."""
     import json
 
-    from rag.chunking import Chunker
+    from rag.corpus.chunk import Chunker
     from rag.settings import load_settings, repo_root
 
     settings = load_settings()
@@ -82,7 +82,7 @@ def test_no_dev_question_reaches_the_budget_on_the_vendored_corpus(tmp_path, cor
     with catalog.transaction() as tx:
         for p in corpus_papers:
             chunks = chunker.chunk(p)
-            tx.add_paper(p, "h", chunks, [lexical.document(c.text) for c in chunks])
+            tx.add_paper(p, "h", chunks, [lexical.term_document(c.text) for c in chunks])
     questions = [json.loads(line)["question"] for line in
                  (repo_root() / "eval" / "datasets" / "dev.jsonl").read_text().splitlines() if line.strip()]
     rows = max(sum(catalog.term_rows(t) for t in lexical.query_terms(q)) for q in questions)

@@ -1,4 +1,4 @@
-"""The LLM client (rag.llm.OpenAIChatLLM) driven through the real `openai` client against FakeOpenAI.
+"""The LLM client (rag.clients.chat.OpenAIChatLLM) driven through the real `openai` client against FakeOpenAI.
 
 Retries only for transient failures (429 honouring Retry-After, 5xx, timeouts, dropped connections),
 bounded in attempts and total time; every failure is an LLMError with a fix-it message and no API key.
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-from conftest import free_port
 import time
 
 import pytest
+from conftest import free_port
 
+from rag.clients.chat import OpenAIChatLLM, StreamCut
 from rag.errors import LLMError
-from rag.llm import OpenAIChatLLM, StreamCut
 
 MSGS = [{"role": "user", "content": "What do the sources say about concept erasure?"}]
 SENTINEL = "sk-SENTINEL-123"
@@ -310,7 +310,7 @@ def test_every_request_sends_max_tokens(fake_llm):
 
 @pytest.mark.parametrize("how", ["keepalive", "trickle"])
 def test_a_stream_that_never_ends_is_cut_at_the_deadline(fake_llm, how):
-    from rag.llm import LLMDeadline
+    from rag.clients.chat import LLMDeadline
 
     if how == "keepalive":
         fake_llm.queue_keepalive(30)  # headers, then only ": keep-alive" lines
@@ -327,7 +327,7 @@ def test_a_stream_that_never_ends_is_cut_at_the_deadline(fake_llm, how):
 
 
 def test_a_slow_non_streamed_reply_is_cut_at_the_deadline(fake_llm):
-    from rag.llm import LLMDeadline
+    from rag.clients.chat import LLMDeadline
 
     fake_llm.queue_delay(30, "too late")
     llm = make_llm(fake_llm.base_url, timeout=20.0, deadline=1.5, max_attempts=1)
@@ -345,7 +345,7 @@ def test_a_slow_non_streamed_reply_is_cut_at_the_deadline(fake_llm):
 ])
 @pytest.mark.parametrize("streamed", [False, True])
 def test_replies_that_are_not_answers_say_what_they_are(fake_llm, queue, kind, words, streamed):
-    from rag.llm import LLMReplyError
+    from rag.clients.chat import LLMReplyError
 
     queue(fake_llm)
     llm = make_llm(fake_llm.base_url)
@@ -361,7 +361,7 @@ def test_replies_that_are_not_answers_say_what_they_are(fake_llm, queue, kind, w
 ])
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_200_that_is_not_a_chat_completion_is_named(fake_llm, body, content_type, streamed):
-    from rag.llm import LLMReplyError
+    from rag.clients.chat import LLMReplyError
 
     fake_llm.queue_raw(body, content_type)
     llm = make_llm(fake_llm.base_url)
@@ -384,7 +384,7 @@ def test_client_errors_name_the_likely_cause_and_the_servers_reason(fake_llm, st
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_a_huge_reply_is_refused_not_printed(fake_llm, streamed):
-    from rag.llm import LLMReplyError
+    from rag.clients.chat import LLMReplyError
 
     fake_llm.queue_reply("x" * 200_000)
     llm = make_llm(fake_llm.base_url, max_reply_chars=5_000)

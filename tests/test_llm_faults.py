@@ -8,10 +8,10 @@ import time
 import pytest
 from conftest import hash_index
 
-from rag.answer import Assistant
-from rag.embeddings import HashEmbedder
-from rag.llm import OpenAIChatLLM
-from rag.retrieve import Retriever
+from rag.answer.assistant import Assistant
+from rag.clients.chat import OpenAIChatLLM
+from rag.index.embedders import HashEmbedder
+from rag.retrieve.hybrid import Retriever
 
 PAPERS = [
     ("Erasing Concepts from Diffusion Models", "We erase a visual concept from a pre-trained diffusion model using negative guidance. The method removes artistic styles."),

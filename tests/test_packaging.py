@@ -10,16 +10,16 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import REPO, run_cli
-from rag.embeddings import HashEmbedder
-from rag.ingest import ingest
+
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import ingest
 from rag.settings import load_settings, unknown_env
 
 
 def test_importing_the_package_changes_no_environment_variable():
-    code = ("import os; e=dict(os.environ); import rag.records, rag.retrieve, rag.answer, rag.cli, rag.ui.controller, "
-            "rag.eval.runner, rag.llama_index, rag.mcp_server; print(sorted(set(os.environ) ^ set(e)))")
+    code = ("import os; e=dict(os.environ); import rag.records, rag.retrieve.hybrid, rag.answer.assistant, rag.apps.cli, rag.apps.ui.controller, "
+            "rag.eval.runner, rag.apps.llama_index, rag.apps.mcp_server; print(sorted(set(os.environ) ^ set(e)))")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                                                              "TOKENIZERS_PARALLELISM", "TIKTOKEN_CACHE_DIR",
                                                              "ANONYMIZED_TELEMETRY")}
@@ -29,7 +29,7 @@ def test_importing_the_package_changes_no_environment_variable():
 
 
 def test_tiktoken_works_offline_without_any_cache_variable():
-    code = "from rag.tokens import count_tokens; print(count_tokens('Erasing concepts from diffusion models'), count_tokens('x', 'o200k_base'))"
+    code = "from rag.token_counts import count_tokens; print(count_tokens('Erasing concepts from diffusion models'), count_tokens('x', 'o200k_base'))"
     env = {k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
@@ -73,7 +73,7 @@ def test_wheel_carries_the_prompts_and_runs_from_any_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     env |= {"PYTHONPATH": str(site), "RAG_DATA_DIR": str(settings.data_dir), "RAG_EMBED_BACKEND": "hash",
             "RAG_CORPUS": str(corpus)}
-    code = "import rag, sys; from rag.cli import main; print(rag.__file__, file=sys.stderr); sys.exit(main(sys.argv[1:]))"
+    code = "import rag, sys; from rag.apps.cli import main; print(rag.__file__, file=sys.stderr); sys.exit(main(sys.argv[1:]))"
     out = subprocess.run([sys.executable, "-c", code, "ask", "erasing concepts from diffusion models with negative guidance", "--json"],
                          capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -1,13 +1,13 @@
 """The swappable parts have one narrow interface each (typing.Protocol), shared by production code and
-the test fakes: ChatModel (rag.llm), Embedder (rag.embeddings), PaperSearch (rag.retrieve)."""
+the test fakes: ChatModel (rag.clients.chat), Embedder (rag.index.embedders), PaperSearch (rag.retrieve.hybrid)."""
 
 from __future__ import annotations
 
 import pytest
 
-from rag.embeddings import Embedder, HashEmbedder
-from rag.llm import ChatModel, OpenAIChatLLM
-from rag.retrieve import PaperSearch
+from rag.clients.chat import ChatModel, OpenAIChatLLM
+from rag.index.embedders import Embedder, HashEmbedder
+from rag.retrieve.hybrid import PaperSearch
 
 
 def test_production_parts_satisfy_their_protocols(tmp_path):

@@ -24,8 +24,9 @@ def _retrieval(data_dir, extra_env=None) -> dict:
 
 
 def test_the_corpus_ingested_through_an_embedding_server_retrieves_like_the_local_index(real_index, tmp_path):
-    from rag.embeddings import DEFAULT_MODEL_NAME, make_embedder, embed_with_cache, open_embedding_cache
-    from rag.ingest import ingest
+    from rag.index.embed_cache import embed_with_cache, open_embedding_cache
+    from rag.index.embedders import DEFAULT_MODEL_NAME, make_embedder
+    from rag.index.ingest import ingest
     from rag.settings import load_settings
 
     lock = threading.Lock()

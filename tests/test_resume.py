@@ -10,20 +10,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import VENV_BIN, run_cli
+
+from rag.corpus.chunk import Chunker
+from rag.corpus.parse import load_corpus
 from rag.eval.synth import write_jsonl
-from rag.chunking import Chunker
-from rag.corpus import load_corpus
+from rag.index.chroma_store import ChromaStore
 from rag.settings import load_settings
-from rag.store import ChromaStore
 
 N = 1500
 
 
 def _stored(state: Path) -> int:
     """Papers whose vectors the ingest has committed to the store so far (its resume state)."""
-    try:  # a new index: the head line's papers (none), then one line per stored batch (rag.ingest._start_state)
+    try:  # a new index: the head line's papers (none), then one line per stored batch (rag.index.ingest._start_state)
         lines = state.read_text().splitlines()
     except OSError:
         return 0

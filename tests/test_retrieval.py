@@ -7,7 +7,7 @@ import re
 import pytest
 
 from rag.errors import ConfigError
-from rag.retrieve import MODES, check_mode, check_top_k, rrf, by_paper
+from rag.retrieve.hybrid import MODES, by_paper, check_mode, check_top_k, rrf
 
 ERASURE = re.compile(r"eras|unlearn|forget|remov|ablat", re.I)
 QUESTION = "which papers erase concepts in diffusion models?"

@@ -7,10 +7,10 @@ import logging
 import urllib.request
 
 import pytest
-
 from conftest import free_port, run_cli
-from rag.embeddings import HashEmbedder
-from rag.ingest import ingest
+
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import ingest
 
 SENTINEL = "sk-SENTINEL-do-not-leak-42"
 PAPERS = [
@@ -51,7 +51,7 @@ def test_key_absent_from_settings_repr_and_logs(tiny_index, caplog):
 
     settings = load_settings(llm_api_key=SENTINEL, llm_base_url="http://127.0.0.1:9/v1")
     assert SENTINEL not in repr(settings) and SENTINEL not in str(settings.model_dump())
-    from rag.llm import OpenAIChatLLM
+    from rag.clients.chat import OpenAIChatLLM
 
     llm = OpenAIChatLLM.from_settings(settings)
     with caplog.at_level(logging.DEBUG):
@@ -80,10 +80,10 @@ def test_key_absent_from_eval_report(tiny_index, fake_llm, tmp_path):
 def test_key_absent_from_ui_page_config_and_api(tiny_index, fake_llm):
     from gradio_client import Client
 
-    from rag.answer import Assistant
-    from rag.llm import OpenAIChatLLM
-    from rag.retrieve import Retriever
-    from rag.ui.app import build_app
+    from rag.answer.assistant import Assistant
+    from rag.apps.ui.app import build_app
+    from rag.clients.chat import OpenAIChatLLM
+    from rag.retrieve.hybrid import Retriever
 
     settings = tiny_index.model_copy(update={"llm_base_url": fake_llm.base_url, "evidence": False})
     llm = OpenAIChatLLM(fake_llm.base_url, SENTINEL, "fake-model", timeout=2, max_attempts=1, max_wait=1)

@@ -7,15 +7,15 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import free_port
-from rag.embeddings import HashEmbedder
+
 from rag.errors import ConfigError, StoreUnavailableError
-from rag.index import Index
-from rag.ingest import ingest
+from rag.index.chroma_store import ChromaStore
+from rag.index.embedders import HashEmbedder
+from rag.index.ingest import ingest
+from rag.index.reader import Index
 from rag.records import Chunk
-from rag.retrieve import Retriever
-from rag.store import ChromaStore
+from rag.retrieve.hybrid import Retriever
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from conftest import free_port, hash_index
 
-from rag.embeddings import HashEmbedder
 from rag.eval.bench_ui import (
     TIMER_JS as _TIMER_JS,  # one timer for the benchmark and the tests
 )
+from rag.index.embedders import HashEmbedder
 from rag.settings import load_settings, repo_root
 
 REPO_ROOT = repo_root()
@@ -72,7 +72,7 @@ def ui_settings(request):
 @pytest.fixture(scope="module")
 def real_app(ui_settings):
     """The UI over the real index, served on a free loopback port for this module."""
-    from rag.ui.app import build_app
+    from rag.apps.ui.app import build_app
 
     app = build_app(ui_settings)
     url = _serve(app)
@@ -94,8 +94,8 @@ def tiny_settings(tmp_path_factory):
 
 
 def _tiny_assistant(settings, llm=None):
-    from rag.answer import Assistant
-    from rag.retrieve import Retriever
+    from rag.answer.assistant import Assistant
+    from rag.retrieve.hybrid import Retriever
 
     if llm is not None:  # these tests script the answer call alone (the evidence step: test_evidence.py)
         settings = settings.model_copy(update={"evidence": False})
@@ -421,7 +421,7 @@ def test_browser_narrow_screen_keeps_input_visible_and_sources_reachable(real_ap
 
 @pytest.mark.browser
 def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
-    from rag.ui.app import build_app
+    from rag.apps.ui.app import build_app
 
     app = build_app(tiny_settings, _tiny_assistant(tiny_settings))
     try:
@@ -458,7 +458,7 @@ def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
 
 
 class _SlowLLM:
-    """A stand-in LLM (rag.llm.ChatModel) that streams a cited answer token by token."""
+    """A stand-in LLM (rag.clients.chat.ChatModel) that streams a cited answer token by token."""
 
     name = "slow-fake"
     TOKENS = ("Zebra ", "stripe ", "camouflage ", "confuses ", "quantum ", "llamas ", "[1]", ".")
@@ -482,7 +482,7 @@ class _SlowLLM:
 
 @pytest.mark.browser
 def test_browser_llm_tokens_stream_then_verified_answer(tiny_settings, page):
-    from rag.ui.app import build_app
+    from rag.apps.ui.app import build_app
 
     settings = tiny_settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1", "llm_model": "stub-model"})
     llm = _SlowLLM()
@@ -541,7 +541,7 @@ def test_auth_refuses_anonymous_and_wrong_password(tiny_settings, capsys):
     from gradio_client import Client
     from gradio_client.exceptions import AuthenticationError
 
-    from rag.ui.app import launch
+    from rag.apps.ui.app import launch
 
     port = free_port()
     settings = tiny_settings.model_copy(update={"ui_port": port, "ui_auth": load_settings(ui_auth="alice:s3cret").ui_auth})
@@ -601,7 +601,7 @@ def _post(url: str, form: dict) -> tuple[int, dict]:
 
 
 def test_failed_logins_are_throttled_and_every_response_has_security_headers(tiny_settings, tmp_path):
-    from rag.ui.app import launch
+    from rag.apps.ui.app import launch
 
     port = free_port()
     login = tmp_path / "login"
@@ -632,7 +632,7 @@ def test_login_throttle_counts_per_client_and_forgets_after_the_window():
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from rag.ui.security import LoginThrottle
+    from rag.apps.ui.security import LoginThrottle
 
     now = [0.0]
 

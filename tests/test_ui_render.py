@@ -7,9 +7,9 @@ import re
 
 import pytest
 
+from rag.apps.ui import render
 from rag.errors import QuestionError
 from rag.records import Paper
-from rag.ui import render
 
 EVIL = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> Evil'
 ABSTRACT = (
@@ -173,7 +173,7 @@ def test_history_skips_errors_and_export_markdown():
 
 
 class _StubAssistant:
-    """Stands in for rag.answer.Assistant (the methods the UI uses); `behaviour` decides what ask_stream does."""
+    """Stands in for rag.answer.assistant.Assistant (the methods the UI uses); `behaviour` decides what ask_stream does."""
 
     def __init__(self, behaviour):
         self.behaviour = behaviour
@@ -201,7 +201,7 @@ class _StubAssistant:
 
 @pytest.fixture
 def controller(make_settings, tmp_path):
-    from rag.ui.controller import ChatController
+    from rag.apps.ui.controller import ChatController
 
     def make(behaviour, **settings):
         assistant = _StubAssistant(behaviour)
@@ -233,7 +233,7 @@ def test_controller_too_long_question_is_a_friendly_message(controller):
     assert turns[-1]["error"] and not assistant.calls
     assert updates[-1].question is None  # the text stays in the box so it can be shortened
     with pytest.raises(QuestionError):
-        from rag.answer import check_question
+        from rag.answer.assistant import check_question
 
         check_question("x" * 80, 50)
 
@@ -335,7 +335,7 @@ def test_controller_regenerate_ask_new_and_more(controller):
 def test_controller_feedback_lands_in_the_file_and_exports_as_a_valid_dataset(controller, tmp_path):
     import json
 
-    from rag import feedback
+    from rag.apps import feedback
     from rag.eval.dataset import load_dataset
 
     ctl, _ = controller(_answering)
@@ -360,7 +360,7 @@ def test_controller_feedback_lands_in_the_file_and_exports_as_a_valid_dataset(co
 
 
 def test_restore_keeps_only_well_formed_turns(controller):
-    from rag.ui.controller import restore_turns
+    from rag.apps.ui.controller import restore_turns
 
     good = {"question": "q", "answer": "a [1]", "citations": [], "sources": [], "evil": "dropped key"}
     restored = restore_turns([good, "junk", {"question": 3}, {"question": "bad", "citations": "oops"}, None])
@@ -383,7 +383,7 @@ def test_controller_ask_api_reply_and_top_k_bounds(controller):
 
 
 def test_only_ask_is_public_api(make_settings, tmp_path):
-    from rag.ui.app import build_app
+    from rag.apps.ui.app import build_app
 
     app = build_app(make_settings(), _StubAssistant(lambda q, **kw: iter(())), eval_dir=tmp_path / "no-report")
     public = [fn.api_name for fn in app.fns.values() if getattr(fn, "api_visibility", "public") != "private"]
@@ -393,7 +393,7 @@ def test_only_ask_is_public_api(make_settings, tmp_path):
 def test_eval_tab_leads_with_the_headline_and_plots(tmp_path):
     import json
 
-    from rag.ui.app import load_eval_report
+    from rag.apps.ui.app import load_eval_report
 
     md, images, full = load_eval_report(tmp_path / "missing")
     assert "make eval" in md and "rag eval --dataset eval/datasets/dev.jsonl --answer extractive --out eval/reports/latest" in md
@@ -419,9 +419,9 @@ def test_eval_tab_leads_with_the_headline_and_plots(tmp_path):
 def test_status_and_auth_parsing(make_settings, tmp_path):
     from pydantic import SecretStr
 
+    from rag.apps.ui.app import is_loopback, parse_auth
+    from rag.apps.ui.controller import ChatController
     from rag.errors import ConfigError
-    from rag.ui.app import is_loopback, parse_auth
-    from rag.ui.controller import ChatController
 
     def status_text(settings, assistant):
         return ChatController(settings, assistant, tmp_path).status()

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rag.eval.timing import free_port, print_table, save_json, summary, time_each
+
 QUESTIONS = [
     "which papers erase concepts in diffusion models?",
     "papers on sparse autoencoders for LLM interpretability",
@@ -31,40 +33,6 @@ QUESTIONS = [
     "machine unlearning benchmarks",
     "protein folding",
 ]
-
-
-def _pct(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
-def summary(ms: list[float], digits: int = 2) -> dict:
-    """{"n", "p50_ms" (the median), "p95_ms"} of timings in milliseconds: one definition for every bench."""
-    import statistics
-
-    return {"n": len(ms), "p50_ms": round(statistics.median(ms), digits), "p95_ms": round(_pct(ms, 95), digits)}
-
-
-def time_each(fn, items, repeats: int) -> list[float]:
-    """Milliseconds of `fn(item)` for every item, `repeats` rounds."""
-    out = []
-    for _ in range(repeats):
-        for item in items:
-            t = time.perf_counter()
-            fn(item)
-            out.append((time.perf_counter() - t) * 1000)
-    return out
-
-
-def _table(title, rows):
-    print(f"\n## {title}")
-    for row in rows:
-        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
-
-
-def _save(out: Path, name: str, data) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
 
 
 def bench_ingest(out: Path, backend: str) -> dict:
@@ -85,8 +53,8 @@ def bench_ingest(out: Path, backend: str) -> dict:
                      "papers_per_s": round(rep["papers"] / wall, 1) if rep["embedded"] else None})
     shutil.rmtree(data_dir, ignore_errors=True)
     data = {"backend": backend, "runs": rows}
-    _table(f"ingest ({backend}, vendored corpus)", rows)
-    _save(out, "ingest", data)
+    print_table(f"ingest ({backend}, vendored corpus)", rows)
+    save_json(out, "ingest", data)
     return data
 
 
@@ -116,15 +84,15 @@ def bench_reingest(out: Path, n: int) -> dict:
     run("10 papers appended")
     shutil.rmtree(tmp, ignore_errors=True)
     data = {"n": n, "backend": "hash", "runs": rows}
-    _table(f"re-ingest at {n} papers", rows)
-    _save(out, "reingest", data)
+    print_table(f"re-ingest at {n} papers", rows)
+    save_json(out, "reingest", data)
     return data
 
 
 def bench_latency(out: Path, repeats: int = 5) -> dict:
     """Warm in-process latency of search (per mode) and of the extractive ask, on the index in RAG_DATA_DIR."""
-    from rag.answer import Assistant
-    from rag.retrieve import Retriever
+    from rag.answer.assistant import Assistant
+    from rag.retrieve.hybrid import Retriever
     from rag.settings import load_settings
 
     settings = load_settings()
@@ -135,8 +103,8 @@ def bench_latency(out: Path, repeats: int = 5) -> dict:
     rows = [{"op": f"search/{mode}", **summary(time_each(lambda q, m=mode: retriever.search(q, 10, m), QUESTIONS, repeats))}
             for mode in ("hybrid", "dense", "bm25")]
     rows.append({"op": "ask/extractive", **summary(time_each(lambda q: assistant.ask(q, extractive=True), QUESTIONS, repeats))})
-    _table("warm latency (in-process)", rows)
-    _save(out, "latency", {"rows": rows})
+    print_table("warm latency (in-process)", rows)
+    save_json(out, "latency", {"rows": rows})
     return {"rows": rows}
 
 
@@ -144,11 +112,11 @@ def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
     """What the LLM evidence step adds over retrieval, against a zero-delay OpenAI-protocol server that
     judges every paper relevant (quoting its first sentence): the client, HTTP, parsing and quote checks,
     not an LLM. No cache, so every paper is a real call."""
+    from rag.clients.chat import OpenAIChatLLM
     from rag.eval.fake_openai import FakeOpenAI, relevance_oracle
-    from rag.evidence import EvidenceCache, EvidenceStep
-    from rag.llm import OpenAIChatLLM
+    from rag.judge.llm_evidence import EvidenceCache, EvidenceStep
     from rag.prompts import load_prompts
-    from rag.retrieve import Retriever
+    from rag.retrieve.hybrid import Retriever
     from rag.settings import load_settings
 
     settings = load_settings()
@@ -177,10 +145,10 @@ def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
         rows.append({"op": op, **summary(ts, 1)})
     data = {"papers": papers, "concurrency": settings.evidence_concurrency, "rows": rows,
             "evidence_over_retrieval_p50_ms": rows[1]["p50_ms"], "goal_ms": 300}
-    _table("LLM evidence step over retrieval (zero-delay fake server)", rows)
+    print_table("LLM evidence step over retrieval (zero-delay fake server)", rows)
     print(f"  evidence step adds {rows[1]['p50_ms']} ms p50 ({rows[1]['p95_ms']} ms p95) over retrieval for {papers} "
           "papers (goal <= 300 ms)")
-    _save(out, "evidence", data)
+    save_json(out, "evidence", data)
     return data
 
 
@@ -195,9 +163,9 @@ def bench_embedding(out: Path, n: int = 256, rounds: int = 5) -> dict:
 
     import numpy as np
 
-    from rag.chunking import Chunker
-    from rag.corpus import load_corpus
-    from rag.embeddings import TorchEmbedder, native_bf16
+    from rag.corpus.chunk import Chunker
+    from rag.corpus.parse import load_corpus
+    from rag.index.embedders import TorchEmbedder, native_bf16
     from rag.settings import load_settings
 
     settings = load_settings()
@@ -237,11 +205,11 @@ def bench_embedding(out: Path, n: int = 256, rounds: int = 5) -> dict:
         parity[name] = {"min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6)}
     data = {"texts": len(texts), "batch_size": batch, "rounds": rounds, "cpu_native_bf16": native_bf16(),
             "rows": rows, "ratios": ratios, "cosine_vs_fp32": parity, "skipped": skipped}
-    _table(f"embedding throughput ({len(texts)} real chunk texts, {rounds} interleaved rounds, texts/s)", rows)
-    _table("ratios and parity vs torch fp32", [ratios] + [{"backend": k, **v} for k, v in parity.items()])
+    print_table(f"embedding throughput ({len(texts)} real chunk texts, {rounds} interleaved rounds, texts/s)", rows)
+    print_table("ratios and parity vs torch fp32", [ratios] + [{"backend": k, **v} for k, v in parity.items()])
     for name, why in skipped.items():
         print(f"  {name}: skipped ({why})")
-    _save(out, "embedding", data)
+    save_json(out, "embedding", data)
     return data
 
 
@@ -249,7 +217,7 @@ SCALE_WORKER = r"""
 import json, os, resource, sys, time, statistics
 import numpy as np
 import rag
-from rag.store import ChromaStore
+from rag.index.chroma_store import ChromaStore
 from rag.records import Chunk
 from rag.eval.synth import synthetic_papers
 n, mode, data_dir, url = int(sys.argv[1]), sys.argv[2], sys.argv[3], (sys.argv[4] if len(sys.argv) > 4 else None)
@@ -276,8 +244,8 @@ out = {"n": n, "mode": mode, "store_add_s": round(add_s, 1), "store_query_p50_ms
        "store_query_p95_ms": round(sorted(ts)[int(0.95 * (len(ts) - 1))], 2)}
 if mode == "embedded":
     from pathlib import Path
-    from rag.catalog import Catalog
-    from rag.lexical import document, match_expression
+    from rag.index.catalog import Catalog
+    from rag.index.lexical import document, match_expression
     from rag.records import Paper
     t = time.perf_counter()
     catalog = Catalog(Path(data_dir) / "bench.sqlite", create=True)
@@ -298,15 +266,6 @@ if mode == "embedded":
 out["process_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 print(json.dumps(out))
 """
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (bound, then released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chroma_server(path: Path):
@@ -360,10 +319,10 @@ def bench_scale(out: Path, sizes: list[int]) -> dict:
             if server is not None:
                 row["server_rss_mb"] = row_server_rss
             rows.append(row)
-            _table(f"scale n={n} {mode}", [row])
+            print_table(f"scale n={n} {mode}", [row])
             shutil.rmtree(tmp, ignore_errors=True)
     data = {"rows": rows}
-    _save(out, "scale", data)
+    save_json(out, "scale", data)
     _plot_scale(out, rows)
     return data
 
@@ -399,14 +358,14 @@ def _plot_scale(out: Path, rows) -> None:
 QUERY_WORKER = r"""
 import json, resource, statistics, sys, time
 from pathlib import Path
-from rag.eval.bench import summary, time_each
-from rag.retrieve import Retriever
+from rag.eval.timing import summary, time_each
+from rag.retrieve.hybrid import Retriever
 from rag.settings import load_settings
 queries, repeats, url = json.loads(sys.argv[1]), int(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else None)
 settings = load_settings()
 store = None
 if url:  # the same Chroma files, served by `chroma run` and queried over HTTP
-    from rag.store import ChromaStore
+    from rag.index.chroma_store import ChromaStore
     store = ChromaStore(Path(settings.data_dir), url, settings.collection)
 t = time.perf_counter()
 retriever = Retriever.from_settings(settings, store=store, check_stale=False)
@@ -415,9 +374,9 @@ for mode in ("hybrid", "dense", "bm25"):
     search = lambda q, m=mode: retriever.search(q, 10, m)
     time_each(search, queries, 1)  # warm-up: caches, HNSW pages, FTS5 pages
     out["modes"][mode] = summary(time_each(search, queries, repeats))
-if not url:  # what the row budget of rag.lexical costs in ranking, and saves in time, against exhaustive BM25
-    from rag import lexical
-    from rag.catalog import CATALOG, Catalog
+if not url:  # what the row budget of rag.index.lexical costs in ranking, and saves in time, against exhaustive BM25
+    from rag.index import lexical
+    from rag.index.catalog import CATALOG, Catalog
     catalog = Catalog(Path(settings.data_dir) / CATALOG)
     exact = lambda q: catalog.lexical(lexical.match_expression(q), 50)
     ts, top10, top50 = time_each(exact, queries, 1), [], []
@@ -520,7 +479,7 @@ def bench_scale_ingest(out: Path, sizes: list[int], workdir: Path | None = None,
             row["sync"] = ingest("sync of the kept index (not a figure)")
         else:
             row["cold"] = ingest("cold")
-            _save(out, "scale_ingest", _scale_ingest_data(rows + [row], previous))  # kept if a later step fails
+            save_json(out, "scale_ingest", _scale_ingest_data(rows + [row], previous))  # kept if a later step fails
         row["unchanged"] = ingest("unchanged", {"added": 0, "removed": 0, "embedded": 0})
         _append_papers(corpus, n)
         try:
@@ -550,11 +509,11 @@ def bench_scale_ingest(out: Path, sizes: list[int], workdir: Path | None = None,
                 shutil.rmtree(served, ignore_errors=True)
             print(f"  n={n} queries (server): {row['server_queries']['modes']}", flush=True)
         rows.append(row)
-        _save(out, "scale_ingest", _scale_ingest_data(rows, previous))
+        save_json(out, "scale_ingest", _scale_ingest_data(rows, previous))
     if not keep:
         shutil.rmtree(root_all, ignore_errors=True)
     data = _scale_ingest_data(rows, previous)
-    _save(out, "scale_ingest", data)
+    save_json(out, "scale_ingest", data)
     _print_scale_ingest(data)
     return data
 
@@ -670,7 +629,7 @@ def report_scale_ingest(out: Path) -> dict:
     data = _scale_ingest_data([], {r["n"]: r for r in rows})
     data["machine"] = json.loads(path.read_text()).get("machine", data["machine"])
     _print_scale_ingest(data)
-    _save(out, "scale_ingest", data)
+    save_json(out, "scale_ingest", data)
     return data
 
 

@@ -55,7 +55,7 @@ def _chromium() -> str | None:
 
 
 def bench_ui(out: Path, repeats: int = 5) -> dict | None:
-    from rag.eval.bench import _pct, _save, _table, free_port
+    from rag.eval.timing import free_port, percentile, print_table, save_json
     from rag.settings import load_settings
 
     chromium = _chromium()
@@ -66,7 +66,7 @@ def bench_ui(out: Path, repeats: int = 5) -> dict | None:
     if chromium is None:
         print("\n## ui\n  skipped: needs Playwright and Chromium (make browser)")
         return None
-    from rag.ui.app import build_app
+    from rag.apps.ui.app import build_app
 
     settings = load_settings()
     app = build_app(settings)
@@ -102,10 +102,10 @@ def bench_ui(out: Path, repeats: int = 5) -> dict | None:
         "answers": "llm" if app.rag_assistant.has_llm else "extractive",
         "repeats": repeats,
         "first_text_s_p50": round(statistics.median(first), 3), "first_text_s_max": max(first),
-        "final_s_p50": round(statistics.median(final), 3), "final_s_p95": _pct(final, 95),
+        "final_s_p50": round(statistics.median(final), 3), "final_s_p95": percentile(final, 95),
         "runs": rows,
     }
-    _table("ui (warm, headless Chromium, Send → first answer text / finished answer)",
+    print_table("ui (warm, headless Chromium, Send → first answer text / finished answer)",
            [{k: v for k, v in data.items() if k != "runs"}])
-    _save(out, "ui", data)
+    save_json(out, "ui", data)
     return data

@@ -3,13 +3,13 @@
     rag eval calibrate [--dataset eval/datasets/dev.jsonl] [--split tune] [--out rag/data/judgement.json] [--json]
 
 Three things are fitted, each on tune only (the test split is never read here):
-- abstention: a logistic model of P(answerable) over rag.abstention.Features; the abstain point is the
+- abstention: a logistic model of P(answerable) over rag.judge.abstention.Features; the abstain point is the
   highest threshold whose cross-validated false refusals on tune stay at or below --max-false-refusals;
   the low-confidence point where --low-share of answerable questions fall below it;
-- list relevance: a logistic model of P(paper is a gold paper) over rag.relevance.paper_features for the
+- list relevance: a logistic model of P(paper is a gold paper) over rag.judge.list_relevance.paper_features for the
   list questions' candidates (acceptable extras left out), kept at the threshold that maximises the
   cross-validated F1 of list precision and recall;
-- extractive sentence weights (rag.extractive.Weights), by grid search for key-fact recall of the answers the
+- extractive sentence weights (rag.answer.extractive.Weights), by grid search for key-fact recall of the answers the
   pipeline gives with the two models above (as `rag eval` scores them).
 """
 
@@ -34,13 +34,12 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "judgement.json"
 
 def collect(settings, dataset, split: str) -> dict:
     """Features of every question of `split` (and of every candidate of its list questions)."""
-    from rag.abstention import TOP_PAPERS, features
-    from rag.answer import is_list_question
-    from rag.corpus import normalise_title
-    from rag.relevance import LIST_POOL, paper_features
-    from rag.answer import _embed_cache_path
-    from rag.retrieve import Retriever
-    from rag.sentences import shared_sentence_vectors
+    from rag.answer.assistant import _embed_cache_path, is_list_question
+    from rag.corpus.parse import normalise_title
+    from rag.index.sentence_vectors import shared_sentence_vectors
+    from rag.judge.abstention import TOP_PAPERS, features
+    from rag.judge.list_relevance import LIST_POOL, paper_features
+    from rag.retrieve.hybrid import Retriever
 
     retriever = Retriever.from_settings(settings, check_stale=False)
     index = retriever.index
@@ -72,7 +71,7 @@ def collect(settings, dataset, split: str) -> dict:
 def _cv_probabilities(rows, labels, feats, groups=None, folds=5):
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
-    from rag.judgement import fit_logistic
+    from rag.judge.params import fit_logistic
 
     labels = np.asarray(labels)
     out = np.zeros(len(rows))
@@ -95,7 +94,7 @@ def operating_points(p_answerable, answerable) -> list[dict]:
 
 
 def fit_abstention(questions, max_false: float, low_share: float):
-    from rag.judgement import fit_logistic
+    from rag.judge.params import fit_logistic
 
     labels = [int(q["answerable"]) for q in questions]
     model = fit_logistic(questions, labels, ABSTENTION_FEATURES)
@@ -126,7 +125,7 @@ def _list_quality(candidates, probs, threshold, k):
 def fit_relevance(candidates, k: int, min_precision: float):
     """The threshold with the best cross-validated list recall whose precision stays >= min_precision
     (else the best F1)."""
-    from rag.judgement import fit_logistic
+    from rag.judge.params import fit_logistic
 
     labels = [c["gold"] for c in candidates]
     model = fit_logistic(candidates, labels, RELEVANCE_FEATURES)
@@ -146,9 +145,9 @@ def fit_extractive(settings, dataset, split, collected, params):
     sources the pipeline itself gives the answerer (an Assistant with the abstention and list relevance just
     fitted, `params`): a list answer quotes only the papers that pass, and a refused question scores 0,
     exactly as `rag eval` scores them. The weights change which sentences are quoted, not which papers."""
-    from rag.answer import Assistant, is_list_question
+    from rag.answer.assistant import Assistant, is_list_question
+    from rag.answer.extractive import Extractor, Weights
     from rag.eval.metrics import key_fact_recall
-    from rag.extractive import Extractor, Weights
 
     retriever, sentences = collected["retriever"], collected["sentences"]
     assistant = Assistant(settings, retriever, None, params=params)
@@ -186,8 +185,8 @@ def main(argv=None) -> int:
 
     configure_process()
     from rag.eval.dataset import load_dataset
-    from rag.judgement import JudgementParams
-    from rag.retrieve import Retriever
+    from rag.judge.params import JudgementParams
+    from rag.retrieve.hybrid import Retriever
     from rag.settings import load_settings
 
     p = argparse.ArgumentParser(prog="rag eval calibrate", description=__doc__.splitlines()[0])

@@ -97,7 +97,7 @@ def cmd_eval(args) -> int:
         write_report,
     )
     from rag.eval.runner import check_modes, run_eval
-    from rag.retrieve import Retriever
+    from rag.retrieve.hybrid import Retriever
     from rag.settings import load_settings
 
     if args.dataset is None:
@@ -134,7 +134,7 @@ def cmd_eval(args) -> int:
         if args.answer == "none":
             print("warning: --judge ignored with --answer none", file=sys.stderr)
         else:
-            from rag.eval.judge import Judge
+            from rag.eval.grader import Judge
 
             judge = Judge.from_settings(settings)
             if judge is None:

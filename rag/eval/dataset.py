@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.corpus import normalise_title
+from rag.corpus.parse import normalise_title
 from rag.errors import RagError
 
 TYPES = ("list", "specific", "paraphrase", "multi_hop", "unanswerable")

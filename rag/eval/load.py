@@ -20,12 +20,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from urllib.parse import urlparse
 
-from rag.eval.bench import QUESTIONS, _pct, free_port
+from rag.eval.bench import QUESTIONS
+from rag.eval.timing import free_port, percentile
 
 
 def start_ui(settings):
     """Launch the app in this process on a free loopback port; returns (app, url)."""
-    from rag.ui.app import build_app
+    from rag.apps.ui.app import build_app
 
     app = build_app(settings)
     port = free_port()
@@ -78,8 +79,8 @@ def run_load(url: str, clients: int, per_client: int, timeout: float) -> dict:
         "lost": total - done[0],
         "wall_s": round(wall, 1),
         "throughput_rps": round(len(latencies) / wall, 2) if wall else None,
-        "latency_ms_p50": round(_pct(latencies, 50), 1) if latencies else None,
-        "latency_ms_p95": round(_pct(latencies, 95), 1) if latencies else None,
+        "latency_ms_p50": round(percentile(latencies, 50), 1) if latencies else None,
+        "latency_ms_p95": round(percentile(latencies, 95), 1) if latencies else None,
         "latency_ms_mean": round(statistics.mean(latencies), 1) if latencies else None,
         "error_samples": errors[:5],
     }

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from rag.citations import cited_numbers, claims, strip_markup  # noqa: F401 (re-exported for the runner)
-from rag.corpus import clean_text, normalise_title, paper_id_for
+from rag.answer.citations import cited_numbers, claims, strip_markup  # noqa: F401 (re-exported for the runner)
+from rag.corpus.parse import clean_text, normalise_title, paper_id_for
+from rag.eval.timing import percentile  # noqa: F401 (the report's latency figures)
 from rag.text import content_terms, normalise_for_match, split_sentences
 
 RETRIEVAL_METRICS = ("recall@5", "recall@10", "ndcg@10", "mrr")
@@ -98,7 +99,7 @@ def content_tokens(text: str) -> set[str]:
 
 
 def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
-    """Answer text -> [(clean sentence, source numbers it cites)] (rag.citations.claims)."""
+    """Answer text -> [(clean sentence, source numbers it cites)] (rag.answer.citations.claims)."""
     return [(c.text, list(c.refs)) for c in claims(answer)]
 
 
@@ -223,11 +224,6 @@ def unsupported_sentence_rate(answer: str, sources: dict[int, str], cited: Seque
 def mean(values: Iterable[float | None]) -> float | None:
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(vals) / len(vals) if vals else None
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return float(np.percentile(vals, q)) if vals else None
 
 
 def summarise(rows: Sequence[dict]) -> dict:

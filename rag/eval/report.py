@@ -7,6 +7,8 @@ import math
 import re
 from pathlib import Path
 
+from rag.corpus.parse import normalise_title
+from rag.errors import ConfigError
 from rag.eval.dataset import TYPES
 from rag.eval.metrics import (
     ABSTENTION_METRICS,
@@ -18,8 +20,6 @@ from rag.eval.metrics import (
     RETRIEVAL_METRICS,
     TOKEN_METRICS,
 )
-from rag.corpus import normalise_title
-from rag.errors import ConfigError
 
 PLOTS = ("metrics_by_mode.png", "metrics_by_type.png", "latency.png", "abstention_tradeoff.png")
 TYPE_METRICS = RETRIEVAL_METRICS + ("key_fact_recall", "citation_recall", "abstention_accuracy", "false_abstention_rate")

@@ -28,7 +28,7 @@ from rag.eval.metrics import (
     unsupported_sentence_rate,
 )
 from rag.prompts import load_prompts
-from rag.retrieve import MODES
+from rag.retrieve.hybrid import MODES
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def make_assistant(settings, retriever, answer: str):
             "or use --answer extractive"
         )
     try:
-        from rag.answer import Assistant
+        from rag.answer.assistant import Assistant
     except ImportError as exc:
         raise ConfigError(f"the answerer is not available ({exc}): use --answer none") from None
     return Assistant.from_settings(settings, retriever=retriever)
@@ -154,13 +154,13 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
     """Evaluate `dataset`; returns the report dict (see eval/README.md for its shape)."""
     from tqdm import tqdm
 
-    from rag.tokens import count_tokens
+    from rag.token_counts import count_tokens
 
     if answer not in ANSWER_CHOICES:
         raise ConfigError(f"--answer must be one of {', '.join(ANSWER_CHOICES)}, got {answer!r}")
     modes = check_modes(modes)
     if retriever is None:
-        from rag.retrieve import Retriever
+        from rag.retrieve.hybrid import Retriever
 
         retriever = Retriever.from_settings(settings)
     if answer != "none" and assistant is None:
@@ -328,7 +328,7 @@ def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge,
 
 
 def _judgement_config(settings) -> dict:
-    from rag.judgement import load_params
+    from rag.judge.params import load_params
 
     params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
     return {"abstain_below": settings.abstain_threshold if settings.abstain_threshold is not None else params.abstain_below,

@@ -1,6 +1,6 @@
 """Synthetic paper sets for scale tests and benchmarks (JSONL in the arXiv snapshot's shape).
 
-The text is learned from the real abstracts in data/corpus (parsed with rag.corpus), so that what
+The text is learned from the real abstracts in data/corpus (parsed with rag.corpus.parse), so that what
 ingest and search cost at scale (tokens per chunk, chunks per paper, distinct terms, postings per term)
 looks like a real corpus rather than a 70-word toy vocabulary:
 
@@ -13,7 +13,7 @@ looks like a real corpus rather than a 70-word toy vocabulary:
   most of them are rare, as in arXiv. Measured (content terms, rag.text): 6,428 at 701 papers (the real
   701 have 6,410), 21.8k at 10k, 138k at 100k; growth ~n^0.47 from 1k to 10k and ~n^0.8 from 10k to 100k.
 
-Deterministic for a given seed and model. Titles are unique after normalisation (rag.corpus uses them as
+Deterministic for a given seed and model. Titles are unique after normalisation (rag.corpus.parse uses them as
 paper ids), so every line is one distinct paper.
 """
 
@@ -34,7 +34,7 @@ _SYLLABLES = (
 
 
 def _real_papers():
-    from rag.corpus import load_corpus
+    from rag.corpus.parse import load_corpus
     from rag.errors import CorpusError
     from rag.settings import default_corpus
 
@@ -146,7 +146,7 @@ def synthetic_papers(n: int, seed: int = 0, rare_rate: float = 0.05, zipf_a: flo
     """`n` papers as arXiv-snapshot JSON objects (id, title, abstract, categories), realistic text.
 
     `start` numbers the ids (synth-<start>...); another `seed` gives other papers (e.g. ones to append)."""
-    from rag.corpus import normalise_title
+    from rag.corpus.parse import normalise_title
 
     model = model or TextModel.from_corpus()
     sample = _Sampler(model, random.Random(seed), rare_rate, zipf_a)

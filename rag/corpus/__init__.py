@@ -1,0 +1,1 @@
+"""Stage 1: corpus files in, deduplicated `Paper` records and token-counted `Chunk`s out."""

@@ -1,0 +1,276 @@
+"""The index on disk and its read side.
+
+An index in `DATA_DIR` is the catalog (`index.sqlite`: paper records, term statistics, the lexical
+FTS5 index and the published generation's metadata, rag.index.catalog) and the Chroma collections (chunk
+vectors and paper vectors; embedded under `chroma/`, or on a server). `rag.index.ingest` writes it;
+`Index.open` reads it, checks that its parts agree, and `Index.refresh()` (called per request) switches
+to a newly published generation. Everything else (retriever, answerer, UI, eval, MCP) goes through
+`Index` methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from rag.errors import ConfigError, IndexCorruptError, IndexMissingError, RagError
+from rag.index.catalog import CATALOG, SCHEMA_VERSION, Catalog
+from rag.records import Paper
+from rag.text import content_terms
+
+log = logging.getLogger(__name__)
+
+
+def indexed_corpus(settings, meta: dict | None) -> list[Path]:
+    """RAG_CORPUS when set; else the corpus this index was built from; else the default corpus."""
+    if settings.corpus:
+        return settings.corpus_paths
+    if meta and meta.get("corpus_paths"):
+        return [Path(p) for p in meta["corpus_paths"]]
+    return settings.corpus_paths
+
+
+def check_meta(settings, meta: dict) -> dict:
+    """The metadata of a complete index for these settings, or an error saying how to get one."""
+    data_dir = Path(settings.data_dir)
+    if not meta or not meta.get("complete"):
+        raise IndexMissingError(
+            f"no complete index in {data_dir.resolve()}: build it with `rag ingest` (or set RAG_DATA_DIR)"
+        )
+    if meta.get("version") != SCHEMA_VERSION:
+        raise IndexMissingError(f"the index in {data_dir.resolve()} was built by another version: run `rag ingest`")
+    if meta.get("params", {}).get("chroma_url") != settings.chroma_url:
+        raise ConfigError(
+            f"the index in {data_dir} was built for Chroma at {meta['params'].get('chroma_url') or 'embedded'}, "
+            f"not {settings.chroma_url or 'embedded'}: run `rag ingest` with the current RAG_CHROMA_URL"
+        )
+    return meta
+
+
+def stale_reason(settings, meta: dict) -> str | None:
+    """Why the index no longer mirrors its corpus, or None (also None when the corpus is not here)."""
+    from rag.corpus.parse import corpus_files, corpus_fingerprint
+
+    try:
+        files = corpus_files(indexed_corpus(settings, meta))
+        if corpus_fingerprint(files) != meta.get("corpus_fingerprint"):
+            return "the corpus changed since the last ingest: run `rag ingest` to update the index"
+    except RagError:
+        return None  # corpus not present here: the index stands alone
+    return None
+
+
+def open_catalog(data_dir: Path) -> Catalog:
+    path = Path(data_dir) / CATALOG
+    if not path.is_file():
+        if (Path(data_dir) / "manifest.json").is_file():
+            raise IndexMissingError(
+                f"the index in {Path(data_dir).resolve()} was built by an older version: run `rag ingest` to upgrade it "
+                "(stored vectors are reused)"
+            )
+        raise IndexMissingError(f"no index in {Path(data_dir).resolve()}: build it with `rag ingest` (or set RAG_DATA_DIR)")
+    return Catalog(path)
+
+
+def check_parts(catalog: Catalog, store, meta: dict, data_dir: Path) -> list[str]:
+    """What disagrees between the published counts, the catalog and the vector store ([] when all agree)."""
+    counts = meta.get("counts", {})
+    found = {
+        "paper records": catalog.count_papers(),
+        "chunk records": catalog.count_chunks(),
+        "lexical documents": catalog.count_lexical(),
+        "chunk vectors": store.count(),
+        "paper vectors": store.count_paper_vectors(),
+    }
+    want = {"paper records": counts.get("papers"), "chunk records": counts.get("chunks"),
+            "lexical documents": counts.get("chunks"), "chunk vectors": counts.get("chunks"),
+            "paper vectors": counts.get("papers")}
+    return [f"{name}: {found[name]:,} of {want[name]:,}" for name in found if found[name] != want[name]]
+
+
+class Index:
+    """Read side of an index: papers, term statistics, the dense store and the lexical index."""
+
+    def __init__(self, settings, catalog: Catalog, store, meta: dict, stale: str | None = None):
+        self._settings = settings
+        self._catalog = catalog
+        self._store = store
+        self._meta = meta
+        self._lock = threading.RLock()
+        self.stale = stale
+        self._cached_paper = lru_cache(maxsize=16384)(self._catalog.paper)
+        self._terms = lru_cache(maxsize=16384)(self._paper_terms)
+        self._df = lru_cache(maxsize=65536)(self._catalog.df)
+        self._term_rows = lru_cache(maxsize=65536)(self._catalog.term_rows)
+
+    @classmethod
+    def open(cls, settings, store=None, check_stale: bool = True) -> "Index":
+        """Open the index in `settings.data_dir`; one clear error if it is missing, partial, damaged or
+        inconsistent (the error names the fix)."""
+        from rag.index.chroma_store import ChromaStore, probe_embedded
+        from rag.index.layout import ingest_running
+
+        data_dir = Path(settings.data_dir)
+        catalog = open_catalog(data_dir)
+        meta = check_meta(settings, catalog.meta())
+        if settings.chroma_url is None and store is None:
+            problem = probe_embedded(data_dir, settings.collection)
+            if problem:
+                raise IndexCorruptError(f"{problem}: run `rag ingest` to repair it (cached vectors are reused)")
+        if store is None:
+            try:
+                store = ChromaStore(data_dir, settings.chroma_url, settings.collection)
+            except RagError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a damaged embedded store: chromadb raises many kinds
+                raise IndexCorruptError(
+                    f"the vector store in {data_dir / 'chroma'} cannot be read ({exc.__class__.__name__}: "
+                    f"{str(exc)[:160]}): run `rag ingest` to repair it (cached vectors are reused)"
+                ) from None
+        if not ingest_running(data_dir):
+            wrong = check_parts(catalog, store, meta, data_dir)
+            if wrong:
+                raise IndexCorruptError(
+                    f"the index in {data_dir} is inconsistent ({'; '.join(wrong)}): run `rag ingest` to repair it"
+                )
+        stale = stale_reason(settings, meta) if check_stale else None
+        if stale:
+            log.warning("%s", stale)
+        return cls(settings, catalog, store, meta, stale)
+
+    # -- generations -----------------------------------------------------------------------
+
+    @property
+    def generation(self) -> str | None:
+        return self._meta.get("generation")
+
+    def refresh(self) -> bool:
+        """Switch to a newly published generation, if there is one (a one-row read). True if it switched."""
+        latest = self._catalog.generation()
+        if latest == self.generation:
+            return False
+        with self._lock:
+            if latest == self.generation:
+                return False
+            meta = self._catalog.meta()
+            if not meta.get("complete"):
+                return False
+            self._store.reopen()  # an embedded client must reload the vectors another process wrote
+            self._cached_paper.cache_clear()
+            self._terms.cache_clear()
+            self._df.cache_clear()
+            self._term_rows.cache_clear()
+            self._meta = meta
+            self.stale = None
+            log.info("switched to index generation %s", latest)
+            return True
+
+    # -- papers ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._meta.get("counts", {}).get("papers", 0))
+
+    def __contains__(self, paper_id: object) -> bool:
+        return isinstance(paper_id, str) and self.get(paper_id) is not None
+
+    def get(self, paper_id: str) -> Paper | None:
+        return self._cached_paper(paper_id)
+
+    def paper(self, paper_id: str) -> Paper:
+        """The paper, or KeyError."""
+        found = self.get(paper_id)
+        if found is None:
+            raise KeyError(paper_id)
+        return found
+
+    __getitem__ = paper
+
+    def papers(self) -> list[Paper]:
+        return self._catalog.papers()
+
+    def paper_terms(self, paper_id: str) -> set[str]:
+        """Content terms of the paper's title and abstract (cached)."""
+        return self._terms(paper_id)
+
+    def _paper_terms(self, paper_id: str) -> frozenset[str]:
+        paper = self.get(paper_id)
+        return frozenset(content_terms(f"{paper.title} {paper.abstract}")) if paper else frozenset()
+
+    # -- term statistics -------------------------------------------------------------------
+
+    def df(self, term: str) -> int:
+        """Papers whose title or abstract contains the content term (see rag.text.content_terms)."""
+        return self._df(term)
+
+    def idf(self, term: str) -> float:
+        return math.log(1 + len(self) / (self.df(term) + 0.5))
+
+    # -- search ----------------------------------------------------------------------------
+
+    def dense(self, vector, n: int):
+        """Chunks nearest to `vector`, best first (rag.index.chroma_store.DenseHit: chunk_id, paper_id, similarity, body)."""
+        with self._lock:
+            return self._store.query(vector, n)
+
+    def dense_with_vectors(self, vector, n: int):
+        """Like `dense`, with each chunk's vector (to score it against another query vector)."""
+        with self._lock:
+            return self._store.query(vector, n, with_vectors=True)
+
+    def nearest_papers(self, vector, n: int):
+        """Papers whose paper vector (mean of their chunks) is nearest, best first (rag.index.chroma_store.PaperVector)."""
+        with self._lock:
+            return self._store.nearest_papers(vector, n)
+
+    def paper_vectors(self, paper_ids) -> dict:
+        with self._lock:
+            return self._store.paper_vectors(paper_ids)
+
+    def lexical(self, query: str, n: int) -> list[tuple[str, float]]:
+        """(chunk_id, BM25 score) best first."""
+        from rag.index import lexical
+
+        terms = lexical.query_terms(query)
+        rows = {t: self._term_rows(t) for t in terms}
+        present = [t for t in terms if rows[t]]
+        kept = lexical.within_budget(present, rows)
+        if not kept:
+            return []
+        if len(kept) == len(present):  # within the budget: exhaustive BM25
+            return self._catalog.lexical(lexical.expression(kept), n)
+        # over it: the rarest terms' best candidates, ranked by BM25 over all the terms (see rag.index.lexical)
+        candidates = self._catalog.lexical_candidates(kept, max(n, lexical.RESCORE_POOL))
+        return lexical.bm25_scores(candidates, present, rows, self._catalog.lexical_totals())[:n]
+
+    # -- about -----------------------------------------------------------------------------
+
+    @property
+    def embedding_model(self) -> str:
+        return self._meta["params"]["embedding_model"]
+
+    @property
+    def chroma_mode(self) -> str:
+        return self._store.mode
+
+    def info(self) -> dict:
+        """What the UI status line, `rag doctor` and eval reports show about the index."""
+        counts = self._meta.get("counts", {})
+        return {
+            "papers": counts.get("papers"),
+            "chunks": counts.get("chunks"),
+            "chroma": self._store.mode,
+            "embedding_model": self.embedding_model,
+            "embedding": self._meta.get("embedding"),
+            "index_params": self._meta.get("params"),
+            "corpus_fingerprint": self._meta.get("corpus_fingerprint"),
+            "generation": self.generation,
+            "updated_at": self._meta.get("updated_at"),
+            "stale": self.stale,
+        }
+
+    def close(self) -> None:
+        self._store.close()
+        self._catalog.close()
