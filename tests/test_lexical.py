@@ -87,3 +87,29 @@ def test_no_dev_question_reaches_the_budget_on_the_vendored_corpus(tmp_path, cor
                  (repo_root() / "eval" / "datasets" / "dev.jsonl").read_text().splitlines() if line.strip()]
     rows = max(sum(catalog.term_rows(t) for t in lexical.query_terms(q)) for q in questions)
     assert 0 < rows <= lexical.ROW_BUDGET, rows
+
+
+# ---------------------------------------------------------------- one tokenizer
+
+def test_bm25_and_term_coverage_use_the_same_terms():
+    from rag.text import content_terms
+
+    for text in ["Text-to-image diffusion models", "A naïve Bayes baseline", "Café-scale RLHF, re-ranking"]:
+        assert lexical.term_document(text).split() == content_terms(text)
+        assert lexical.query_terms(text) == list(dict.fromkeys(content_terms(text)))
+    assert content_terms("text-to-image") == content_terms("text to image") == ["text", "imag"]
+    assert content_terms("naïve") == content_terms("NAIVE") == ["naiv"]
+
+
+def test_a_change_of_terms_rebuilds_the_lexical_index(make_settings, small_corpus, monkeypatch):
+    """An index whose lexical documents were made by another tokenizer is rebuilt, not searched."""
+    from rag.index import ingest as ingest_module
+    from rag.index.embedders import HashEmbedder
+    from rag.index.reader import Index
+
+    settings = make_settings(corpus=str(small_corpus))
+    ingest_module.ingest(settings, embedder=HashEmbedder(), progress=False)
+    monkeypatch.setattr(ingest_module, "TERMS_VERSION", ingest_module.TERMS_VERSION + 1)
+    report = ingest_module.ingest(settings, embedder=HashEmbedder(), progress=False)
+    assert report.rebuilt is True and report.embedded == 0  # vectors come from the cache
+    assert Index.open(settings).info()["papers"] == 20
