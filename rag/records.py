@@ -149,6 +149,40 @@ class Answer:
     stages: list[Stage] = field(default_factory=list)
     evidence: list[dict] = field(default_factory=list)
     flagged: list[dict] = field(default_factory=list)  # LLM sentences citing a paper that is not a (passed) source
+    also_relevant: list[dict] = field(default_factory=list)  # a list's second tier: {n, paper_id, title}
+    referent: dict | None = None  # a follow-up's referent: {kind, paper_ids, lead} (rag.answer.followup)
+    names: dict | None = None  # named things checked: {names, absent, mentioned_by} (rag.judge.names)
+
+    def papers(self) -> list[str]:
+        """The answer's papers in order, what a follow-up's "them" or "the second one" refers to: the cited
+        papers first, then the other sources it showed, then its "also possibly relevant" tier."""
+        ids = [c["paper_id"] for c in self.citations]
+        ids += [s.paper_id for s in self.sources]
+        ids += [p["paper_id"] for p in self.also_relevant]
+        if self.abstained:
+            ids += [p["paper_id"] for p in self.possibly_related]
+        return list(dict.fromkeys(ids))
+
+    def confidence(self) -> dict:
+        """One confidence signal for every interface: level (answer / low / abstain) and why."""
+        judgement = self.judgement or {}
+        if self.abstained:
+            level = "abstain"
+        else:
+            level = "low" if judgement.get("level") == "low" else "answer"
+        reason = judgement.get("reason")
+        if not reason:
+            if self.names and self.names.get("absent"):
+                reason = "a named thing is in no indexed paper"
+            elif self.referent:
+                reason = self.referent.get("lead")
+            elif judgement.get("source") == "llm-evidence":
+                reason = f"{judgement.get('passed', 0)} of {judgement.get('judged', 0)} papers passed the LLM's evidence check"
+            elif judgement.get("confidence") is not None:
+                reason = f"P(answerable) {judgement['confidence']:.2f} from the calibrated judgement"
+            else:
+                reason = "answered from the papers asked about" if not self.abstained else "no paper answers it"
+        return {"level": level, "reason": reason}
 
     def to_dict(self) -> dict:
         return {
@@ -169,6 +203,11 @@ class Answer:
             "stages": [st.to_dict() for st in self.stages],
             "evidence": self.evidence,
             "flagged": self.flagged,
+            "also_relevant": self.also_relevant,
+            "referent": self.referent,
+            "names": self.names,
+            "confidence": self.confidence(),
+            "papers": self.papers(),
         }
 
 
