@@ -109,11 +109,10 @@ def bench_latency(out: Path, repeats: int = 5) -> dict:
 
 
 def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
-    """What the LLM evidence step adds over retrieval, against a zero-delay OpenAI-protocol server that
-    judges every paper relevant (quoting its first sentence): the client, HTTP, parsing and quote checks,
-    not an LLM. No cache, so every paper is a real call."""
-    from rag.clients.chat import OpenAIChatLLM
-    from rag.eval.fake_openai import FakeOpenAI, relevance_oracle
+    """What the LLM evidence step adds over retrieval, with an in-process zero-delay LLM (the relevance
+    oracle) that judges every paper relevant, quoting its first sentence: prompts, concurrency, parsing and
+    quote checks, not an LLM nor its HTTP round trips. No cache, so every paper is a call."""
+    from rag.eval.oracle import RelevanceOracle
     from rag.judge.llm_evidence import EvidenceCache, EvidenceStep
     from rag.prompts import load_prompts
     from rag.retrieve.hybrid import Retriever
@@ -125,27 +124,25 @@ def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
     pools = {q: retriever.retrieve(q, papers).hits for q in QUESTIONS}
     gold = {q: [h.title for h in hits] for q, hits in pools.items()}
     rows = []
-    with FakeOpenAI(responder=relevance_oracle(gold)) as fake:
-        llm = OpenAIChatLLM(fake.base_url, "sk-bench", "oracle", timeout=30, max_attempts=1)
-        step = EvidenceStep(llm, load_prompts(), EvidenceCache(None), concurrency=settings.evidence_concurrency)
-        step.judge(QUESTIONS[0], [index.paper(h.paper_id) for h in pools[QUESTIONS[0]]], time.monotonic() + 60)  # warm-up
-        retrieve_ms, evidence_ms = [], []
-        for _ in range(repeats):
-            for q in QUESTIONS:
-                t = time.perf_counter()
-                hits = retriever.retrieve(q, papers).hits
-                retrieve_ms.append((time.perf_counter() - t) * 1000)
-                t = time.perf_counter()
-                result = step.judge(q, [index.paper(h.paper_id) for h in hits], time.monotonic() + 60)
-                evidence_ms.append((time.perf_counter() - t) * 1000)
-                if result.unanswered or result.invalid:
-                    raise SystemExit(f"evidence bench: {result.unanswered} unanswered, {result.invalid} invalid for {q!r}")
+    step = EvidenceStep(RelevanceOracle(gold), load_prompts(), EvidenceCache(None), concurrency=settings.evidence_concurrency)
+    step.judge(QUESTIONS[0], [index.paper(h.paper_id) for h in pools[QUESTIONS[0]]], time.monotonic() + 60)  # warm-up
+    retrieve_ms, evidence_ms = [], []
+    for _ in range(repeats):
+        for q in QUESTIONS:
+            t = time.perf_counter()
+            hits = retriever.retrieve(q, papers).hits
+            retrieve_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            result = step.judge(q, [index.paper(h.paper_id) for h in hits], time.monotonic() + 60)
+            evidence_ms.append((time.perf_counter() - t) * 1000)
+            if result.unanswered or result.invalid:
+                raise SystemExit(f"evidence bench: {result.unanswered} unanswered, {result.invalid} invalid for {q!r}")
     for op, ts in (("retrieve", retrieve_ms), (f"evidence ({papers} papers, concurrency "
                                                 f"{settings.evidence_concurrency})", evidence_ms)):
         rows.append({"op": op, **summary(ts, 1)})
     data = {"papers": papers, "concurrency": settings.evidence_concurrency, "rows": rows,
             "evidence_over_retrieval_p50_ms": rows[1]["p50_ms"], "goal_ms": 300}
-    print_table("LLM evidence step over retrieval (zero-delay fake server)", rows)
+    print_table("LLM evidence step over retrieval (zero-delay in-process oracle)", rows)
     print(f"  evidence step adds {rows[1]['p50_ms']} ms p50 ({rows[1]['p95_ms']} ms p95) over retrieval for {papers} "
           "papers (goal <= 300 ms)")
     save_json(out, "evidence", data)
