@@ -1,5 +1,5 @@
 """Shared fixtures: temp index dirs, the hash embedder, the real-model index, one Chroma server per
-session, the in-process CLI, and the fake OpenAI-protocol server (rag/eval/fake_openai.py).
+session, the in-process CLI, and the fake OpenAI-protocol server (tests/fake_openai.py).
 
 Speed: the real model's vectors are cached across sessions in `.cache/tests/` (git-ignored; CI starts
 without it and fills it), so a warm session re-embeds nothing.
@@ -34,7 +34,7 @@ from rag.index.embedders import HashEmbedder  # noqa: E402
 from rag.settings import load_settings, repo_root  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rag.eval.fake_openai import FakeOpenAI  # noqa: E402
+from fake_openai import FakeOpenAI  # noqa: E402
 
 REPO = repo_root()
 CORPUS = REPO / "data" / "corpus"

@@ -27,8 +27,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler
 
 import numpy as np
-
-from rag.eval.fake_openai import QuietHTTPServer as _Server
+from fake_openai import QuietHTTPServer as _Server
 
 __all__ = ["FakeEmbeddings"]
 

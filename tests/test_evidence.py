@@ -14,12 +14,13 @@ import time
 
 import pytest
 from conftest import free_port, run_cli
+from fake_openai import FakeOpenAI, Response, relevance_oracle
 
 from rag.answer.assistant import Assistant, is_list_question
-from rag.clients.chat import OpenAIChatLLM
-from rag.eval.fake_openai import FakeOpenAI, Response, relevance_oracle
-from rag.judge.llm_evidence import EvidenceCache, parse_judgement
-from rag.prompts import NOT_IN_CORPUS
+from rag.clients.chat import ChatModel, OpenAIChatLLM
+from rag.eval.oracle import RelevanceOracle
+from rag.judge.llm_evidence import EvidenceCache, EvidenceStep, parse_judgement
+from rag.prompts import NOT_IN_CORPUS, load_prompts
 from rag.records import Paper
 from rag.settings import repo_root
 
@@ -105,6 +106,48 @@ def test_cache_survives_a_new_process_and_a_damaged_file(tmp_path):
     broken = EvidenceCache(path)  # judged without a cache, never an error
     assert broken.get("k") is None
     broken.put("k", {"relevance": 1, "quotes": [], "summary": ""})
+
+
+# ---------------------------------------------------------------- the in-process oracle (rag eval --oracle-llm)
+
+ORACLE_GOLD = {"Which papers merge models?": ["Task Arithmetic"]}
+OTHER = Paper("p2", "Protein Folding at Scale", "We fold proteins with attention. It is fast.", "")
+
+
+def test_the_in_process_oracle_is_a_chat_model_judging_exactly_the_gold_papers():
+    oracle = RelevanceOracle(ORACLE_GOLD)
+    assert isinstance(oracle, ChatModel)
+    step = EvidenceStep(oracle, load_prompts(), EvidenceCache(None), concurrency=2)
+    result = step.judge("Which papers merge models?", [PAPER, OTHER], time.monotonic() + 10)
+    assert result.unanswered == 0 and result.invalid == 0
+    by_title = {j.title: j for j in result.judged}
+    assert by_title["Task Arithmetic"].passed(5) and by_title["Task Arithmetic"].quotes == ["We edit models with task vectors."]
+    assert by_title["Protein Folding at Scale"].relevance == 1 and not by_title["Protein Folding at Scale"].passed(5)
+
+
+def test_the_in_process_oracle_cites_every_source_and_streams_what_it_completes():
+    oracle = RelevanceOracle(ORACLE_GOLD)
+    prompts = load_prompts()
+    sources = "\n\n".join(prompts["source"].render(n=n, title=p.title, abstract=p.abstract)
+                           for n, p in ((1, PAPER), (2, OTHER)))
+    messages = [{"role": "user", "content": prompts["answer"].render(sources=sources, question="Which papers merge models?",
+                                                                       not_found_phrase=NOT_IN_CORPUS)}]
+    reply = oracle.complete(messages)
+    assert reply == "- **Task Arithmetic** answers this [1].\n- **Protein Folding at Scale** answers this [2]."
+    pieces = list(oracle.stream(messages))
+    assert len(pieces) > 1 and "".join(pieces) == reply
+
+
+@pytest.mark.slow
+def test_the_in_process_oracle_answers_as_the_oracle_behind_http(oracle, make_assistant, real_index, real_retriever,
+                                                                 tmp_path):
+    """The same answers whether the oracle runs in-process (rag eval --oracle-llm) or behind the fake server."""
+    settings = real_index.model_copy(update={"evidence_cache_path": tmp_path / "in-process.sqlite"})
+    in_process = Assistant(settings, retriever=real_retriever, llm=RelevanceOracle(GOLD))
+    for q in (LIST_Q, OUT_Q):
+        over_http, local = make_assistant(oracle).ask(q), in_process.ask(q)
+        assert local.answer == over_http.answer and local.abstained == over_http.abstained
+        assert local.citations == over_http.citations and local.judgement == over_http.judgement
 
 
 # ---------------------------------------------------------------- the oracle: lists and abstention
@@ -291,7 +334,8 @@ def test_eval_with_the_oracle_reports_stage_costs(real_index, tmp_path):
     data = tmp_path / "fixtures.jsonl"
     data.write_text("".join(json.dumps(q) + "\n" for q in QS.values()))
     env = {"RAG_DATA_DIR": str(real_index.data_dir), "RAG_EMBED_CACHE_PATH": str(real_index.embed_cache_path),
-           "RAG_EVIDENCE_CACHE_PATH": str(tmp_path / "ev.sqlite")}
+           "RAG_EVIDENCE_CACHE_PATH": str(tmp_path / "ev.sqlite"),
+           "RAG_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1"}  # nobody listens: the oracle runs in-process
     r = run_cli("eval", "--dataset", str(data), "--modes", "hybrid", "--answer", "llm", "--oracle-llm", "--judge",
                 "--json", "--out", str(tmp_path / "out"), env=env)
     assert r.returncode == 0, r.stderr

@@ -7,8 +7,7 @@ import time
 import httpx
 import openai
 import pytest
-
-from rag.eval.fake_openai import FakeOpenAI
+from fake_openai import FakeOpenAI
 
 MSGS = [{"role": "user", "content": "hello there"}]
 

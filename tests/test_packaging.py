@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
@@ -46,13 +48,40 @@ def test_unknown_rag_variable_is_named_with_the_closest_setting(tmp_path):
     assert "RAG_TYPO_TOPK is not a setting" in r.stderr and "RAG_TOP_K" in r.stderr
 
 
-@pytest.mark.slow
-def test_wheel_carries_the_prompts_and_runs_from_any_directory(tmp_path):
-    wheel_dir = tmp_path / "wheel"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(REPO)],
-                           capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel built offline from a copy of the checkout's files (tracked and not ignored), so a stale
+    build/ directory of earlier builds cannot smuggle files into it."""
+    src, wheel_dir = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        origin, copy = REPO / name, src / name
+        if origin.is_symlink() or origin.is_file():  # rag/_prompts is a symlink: copied as one
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(origin, copy, follow_symlinks=False)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheel_dir), str(src)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
-    (wheel,) = wheel_dir.glob("paper_rag-*.whl")
+    (built,) = wheel_dir.glob("paper_rag-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_wheel_ships_what_the_product_runs_and_no_test_code(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {Path(n).name for n in names if n.startswith("rag/_prompts/")}
+    assert shipped == {p.name for p in (REPO / "prompts").glob("*.md")}  # every prompt, nothing else
+    assert "rag/data/judgement.json" in names
+    assert {"rag/eval/oracle.py", "rag/eval/scale_worker.py", "rag/eval/query_worker.py"} <= set(names)
+    code = [n for n in names if not n.startswith("paper_rag-")]
+    assert all(n.startswith("rag/") for n in code), [n for n in code if not n.startswith("rag/")]
+    tests = {p.name for p in (REPO / "tests").glob("*.py")}
+    assert not [n for n in code if Path(n).name in tests or "fake" in Path(n).name], "test code in the wheel"
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_prompts_and_runs_from_any_directory(wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"rag/_prompts/system.md", "rag/_prompts/answer.md", "rag/_prompts/source.md"} <= set(names)
     assert not any(n.startswith(("ui/", "eval/", "tests/")) for n in names)  # nothing outside the rag namespace

@@ -109,11 +109,10 @@ def bench_latency(out: Path, repeats: int = 5) -> dict:
 
 
 def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
-    """What the LLM evidence step adds over retrieval, against a zero-delay OpenAI-protocol server that
-    judges every paper relevant (quoting its first sentence): the client, HTTP, parsing and quote checks,
-    not an LLM. No cache, so every paper is a real call."""
-    from rag.clients.chat import OpenAIChatLLM
-    from rag.eval.fake_openai import FakeOpenAI, relevance_oracle
+    """What the LLM evidence step adds over retrieval, with an in-process zero-delay LLM (the relevance
+    oracle) that judges every paper relevant, quoting its first sentence: prompts, concurrency, parsing and
+    quote checks, not an LLM nor its HTTP round trips. No cache, so every paper is a call."""
+    from rag.eval.oracle import RelevanceOracle
     from rag.judge.llm_evidence import EvidenceCache, EvidenceStep
     from rag.prompts import load_prompts
     from rag.retrieve.hybrid import Retriever
@@ -125,27 +124,25 @@ def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
     pools = {q: retriever.retrieve(q, papers).hits for q in QUESTIONS}
     gold = {q: [h.title for h in hits] for q, hits in pools.items()}
     rows = []
-    with FakeOpenAI(responder=relevance_oracle(gold)) as fake:
-        llm = OpenAIChatLLM(fake.base_url, "sk-bench", "oracle", timeout=30, max_attempts=1)
-        step = EvidenceStep(llm, load_prompts(), EvidenceCache(None), concurrency=settings.evidence_concurrency)
-        step.judge(QUESTIONS[0], [index.paper(h.paper_id) for h in pools[QUESTIONS[0]]], time.monotonic() + 60)  # warm-up
-        retrieve_ms, evidence_ms = [], []
-        for _ in range(repeats):
-            for q in QUESTIONS:
-                t = time.perf_counter()
-                hits = retriever.retrieve(q, papers).hits
-                retrieve_ms.append((time.perf_counter() - t) * 1000)
-                t = time.perf_counter()
-                result = step.judge(q, [index.paper(h.paper_id) for h in hits], time.monotonic() + 60)
-                evidence_ms.append((time.perf_counter() - t) * 1000)
-                if result.unanswered or result.invalid:
-                    raise SystemExit(f"evidence bench: {result.unanswered} unanswered, {result.invalid} invalid for {q!r}")
+    step = EvidenceStep(RelevanceOracle(gold), load_prompts(), EvidenceCache(None), concurrency=settings.evidence_concurrency)
+    step.judge(QUESTIONS[0], [index.paper(h.paper_id) for h in pools[QUESTIONS[0]]], time.monotonic() + 60)  # warm-up
+    retrieve_ms, evidence_ms = [], []
+    for _ in range(repeats):
+        for q in QUESTIONS:
+            t = time.perf_counter()
+            hits = retriever.retrieve(q, papers).hits
+            retrieve_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            result = step.judge(q, [index.paper(h.paper_id) for h in hits], time.monotonic() + 60)
+            evidence_ms.append((time.perf_counter() - t) * 1000)
+            if result.unanswered or result.invalid:
+                raise SystemExit(f"evidence bench: {result.unanswered} unanswered, {result.invalid} invalid for {q!r}")
     for op, ts in (("retrieve", retrieve_ms), (f"evidence ({papers} papers, concurrency "
                                                 f"{settings.evidence_concurrency})", evidence_ms)):
         rows.append({"op": op, **summary(ts, 1)})
     data = {"papers": papers, "concurrency": settings.evidence_concurrency, "rows": rows,
             "evidence_over_retrieval_p50_ms": rows[1]["p50_ms"], "goal_ms": 300}
-    print_table("LLM evidence step over retrieval (zero-delay fake server)", rows)
+    print_table("LLM evidence step over retrieval (zero-delay in-process oracle)", rows)
     print(f"  evidence step adds {rows[1]['p50_ms']} ms p50 ({rows[1]['p95_ms']} ms p95) over retrieval for {papers} "
           "papers (goal <= 300 ms)")
     save_json(out, "evidence", data)
@@ -213,61 +210,6 @@ def bench_embedding(out: Path, n: int = 256, rounds: int = 5) -> dict:
     return data
 
 
-SCALE_WORKER = r"""
-import json, os, resource, sys, time, statistics
-import numpy as np
-import rag
-from rag.index.chroma_store import ChromaStore
-from rag.records import Chunk
-from rag.eval.synth import synthetic_papers
-n, mode, data_dir, url = int(sys.argv[1]), sys.argv[2], sys.argv[3], (sys.argv[4] if len(sys.argv) > 4 else None)
-rng = np.random.default_rng(0)
-store = ChromaStore(data_dir, url, "bench")
-t = time.perf_counter()
-step = 5000
-papers = list(synthetic_papers(n))
-for i in range(0, n, step):
-    part = papers[i:i + step]
-    vecs = rng.standard_normal((len(part), 384)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    chunks = [Chunk(f"s{i + j}:0", f"s{i + j}", p["title"], 0, p["title"], p["abstract"][:300]) for j, p in enumerate(part)]
-    store.upsert(chunks, vecs)
-add_s = time.perf_counter() - t
-qs = rng.standard_normal((60, 384)).astype(np.float32)
-qs /= np.linalg.norm(qs, axis=1, keepdims=True)
-for q in qs[:10]:
-    store.query(q, 50)
-ts = []
-for q in qs[10:]:
-    t = time.perf_counter(); store.query(q, 50); ts.append((time.perf_counter() - t) * 1000)
-out = {"n": n, "mode": mode, "store_add_s": round(add_s, 1), "store_query_p50_ms": round(statistics.median(ts), 2),
-       "store_query_p95_ms": round(sorted(ts)[int(0.95 * (len(ts) - 1))], 2)}
-if mode == "embedded":
-    from pathlib import Path
-    from rag.index.catalog import Catalog
-    from rag.index.lexical import document, match_expression
-    from rag.records import Paper
-    t = time.perf_counter()
-    catalog = Catalog(Path(data_dir) / "bench.sqlite", create=True)
-    with catalog.transaction() as tx:
-        for i, p in enumerate(papers):
-            paper = Paper(f"s{i}", p["title"], p["abstract"])
-            chunk = Chunk(f"s{i}:0", f"s{i}", p["title"], 0, p["title"] + " " + p["abstract"], p["abstract"])
-            tx.add_paper(paper, str(i), [chunk], [document(chunk.text)])
-    out["bm25_build_s"] = round(time.perf_counter() - t, 1)
-    words = ["diffusion attention", "sparse autoencoder interpretability", "reward alignment", "graph pruning quantization"]
-    for w in words: catalog.lexical(match_expression(w), 50)
-    ts = []
-    for _ in range(10):
-        for w in words:
-            t = time.perf_counter(); catalog.lexical(match_expression(w), 50); ts.append((time.perf_counter() - t) * 1000)
-    out["bm25_query_p50_ms"] = round(statistics.median(ts), 2)
-    out["bm25_query_p95_ms"] = round(sorted(ts)[int(0.95 * (len(ts) - 1))], 2)
-out["process_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-print(json.dumps(out))
-"""
-
-
 def _chroma_server(path: Path):
     import urllib.request
 
@@ -304,11 +246,11 @@ def bench_scale(out: Path, sizes: list[int]) -> dict:
         for mode in ("embedded", "server"):
             tmp = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
             server = None
-            args = [sys.executable, "-c", SCALE_WORKER, str(n), mode, str(tmp)]
+            args = [sys.executable, "-m", "rag.eval.scale_worker", str(n), mode, str(tmp)]
             if mode == "server":
                 server, url = _chroma_server(tmp / "server")
                 args.append(url)
-            r = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+            r = subprocess.run(args, capture_output=True, text=True)
             if server is not None:
                 row_server_rss = _rss_mb(server.pid)
                 server.terminate()
@@ -355,44 +297,6 @@ def _plot_scale(out: Path, rows) -> None:
 
 # ------------------------------------------------------------------------------ ingest and query at scale
 
-QUERY_WORKER = r"""
-import json, resource, statistics, sys, time
-from pathlib import Path
-from rag.eval.timing import summary, time_each
-from rag.retrieve.hybrid import Retriever
-from rag.settings import load_settings
-queries, repeats, url = json.loads(sys.argv[1]), int(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else None)
-settings = load_settings()
-store = None
-if url:  # the same Chroma files, served by `chroma run` and queried over HTTP
-    from rag.index.chroma_store import ChromaStore
-    store = ChromaStore(Path(settings.data_dir), url, settings.collection)
-t = time.perf_counter()
-retriever = Retriever.from_settings(settings, store=store, check_stale=False)
-out = {"open_s": round(time.perf_counter() - t, 2), "modes": {}}
-for mode in ("hybrid", "dense", "bm25"):
-    search = lambda q, m=mode: retriever.search(q, 10, m)
-    time_each(search, queries, 1)  # warm-up: caches, HNSW pages, FTS5 pages
-    out["modes"][mode] = summary(time_each(search, queries, repeats))
-if not url:  # what the row budget of rag.index.lexical costs in ranking, and saves in time, against exhaustive BM25
-    from rag.index import lexical
-    from rag.index.catalog import CATALOG, Catalog
-    catalog = Catalog(Path(settings.data_dir) / CATALOG)
-    exact = lambda q: catalog.lexical(lexical.match_expression(q), 50)
-    ts, top10, top50 = time_each(exact, queries, 1), [], []
-    for q in queries:
-        best, got = exact(q), retriever.index.lexical(q, 50)
-        for k, acc in ((10, top10), (50, top50)):
-            want = {c for c, _ in best[:k]}
-            acc.append(len(want & {c for c, _ in got[:k]}) / max(1, len(want)))
-    out["bm25_exhaustive"] = {**summary(ts),
-                              "overlap_at_10": round(statistics.mean(top10), 3), "overlap_at_50": round(statistics.mean(top50), 3),
-                              "row_budget": lexical.ROW_BUDGET, "rescore_pool": lexical.RESCORE_POOL}
-out["client_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-print(json.dumps(out))
-"""
-
-
 def _bench_queries(n: int = 50) -> list[str]:
     """`n` questions of the dev set, spread over its types (list, factoid, keyword...)."""
     path = Path(__file__).resolve().parents[2] / "eval" / "datasets" / "dev.jsonl"
@@ -402,7 +306,7 @@ def _bench_queries(n: int = 50) -> list[str]:
 
 
 def _query_run(env: dict, queries: list[str], repeats: int, url: str | None = None) -> dict:
-    args = [sys.executable, "-c", QUERY_WORKER, json.dumps(queries), str(repeats)] + ([url] if url else [])
+    args = [sys.executable, "-m", "rag.eval.query_worker", json.dumps(queries), str(repeats)] + ([url] if url else [])
     r = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if r.returncode:
         raise SystemExit(f"query worker failed: {r.stderr[-1500:]}")

@@ -67,8 +67,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--evidence", action=argparse.BooleanOptionalAction, default=None,
                    help="with --answer llm: run the LLM evidence step (default RAG_EVIDENCE)")
     p.add_argument("--oracle-llm", action="store_true",
-                   help="with --answer llm: answer with a built-in relevance oracle (an OpenAI-protocol server on "
-                        "loopback that knows the dataset's gold papers): measures the plumbing, not an LLM")
+                   help="with --answer llm: answer with a built-in relevance oracle (in-process, knows the dataset's "
+                        "gold papers; rag/eval/oracle.py): measures the plumbing, not an LLM")
     p.add_argument("--json", action="store_true", help="print the summary, per-type metrics, gates and files as JSON")
     p.add_argument("--strict", action="store_true", help="any dataset issue (bad line, unknown gold title) is fatal")
     p.set_defaults(handler=cmd_eval)
@@ -120,15 +120,17 @@ def cmd_eval(args) -> int:
     if args.limit:
         dataset.questions = dataset.questions[: args.limit]
 
-    oracle = None
+    oracle = assistant = None
     if args.oracle_llm:
         if args.answer != "llm":
             raise ConfigError("--oracle-llm needs --answer llm")
-        from rag.eval.fake_openai import FakeOpenAI, relevance_oracle
+        from rag.answer.assistant import Assistant
+        from rag.eval.oracle import RelevanceOracle
 
-        oracle = FakeOpenAI(responder=relevance_oracle({q.question: q.gold_titles for q in dataset.questions})).start()
-        settings = settings.model_copy(update={"llm_base_url": oracle.base_url, "llm_model": "relevance-oracle",
-                                               "judge_base_url": None, "judge_model": None})
+        # in-process: the answerer and the judge get the oracle itself, whatever RAG_LLM_* says
+        oracle = RelevanceOracle({q.question: q.gold_titles for q in dataset.questions})
+        settings = settings.model_copy(update={"llm_model": "relevance-oracle"})
+        assistant = Assistant.from_settings(settings, retriever=retriever, llm=oracle)
     judge = None
     if args.judge:
         if args.answer == "none":
@@ -136,15 +138,11 @@ def cmd_eval(args) -> int:
         else:
             from rag.eval.grader import Judge
 
-            judge = Judge.from_settings(settings)
+            judge = Judge.from_settings(settings, llm=oracle)
             if judge is None:
                 print("warning: --judge ignored: no LLM configured (set RAG_LLM_BASE_URL or OPENAI_API_KEY)", file=sys.stderr)
-    try:
-        report = run_eval(settings, dataset, modes=modes, answer=args.answer, top_k=args.top_k, evidence=args.evidence,
-                          answer_top_k=args.answer_top_k, retriever=retriever, judge=judge, progress=True)
-    finally:
-        if oracle is not None:
-            oracle.stop()
+    report = run_eval(settings, dataset, modes=modes, answer=args.answer, top_k=args.top_k, evidence=args.evidence,
+                      answer_top_k=args.answer_top_k, retriever=retriever, assistant=assistant, judge=judge, progress=True)
     if oracle is not None:
         report["config"]["llm"] = "relevance oracle (plumbing measurement, not an LLM)"
     results = check_gates(report, gates)

@@ -1,4 +1,4 @@
-"""A local OpenAI-protocol HTTP server for tests (stdlib only).
+"""A local OpenAI-protocol HTTP server for tests (stdlib HTTP; its oracle mode replies with rag.eval.oracle).
 
 Drives the real ``openai`` client against canned replies and injectable faults::
 
@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from rag.eval.oracle import RelevanceOracle
 
 __all__ = ["FakeOpenAI", "MODEL_NAME", "Response", "relevance_oracle"]
 
@@ -603,41 +604,8 @@ class Response:
         self.text, self.delay, self.status = text, delay, status
 
 
-_EVIDENCE = re.compile(r"Question: (?P<question>.*?)\n\nPaper: (?P<title>.*?)\nAbstract:\n(?P<abstract>.*?)\n\nReply", re.S)
-_SOURCE = re.compile(r"^\[(?P<n>\d+)\] (?P<title>.+)$", re.M)
-_CLAIM_SOURCES = re.compile(r"^\[(\d+)\]", re.M)
-
-
 def relevance_oracle(gold: dict[str, list[str]]):
-    """A responder that plays a perfect LLM for a dataset with known answers: it judges a paper relevant
-    (9/10, quoting the abstract's first sentence) exactly when the paper is in the question's gold list,
-    answers by citing every source it is given, rewrites follow-ups to themselves and grades every claim
-    supported. It measures the plumbing around an LLM, not an LLM."""
-    by_question = {_norm(q): {_norm(t) for t in titles} for q, titles in gold.items()}
-
-    def respond(body: dict) -> str:
-        content = (body.get("messages") or [{}])[-1].get("content", "")
-        evidence = _EVIDENCE.search(content)
-        if evidence:
-            relevant = _norm(evidence["title"]) in by_question.get(_norm(evidence["question"]), set())
-            first = re.split(r"(?<=[.!?])\s+", evidence["abstract"].strip(), maxsplit=1)[0]
-            return json.dumps({"relevance": 9 if relevant else 1, "quotes": [first] if relevant else [],
-                               "summary": f"{evidence['title']} addresses the question." if relevant else ""})
-        if content.startswith("You are grading an answer"):
-            return json.dumps({"faithfulness": 1.0, "answer_relevance": 1.0, "reason": "relevance oracle"})
-        if "Sentence:" in content and "Cited sources" in content:
-            return json.dumps({"supported": True, "needed": [int(n) for n in _CLAIM_SOURCES.findall(content)]})
-        if content.startswith("Write the abstract"):
-            return content.rsplit("Question:", 1)[-1].strip()
-        if "Standalone question:" in content:
-            return content.rsplit("Last message:", 1)[-1].split("\n", 1)[0].strip()
-        sources = [(m["n"], m["title"]) for m in _SOURCE.finditer(content.split("Question:")[0])]
-        if not sources:
-            return "The indexed papers do not answer this question."
-        return "\n".join(f"- **{title}** answers this [{n}]." for n, title in sources)
-
-    return respond
-
-
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+    """A responder that replies like rag.eval.oracle.RelevanceOracle (a perfect judge for a dataset with
+    known answers), so the oracle also runs through HTTP and the real `openai` client."""
+    oracle = RelevanceOracle(gold)
+    return lambda body: oracle.reply(body.get("messages") or [])
