@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rag.answer import conversation
 from rag.answer.citations import claims, verify
@@ -22,9 +23,15 @@ from rag.answer.extractive import Extractor, Weights, asks_for_result
 from rag.clients.chat import ChatModel
 from rag.errors import LLMError, QuestionError
 from rag.index.sentence_vectors import shared_sentence_vectors
-from rag.judge.abstention import LOW, TOP_PAPERS, Abstention, Judgement, features
+from rag.judge.abstention import (
+    LOW,
+    TOP_PAPERS,
+    Abstention,
+    AbstentionVerdict,
+    features,
+)
 from rag.judge.list_relevance import LIST_POOL, ListRelevance, paper_features
-from rag.judge.params import load_params
+from rag.judge.params import params_for
 from rag.prompts import NOT_IN_CORPUS, answer_messages, load_prompts
 from rag.records import Answer, Hit, Paper, Source, Stage, StreamEvent
 from rag.retrieve.hybrid import PaperSearch
@@ -87,7 +94,7 @@ class Assistant:
         self._index = retriever.index
         self._llm = llm
         self.prompts = prompts or load_prompts()
-        params = params or load_params(str(settings.judgement_params) if settings.judgement_params else None)
+        params = params or params_for(settings)
         self._abstention = abstention or Abstention.from_settings(settings, params)
         self._relevance = ListRelevance(params)
         self._extractor = extractor or Extractor(Weights(**params.fitted.get("extractive_weights", {})))
@@ -369,7 +376,7 @@ class Assistant:
             h = by_id[j.paper_id]
             hits.append(Hit(i, h.paper_id, h.title, h.score, j.quotes[0] if j.quotes else h.snippet, h.similarity))
         related = found.hits if not passed else hits
-        judgement = _EvidenceJudgement("abstain" if not passed else "answer", len(passed), len(result.judged),
+        judgement = _EvidenceOutcome("abstain" if not passed else "answer", len(passed), len(result.judged),
                                        max((j.relevance for j in result.judged if j.valid), default=0))
         # every passed paper is a source: the prompt holds its summary and quotes, not its abstract
         found_ = _Found(self._number(hits, False), related, None, len(passed) - len(shown),
@@ -472,7 +479,7 @@ class _Run:
 
 
 @dataclass(frozen=True)
-class _EvidenceJudgement:
+class _EvidenceOutcome:
     level: str
     passed: int
     judged: int
@@ -491,13 +498,13 @@ class _Found:
 
     sources: list[Source]
     hits: list[Hit]
-    judgement: Judgement | None
+    judgement: AbstentionVerdict | None
     more: int
     query_vector: object
     listing: bool
     evidence: list | None = None
     passed: list | None = None
-    evidence_judgement: _EvidenceJudgement | None = None
+    evidence_judgement: _EvidenceOutcome | None = None
 
     @property
     def abstain(self) -> bool:
@@ -540,21 +547,16 @@ def _join(*notices: str | None) -> str | None:
     return " ".join(parts) if parts else None
 
 
-def _evidence_cache_path(settings):
-    from pathlib import Path
-
-    if settings.evidence_cache_path:
-        return Path(settings.evidence_cache_path)
-    data_dir = Path(settings.data_dir)
-    return data_dir / "evidence_cache.sqlite" if data_dir.is_dir() else None
+def _evidence_cache_path(settings) -> Path | None:
+    """The evidence cache, unless it would live in a data dir that does not exist (no index: nothing to cache)."""
+    path = settings.evidence_cache_file()
+    return path if settings.evidence_cache_path or path.parent.is_dir() else None
 
 
-def _embed_cache_path(settings):
+def _embed_cache_path(settings) -> Path | None:
     """The embedding cache ingest wrote (sentence vectors join it), if the index has one."""
-    from pathlib import Path
-
-    path = settings.embed_cache_path or Path(settings.data_dir) / "embed_cache.sqlite"
-    return path if Path(path).exists() else None
+    path = settings.embed_cache_file()
+    return path if path.exists() else None
 
 
 def _says_not_found(text: str) -> bool:

@@ -309,7 +309,7 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
     scan = scan_corpus(files, strict=strict, known=known_lines)
     report.entries, report.duplicates = scan.entries, scan.duplicates
     report.issues = [str(i) for i in scan.issues]
-    cache_path = Path(settings.embed_cache_path or data_dir / "embed_cache.sqlite")
+    cache_path = settings.embed_cache_file()
     cache = open_embedding_cache(cache_path, report.repaired)
     live = {"model": embedder}
     model_lock = threading.Lock()
