@@ -308,6 +308,8 @@ class IngestPlan:
     drop_store: bool = False
     redo_deletes: list[str] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)  # removed and changed papers
+    kept: dict[str, str] = field(default_factory=dict)  # `stored` less `delete`: the vectors that stay
+    to_embed: int = 0  # papers whose vectors are to be made (from the cache, or by the model)
     # The catalog: its papers' hashes (empty when it starts afresh), which records go or stay, and the papers
     # to read again and chunk (new, changed, vectors missing, or their line or list of files changed).
     in_catalog: dict[str, str] = field(default_factory=dict)
@@ -320,17 +322,6 @@ class IngestPlan:
     changed: int = 0
     removed: int = 0
     unchanged: int = 0
-
-    @property
-    def kept(self) -> dict[str, str]:
-        """The papers whose vectors stay in the store."""
-        gone = set(self.delete)
-        return {pid: h for pid, h in self.stored.items() if pid not in gone}
-
-    @property
-    def to_embed(self) -> int:
-        """Papers whose vectors are to be made (from the cache, or by the model)."""
-        return len(self.scan.hashes.keys() - self.kept.keys()) if self.scan is not None else 0
 
 
 def plan_ingest(settings, catalog: Catalog, store, corpus_paths: list[Path] | None = None, *, model_name: str,
@@ -404,6 +395,9 @@ def plan_ingest(settings, catalog: Catalog, store, corpus_paths: list[Path] | No
     removed = list(stored.keys() - hashes.keys())
     changed = [pid for pid, _ in differ if pid in stored]
     plan.delete = removed + changed
+    dropped = set(plan.delete)
+    plan.kept = kept = {pid: h for pid, h in stored.items() if pid not in dropped}
+    plan.to_embed = len(hashes.keys() - kept.keys())
     base = previously if previously else (in_catalog if in_catalog else stored)
     base_differ = hashes.items() - base.items()
     plan.changed = sum(1 for pid, _ in base_differ if pid in base)
@@ -414,7 +408,6 @@ def plan_ingest(settings, catalog: Catalog, store, corpus_paths: list[Path] | No
     # Only papers with something to do are read again and chunked: new or changed ones, ones whose vectors
     # are missing, and ones whose line changed or whose list of files did (their record is rewritten).
     # An unchanged paper costs neither a parse nor the chunker (whose import alone takes seconds).
-    kept = plan.kept
     known_lines = plan.known_lines
     plan.forgotten = list(known_lines.keys() - scan.lines.keys())
     plan.gone = [pid for pid, _ in in_catalog.items() - hashes.items()]
@@ -521,7 +514,7 @@ class _Vectors:
                  progress: bool):
         from tqdm import tqdm
 
-        self.stored = plan.kept  # papers whose vectors are in the store, growing batch by batch
+        self.stored = dict(plan.kept)  # papers whose vectors are in the store, growing batch by batch
         self.embedded = 0  # texts the model embedded (the rest came from the cache)
         self._hashes = plan.scan.hashes
         self._model_name = plan.model_name
