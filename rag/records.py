@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 
@@ -21,6 +22,11 @@ class Paper:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def content_hash(self) -> str:
+        """sha1 of title and abstract: what the index, the sentence vectors and the evidence cache are keyed by
+        (changing it re-embeds and re-judges everything)."""
+        return hashlib.sha1(f"{self.title}\n{self.abstract}".encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, d: dict) -> "Paper":

@@ -226,6 +226,14 @@ class Settings(BaseSettings):
     def llm_configured(self) -> bool:
         return bool(self.llm_base_url or self.llm_api_key)
 
+    def embed_cache_file(self) -> Path:
+        """The embedding cache ingest writes and sentence vectors join: RAG_EMBED_CACHE_PATH or DATA_DIR/embed_cache.sqlite."""
+        return Path(self.embed_cache_path or Path(self.data_dir) / "embed_cache.sqlite")
+
+    def evidence_cache_file(self) -> Path:
+        """Where LLM evidence judgements are cached: RAG_EVIDENCE_CACHE_PATH or DATA_DIR/evidence_cache.sqlite."""
+        return Path(self.evidence_cache_path or Path(self.data_dir) / "evidence_cache.sqlite")
+
     def model_path(self) -> str:
         if self.embed_model_path:
             return str(self.embed_model_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -133,6 +134,14 @@ def test_paper_id_is_stable_across_case_and_punctuation():
     assert paper_id_for("Erasing Concepts from Language Models") != pid
     # stable across runs/processes: a plain sha1 of the normalised title
     assert pid == paper_id_for(normalise_title("Erasing Concepts from Diffusion Models"))
+
+
+def test_content_hash_is_pinned():
+    """The index, the sentence vectors and the evidence cache are keyed by it: a new value re-embeds everything."""
+    paper = Paper("p1", "Erasing Concepts", "We erase concepts.\nFrom models.", sources=("a.txt",))
+    assert paper.content_hash() == hashlib.sha1("Erasing Concepts\nWe erase concepts.\nFrom models.".encode()).hexdigest()
+    # only the text counts: the id and where it was found do not
+    assert Paper("other", paper.title, paper.abstract).content_hash() == paper.content_hash()
 
 
 def test_duplicate_with_different_case_merges_across_files(tmp_path):

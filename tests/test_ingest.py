@@ -23,7 +23,7 @@ from rag.errors import (
 from rag.index.catalog import CATALOG, Catalog
 from rag.index.chroma_store import ChromaStore
 from rag.index.embedders import HashEmbedder
-from rag.index.ingest import STATE, ingest, resume_state
+from rag.index.ingest import STATE, ingest, plan_ingest, resume_state
 from rag.index.layout import ingest_lock
 from rag.index.reader import Index
 from rag.records import Paper
@@ -186,6 +186,42 @@ def test_added_paper(settings, small_corpus, small_papers):
     assert_consistent(settings, new_papers)
     hits = Retriever.from_settings(settings, embedder=HashEmbedder()).search("Zymurgical Transformers Sequence Brewing", top_k=1)
     assert hits[0].title == extra.title
+
+
+def plan_of(settings, corpus_paths=None):
+    catalog, store = catalog_of(settings), store_of(settings)
+    try:
+        return plan_ingest(settings, catalog, store, corpus_paths, model_name=HashEmbedder().name)
+    finally:
+        catalog.close()
+        store.close()
+
+
+def test_plan_of_an_unchanged_corpus_is_no_work_and_of_an_appended_paper_exactly_one(make_settings, tmp_path,
+                                                                                     small_papers):
+    """The plan step alone (a JSONL corpus, whose unchanged lines are not read again): the diff of corpus against
+    the published index, without writing anything."""
+    corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:15])
+    settings = make_settings(corpus=str(corpus))
+    run(settings)
+    meta = read_meta(settings.data_dir)
+    assert plan_of(settings).up_to_date
+    _jsonl(corpus, small_papers[:16])
+    plan = plan_of(settings)
+    assert not plan.up_to_date
+    assert (plan.added, plan.changed, plan.removed, plan.unchanged) == (1, 0, 0, 15)
+    assert plan.need == {small_papers[15].paper_id} and plan.to_embed == 1
+    assert plan.delete == [] and plan.gone == [] and not plan.drop_store and not plan.rebuild
+    assert plan.base_generation == meta["generation"]  # the resume log names the published papers
+    # planning wrote nothing: no resume state, the same published generation
+    assert not (Path(settings.data_dir) / STATE).exists()
+    assert read_meta(settings.data_dir) == meta
+    # a changed abstract: its vectors are deleted and it is read and embedded again
+    _jsonl(corpus, [replace(small_papers[0], abstract=NEW_ABSTRACT), *small_papers[1:15]])
+    plan = plan_of(settings)
+    assert (plan.added, plan.changed, plan.removed, plan.unchanged) == (0, 1, 0, 14)
+    assert plan.delete == [small_papers[0].paper_id] and plan.need == {small_papers[0].paper_id}
+    assert plan.to_embed == 1
 
 
 def test_removed_paper_is_gone_from_chroma(settings, small_corpus, small_papers):

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rag.answer import conversation
 from rag.answer.citations import claims, verify
@@ -22,9 +23,15 @@ from rag.answer.extractive import Extractor, Weights, asks_for_result
 from rag.clients.chat import ChatModel
 from rag.errors import LLMError, QuestionError
 from rag.index.sentence_vectors import shared_sentence_vectors
-from rag.judge.abstention import LOW, TOP_PAPERS, Abstention, Judgement, features
+from rag.judge.abstention import (
+    LOW,
+    TOP_PAPERS,
+    Abstention,
+    AbstentionVerdict,
+    features,
+)
 from rag.judge.list_relevance import LIST_POOL, ListRelevance, paper_features
-from rag.judge.params import load_params
+from rag.judge.params import params_for
 from rag.prompts import NOT_IN_CORPUS, answer_messages, load_prompts
 from rag.records import Answer, Hit, Paper, Source, Stage, StreamEvent
 from rag.retrieve.hybrid import PaperSearch
@@ -87,7 +94,7 @@ class Assistant:
         self._index = retriever.index
         self._llm = llm
         self.prompts = prompts or load_prompts()
-        params = params or load_params(str(settings.judgement_params) if settings.judgement_params else None)
+        params = params or params_for(settings)
         self._abstention = abstention or Abstention.from_settings(settings, params)
         self._relevance = ListRelevance(params)
         self._extractor = extractor or Extractor(Weights(**params.fitted.get("extractive_weights", {})))
@@ -179,6 +186,36 @@ class Assistant:
         if failure is not None and failure.transient:  # unreachable after its retries: don't wait twice
             plan = _Plan(False, f"{failure}. {FALLBACK}")
         t0 = time.perf_counter()
+        query, found, plan = yield from self._retrieve_and_judge(question, query, history, top_k, mode, paper_ids,
+                                                                 evidence, plan, run)
+        t_retrieve = (time.perf_counter() - t0) * 1000
+        if not found.abstain and found.evidence is None:
+            yield StreamEvent("stage", f"reading {len(found.sources)} paper{'s' if len(found.sources) != 1 else ''}…")
+        base = dict(question=question, sources=found.sources, standalone_question=query if query != question else None,
+                    judgement=found.judgement_dict(), more_papers=found.more, stages=run.stages,
+                    evidence=[j.public() for j in found.evidence or []])
+        if found.abstain:
+            yield StreamEvent("final", answer=self._abstain(base, found.hits, plan, t_retrieve, run.started))
+            return
+
+        t1 = time.perf_counter()
+        text, plan = yield from self._compose(question, found, history, plan, run)
+        text, plan = yield from self._verify(text, found, plan)
+        if text is not None:
+            answer = self._from_llm(text, base, found.hits, plan, t_retrieve, t1, run.started)
+        else:
+            answer = self._extractive(question, found, base, plan, t_retrieve, t1, run.started)
+            if not answer.abstained:
+                yield StreamEvent("token", answer.answer)
+        yield StreamEvent("final", answer=answer)
+
+    # -- the steps of an answer: retrieve and judge, compose, verify -------------------------
+
+    def _retrieve_and_judge(self, question: str, query: str, history: list[dict], top_k, mode, paper_ids,
+                            evidence: bool | None, plan: _Plan, run: "_Run"):
+        """The papers to answer from and whether to answer: judged by the LLM's evidence step when it runs,
+        else offline (rag.judge.abstention; a follow-up that finds nothing alone is tried with the conversation's
+        topic). A generator (stage events); returns the query searched, what was found and the updated plan."""
         listing = is_list_question(question) or is_list_question(query)
         use_evidence = plan.use_llm and not paper_ids and (self.settings.evidence if evidence is None else evidence)
         found = None
@@ -195,64 +232,55 @@ class Assistant:
         if found is None:
             yield StreamEvent("stage", "retrieving…")
             found = self._gather(query, top_k, mode, paper_ids, listing, plan.use_llm)
-            if (found.judgement is not None and found.judgement.abstain and history and query == question
-                    and found.judgement.features.terms):
+            if (found.verdict is not None and found.verdict.abstain and history and query == question
+                    and found.verdict.features.terms):
                 # Leans on nothing in its words, but finds nothing alone: try it with the conversation's topic.
                 topical = conversation.rule_rewrite(question, history, force=True)
                 again = self._gather(topical, top_k, mode, paper_ids, listing, plan.use_llm)
-                if not again.judgement.abstain:
+                if not again.verdict.abstain:
                     query, found = topical, again
-        t_retrieve = (time.perf_counter() - t0) * 1000
-        if not found.abstain and found.evidence is None:
-            yield StreamEvent("stage", f"reading {len(found.sources)} paper{'s' if len(found.sources) != 1 else ''}…")
-        base = dict(question=question, sources=found.sources, standalone_question=query if query != question else None,
-                    judgement=found.judgement_dict(), more_papers=found.more, stages=run.stages,
-                    evidence=[j.public() for j in found.evidence or []])
-        if found.abstain:
-            yield StreamEvent("final", answer=self._abstain(base, found.hits, plan, t_retrieve, run.started))
-            return
-        if found.judgement is not None and found.judgement.level == LOW:
+        if found.verdict is not None and found.verdict.level == LOW:
             plan = _Plan(plan.use_llm, _join(LOW_CONFIDENCE, plan.notice))
+        return query, found, plan
 
-        t1 = time.perf_counter()
-        text = None
-        if plan.use_llm:
-            yield StreamEvent("stage", "answering…")
-            text, error, streamed = None, None, False
-            stage = run.stage("answer")
-            messages = answer_messages(self.prompts, question, found.sources, history,
-                                       evidence=found.passed if found.evidence is not None else None)
-            try:
-                parts = []
-                for token in self._llm.stream(messages, deadline=run.deadline, on_usage=stage.usage):
-                    parts.append(token)
-                    streamed = True
-                    yield StreamEvent("token", token)
-                text = "".join(parts)
-                if not text.strip():
-                    text, error = None, "The LLM returned an empty answer"
-            except LLMError as exc:
-                log.warning("LLM failed: %s", exc)
-                error = str(exc)
-            stage.finish(self._count("\n".join(m["content"] for m in messages)), self._count("".join(parts) if parts else ""))
-            if text is None:
-                if streamed:
-                    yield StreamEvent("reset")
-                plan = _Plan(False, _join(run.evidence_notice, f"{error}. {FALLBACK}", _low(plan)))
+    def _compose(self, question: str, found: "_Found", history: list[dict], plan: _Plan, run: "_Run"):
+        """The LLM's answer, streamed as `token` events; on failure a `reset` (if anything was streamed) and a
+        plan that falls back to quoting. Returns the text (None: quote instead) and the plan."""
+        if not plan.use_llm:
+            return None, plan
+        yield StreamEvent("stage", "answering…")
+        text, error, streamed = None, None, False
+        stage = run.stage("answer")
+        messages = answer_messages(self.prompts, question, found.sources, history,
+                                   evidence=found.passed if found.evidence is not None else None)
+        try:
+            parts = []
+            for token in self._llm.stream(messages, deadline=run.deadline, on_usage=stage.usage):
+                parts.append(token)
+                streamed = True
+                yield StreamEvent("token", token)
+            text = "".join(parts)
+            if not text.strip():
+                text, error = None, "The LLM returned an empty answer"
+        except LLMError as exc:
+            log.warning("LLM failed: %s", exc)
+            error = str(exc)
+        stage.finish(self._count("\n".join(m["content"] for m in messages)), self._count("".join(parts) if parts else ""))
+        if text is None:
+            if streamed:
+                yield StreamEvent("reset")
+            plan = _Plan(False, _join(run.evidence_notice, f"{error}. {FALLBACK}", _low(plan)))
+        return text, plan
+
+    def _verify(self, text: str | None, found: "_Found", plan: _Plan):
+        """An answer that cites none of the sources is not grounded: a `reset`, and the quotes instead."""
         if text is not None and not _says_not_found(text) and not verify(text, {s.n: s for s in found.sources}).citations:
-            # an answer that cites none of the sources is not grounded: show the quotes instead
             yield StreamEvent("reset")
-            text = None
-            plan = _Plan(False, _join(f"The LLM's answer cited none of the sources, so it is not shown. {FALLBACK}", _low(plan)))
-        if text is not None:
-            answer = self._from_llm(text, base, found.hits, plan, t_retrieve, t1, run.started)
-        else:
-            answer = self._extractive(question, found, base, plan, t_retrieve, t1, run.started)
-            if not answer.abstained:
-                yield StreamEvent("token", answer.answer)
-        yield StreamEvent("final", answer=answer)
+            return None, _Plan(False, _join(f"The LLM's answer cited none of the sources, so it is not shown. {FALLBACK}",
+                                            _low(plan)))
+        return text, plan
 
-    # -- steps -------------------------------------------------------------------------------
+    # -- helpers of the steps ----------------------------------------------------------------
 
     def _plan(self, extractive: bool) -> _Plan:
         if self._llm is not None and not extractive:
@@ -317,7 +345,7 @@ class Assistant:
         qv = self._retriever.embed_query(query)
         judged = hits if listing else hits[:TOP_PAPERS]
         sims = self._sentences.best_similarity(qv, [self._index.paper(h.paper_id) for h in judged])
-        judgement = self._abstention.judge(
+        verdict = self._abstention.judge(
             features(query, found.top_similarity, [h.paper_id for h in hits], self._index, sims[:TOP_PAPERS])
         )
         more = 0
@@ -326,7 +354,7 @@ class Assistant:
             passed = [h for h, p in zip(hits, probs) if p >= self._relevance.threshold] or hits[:1]
             more = max(0, len(passed) - k)
             hits = [Hit(i, h.paper_id, h.title, h.score, h.snippet, h.similarity) for i, h in enumerate(passed[:k], 1)]
-        return _Found(self._number(hits, use_llm), hits, judgement, more, qv, listing)
+        return _Found(self._number(hits, use_llm), hits, verdict, more, qv, listing)
 
     def _gather_with_evidence(self, query: str, top_k, mode, listing: bool, run: "_Run"):
         """With an LLM: retrieve a pool, let the LLM judge each paper (rag.judge.llm_evidence), keep the papers that pass.
@@ -369,12 +397,12 @@ class Assistant:
             h = by_id[j.paper_id]
             hits.append(Hit(i, h.paper_id, h.title, h.score, j.quotes[0] if j.quotes else h.snippet, h.similarity))
         related = found.hits if not passed else hits
-        judgement = _EvidenceJudgement("abstain" if not passed else "answer", len(passed), len(result.judged),
-                                       max((j.relevance for j in result.judged if j.valid), default=0))
+        outcome = _EvidenceOutcome("abstain" if not passed else "answer", len(passed), len(result.judged),
+                                   max((j.relevance for j in result.judged if j.valid), default=0))
         # every passed paper is a source: the prompt holds its summary and quotes, not its abstract
         found_ = _Found(self._number(hits, False), related, None, len(passed) - len(shown),
                         self._retriever.embed_query(query), listing, evidence=result.judged, passed=shown,
-                        evidence_judgement=judgement)
+                        evidence_outcome=outcome)
         if partial:
             run.notes.append(partial)
         return found_
@@ -472,7 +500,9 @@ class _Run:
 
 
 @dataclass(frozen=True)
-class _EvidenceJudgement:
+class _EvidenceOutcome:
+    """The LLM evidence step's decision: answer or abstain, from how many of the judged papers passed."""
+
     level: str
     passed: int
     judged: int
@@ -485,30 +515,31 @@ class _EvidenceJudgement:
 
 @dataclass
 class _Found:
-    """What gathering found: the numbered sources, their hits, the offline judgement (None when scoped to
-    papers or judged by the LLM), how many more list papers passed than are shown, the query's vector, and
+    """What gathering found: the numbered sources, their hits, the offline abstention verdict (None when scoped
+    to papers or judged by the LLM), how many more list papers passed than are shown, the query's vector, and
     the LLM's judgements when the evidence step ran."""
 
     sources: list[Source]
     hits: list[Hit]
-    judgement: Judgement | None
+    verdict: AbstentionVerdict | None
     more: int
     query_vector: object
     listing: bool
     evidence: list | None = None
     passed: list | None = None
-    evidence_judgement: _EvidenceJudgement | None = None
+    evidence_outcome: _EvidenceOutcome | None = None
 
     @property
     def abstain(self) -> bool:
-        if self.evidence_judgement is not None:
-            return self.evidence_judgement.level == "abstain"
-        return self.judgement is not None and self.judgement.abstain
+        if self.evidence_outcome is not None:
+            return self.evidence_outcome.level == "abstain"
+        return self.verdict is not None and self.verdict.abstain
 
     def judgement_dict(self) -> dict | None:
-        if self.evidence_judgement is not None:
-            return self.evidence_judgement.to_dict()
-        return self.judgement.to_dict() if self.judgement else None
+        """The answer's `judgement` field: the evidence outcome, or the abstention verdict."""
+        if self.evidence_outcome is not None:
+            return self.evidence_outcome.to_dict()
+        return self.verdict.to_dict() if self.verdict else None
 
 
 def _flag(text: str, valid: dict, judged: bool) -> list[dict]:
@@ -540,21 +571,16 @@ def _join(*notices: str | None) -> str | None:
     return " ".join(parts) if parts else None
 
 
-def _evidence_cache_path(settings):
-    from pathlib import Path
-
-    if settings.evidence_cache_path:
-        return Path(settings.evidence_cache_path)
-    data_dir = Path(settings.data_dir)
-    return data_dir / "evidence_cache.sqlite" if data_dir.is_dir() else None
+def _evidence_cache_path(settings) -> Path | None:
+    """The evidence cache, unless it would live in a data dir that does not exist (no index: nothing to cache)."""
+    path = settings.evidence_cache_file()
+    return path if settings.evidence_cache_path or path.parent.is_dir() else None
 
 
-def _embed_cache_path(settings):
+def _embed_cache_path(settings) -> Path | None:
     """The embedding cache ingest wrote (sentence vectors join it), if the index has one."""
-    from pathlib import Path
-
-    path = settings.embed_cache_path or Path(settings.data_dir) / "embed_cache.sqlite"
-    return path if Path(path).exists() else None
+    path = settings.embed_cache_file()
+    return path if path.exists() else None
 
 
 def _says_not_found(text: str) -> bool:

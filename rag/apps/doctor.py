@@ -79,14 +79,14 @@ def run_checks(settings) -> list[Check]:
         checks.append(Check("parts agree", not wrong, "; ".join(wrong) or "papers, chunks, lexical documents and vectors match",
                             "`rag ingest` repairs the parts that disagree (cached vectors are reused)" if wrong else ""))
 
-    cache_path = settings.embed_cache_path or data_dir / "embed_cache.sqlite"
-    if Path(cache_path).exists():
+    cache_path = settings.embed_cache_file()
+    if cache_path.exists():
         import sqlite3
 
         from rag.index.embed_cache import EmbeddingCache
 
         try:
-            cache = EmbeddingCache(Path(cache_path))
+            cache = EmbeddingCache(cache_path)
             cache.check()
             cache.close()
             checks.append(Check("embedding cache", True, str(cache_path)))

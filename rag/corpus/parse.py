@@ -105,10 +105,6 @@ def abstract_hash(abstract: str) -> str:
     return hashlib.sha1(abstract.encode()).hexdigest()
 
 
-def content_hash(paper: Paper) -> str:
-    return hashlib.sha1(f"{paper.title}\n{paper.abstract}".encode()).hexdigest()
-
-
 def find_code_urls(text: str) -> tuple[str, ...]:
     urls = []
     if text.isascii():
@@ -345,7 +341,7 @@ class LineDigest(NamedTuple):
     @classmethod
     def of(cls, paper: Paper) -> LineDigest:
         return cls(paper.paper_id, abstract_hash(paper.abstract), variant_id(paper.title, paper.abstract),
-                   content_hash(paper))
+                   paper.content_hash())
 
     def dumps(self) -> str:
         return " ".join(self)
@@ -506,7 +502,7 @@ def iter_unique(scan: CorpusScan, only: Iterable[str] | None = None) -> Iterator
         read = set()
         for no, paper in papers:
             pid = at[no]
-            if content_hash(paper) != scan.hashes[pid]:  # the file changed since pass one read it
+            if paper.content_hash() != scan.hashes[pid]:  # the file changed since pass one read it
                 raise changed
             read.add(no)
             yield replace(paper, paper_id=pid, sources=scan.sources[pid])

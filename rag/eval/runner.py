@@ -328,9 +328,9 @@ def build_config(settings, retriever, modes, answer, top_k, answer_top_k, judge,
 
 
 def _judgement_config(settings) -> dict:
-    from rag.judge.params import load_params
+    from rag.judge.params import params_for
 
-    params = load_params(str(settings.judgement_params) if settings.judgement_params else None)
+    params = params_for(settings)
     return {"abstain_below": settings.abstain_threshold if settings.abstain_threshold is not None else params.abstain_below,
             "low_below": settings.low_confidence_threshold if settings.low_confidence_threshold is not None else params.low_below,
             "relevant_at": params.relevant_at, "fitted": {k: params.fitted.get(k) for k in ("dataset_sha256", "split", "created", "git_commit")}}

@@ -27,6 +27,7 @@ from pathlib import Path
 from rag.corpus.chunk import LocalChunking
 from rag.corpus.parse import (
     LINE_KEYS,
+    CorpusScan,
     corpus_files,
     corpus_fingerprint,
     iter_unique,
@@ -43,6 +44,7 @@ from rag.index.embedders import embedder_name, make_embedder
 from rag.index.layout import atomic_write, ensure_writable, ingest_lock, set_aside
 from rag.index.reader import indexed_corpus
 from rag.index.vectors import paper_vectors
+from rag.records import Paper
 from rag.text import TERMS_VERSION
 
 log = logging.getLogger(__name__)
@@ -237,8 +239,6 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
 
     `chunking`: a rag.corpus.chunk.ChunkWorker started by the caller (a short-lived process, `rag ingest`),
     or None to chunk in this process."""
-    from tqdm import tqdm
-
     started = time.perf_counter()
     data_dir = Path(settings.data_dir)
     ensure_writable(data_dir)
@@ -255,10 +255,16 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
             store = _open_store(settings, data_dir, report)
         done = False
         try:
-            result = _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress,
-                             report, started, tqdm, recorded, chunking)
+            plan = plan_ingest(settings, catalog, store, corpus_paths, strict=strict, rebuild=rebuild,
+                               model_name=embedder.name if embedder is not None else embedder_name(settings),
+                               repaired=bool(report.repaired), recorded=recorded)
+            if plan.up_to_date:
+                _report_unchanged(report, plan)
+            else:
+                _update(settings, plan, catalog, store, report, embedder, progress, chunking)
+            report.seconds = time.perf_counter() - started
             done = True
-            return result
+            return report
         finally:
             catalog.close()
             if own_store:
@@ -274,85 +280,113 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
                         remember_counts(data_dir, report.chunks, report.papers)
 
 
-def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress, report, started, tqdm,
-            recorded=None, chunking=None):
-    published = catalog.meta()
+@dataclass
+class IngestPlan:
+    """What an ingest has to do, decided from the corpus, the published index and any resume state before
+    anything is written (plan_ingest); `_update` carries it out."""
+
+    paths: list[Path]  # the corpus asked for
+    files: list[Path]  # its files
+    fingerprint: str  # of their contents
+    params: dict  # what the vectors depend on (index_params)
+    model_name: str
+    published: dict  # the published catalog's metadata ({}: none, or of another schema)
+    rebuild: bool  # start from nothing (asked for, or the params changed)
+    same_keys: bool  # the catalog's line digests are keyed the current way (else they are re-keyed)
+    up_to_date: bool = False  # the published index mirrors the corpus: nothing below is filled in
+    # None: "new index", or "repaired" if opening a part repaired it (known only once all are open)
+    reason: str | None = ""
+    rebuilt: bool = False
+    repairs: list[str] = field(default_factory=list)  # for the report: repairs this plan makes
+    scan: CorpusScan | None = None  # pass one over the corpus
+    known_lines: dict = field(default_factory=dict)  # the line digests the catalog remembers
+    # The vector store: what it holds as the ingest starts (the resume log's first line), how to get it
+    # there (drop it all, finish the deletes an interrupted ingest began), and the papers whose vectors go.
+    stored: dict[str, str] = field(default_factory=dict)
+    base_generation: str | None = None  # set when `stored` is the published catalog's papers
+    leftovers_possible: bool = False  # vectors in the store of papers not in `stored`
+    drop_store: bool = False
+    redo_deletes: list[str] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)  # removed and changed papers
+    kept: dict[str, str] = field(default_factory=dict)  # `stored` less `delete`: the vectors that stay
+    to_embed: int = 0  # papers whose vectors are to be made (from the cache, or by the model)
+    # The catalog: its papers' hashes (empty when it starts afresh), which records go or stay, and the papers
+    # to read again and chunk (new, changed, vectors missing, or their line or list of files changed).
+    in_catalog: dict[str, str] = field(default_factory=dict)
+    gone: list[str] = field(default_factory=list)
+    keep: set[str] = field(default_factory=set)
+    forgotten: list[str] = field(default_factory=list)  # remembered lines no longer in the corpus
+    need: set[str] = field(default_factory=set)
+    # Against what readers saw, for the report.
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+
+
+def plan_ingest(settings, catalog: Catalog, store, corpus_paths: list[Path] | None = None, *, model_name: str,
+                strict: bool = False, rebuild: bool = False, repaired: bool = False,
+                recorded: tuple[int, int] | None = None) -> IngestPlan:
+    """Compare the corpus with the published index (and an interrupted ingest's resume state): what changed,
+    what the store holds, what to delete and what to read again. Reads only (the store may warm up).
+
+    `repaired`: opening the catalog or the store repaired it (the index is rewritten even if the corpus is
+    unchanged); `recorded`: see _healthy."""
+    data_dir = Path(settings.data_dir)
+    published = catalog.meta() or {}
     if published and published.get("version") != SCHEMA_VERSION:
         published = {}
     paths = [Path(p) for p in corpus_paths] if corpus_paths else indexed_corpus(settings, published or None)
     files = corpus_files(paths)
     fingerprint = corpus_fingerprint(files)
-    model_name = embedder.name if embedder is not None else embedder_name(settings)
     params = index_params(settings, model_name)
+    reason = ""
     if published and published.get("params") != params:
-        rebuild, report.reason = True, "embedding model or chunking changed"
-
-    state_path = data_dir / STATE
-    state = None if rebuild else _read_state(state_path, catalog, published)
+        rebuild, reason = True, "embedding model or chunking changed"
+    state = None if rebuild else _read_state(data_dir / STATE, catalog, published)
     if state and state.get("params") != params:
         state = None
-    counts = published.get("counts", {}) if published else {}
-    healthy = bool(published) and _healthy(catalog, store, counts, report, recorded)
+    counts = published.get("counts", {})
+    healthy = bool(published) and _healthy(catalog, store, counts, recorded)
     same_keys = bool(published) and published.get("line_keys") == LINE_KEYS  # else the line cache is re-keyed now
+    plan = IngestPlan(paths, files, fingerprint, params, model_name, published, rebuild, same_keys, reason=reason)
     if (healthy and not rebuild and state is None and published.get("corpus_fingerprint") == fingerprint
-            and same_keys and not report.repaired):
-        report.papers = report.unchanged = counts.get("papers", 0)
-        report.chunks = counts.get("chunks", 0)
-        report.reason = "corpus unchanged"
-        report.generation = published.get("generation")
-        report.seconds = time.perf_counter() - started
-        return report
+            and same_keys and not repaired):
+        plan.up_to_date = True
+        return plan
 
     if not rebuild and hasattr(store, "warm_up"):
         store.warm_up()  # its vector indexes load while the corpus is scanned
-    known_lines = catalog.scanned_lines() if same_keys and not rebuild else {}
-    scan = scan_corpus(files, strict=strict, known=known_lines)
-    report.entries, report.duplicates = scan.entries, scan.duplicates
-    report.issues = [str(i) for i in scan.issues]
-    cache_path = Path(settings.embed_cache_path or data_dir / "embed_cache.sqlite")
-    cache = open_embedding_cache(cache_path, report.repaired)
-    live = {"model": embedder}
-    model_lock = threading.Lock()
-
-    def get_embedder():
-        with model_lock:  # the preloading thread, if any, holds it while it loads
-            if live["model"] is None:
-                live["model"] = make_embedder(settings)
-            return live["model"]
-
+    plan.known_lines = catalog.scanned_lines() if same_keys and not rebuild else {}
+    plan.scan = scan = scan_corpus(files, strict=strict, known=plan.known_lines)
     in_catalog = catalog.paper_hashes() if published and not rebuild else {}
     previously = dict(in_catalog)  # what readers saw: the report counts changes against it
-    leftovers_possible = False  # vectors in the store of papers not in `stored`
-    base_generation = None  # set when `stored` is the published catalog's papers
     if rebuild or (not published and not state):
         stored = {} if rebuild else _legacy_stored(data_dir, params)
-        leftovers_possible = bool(stored)
+        plan.leftovers_possible = bool(stored)
         if stored and store.count_paper_vectors() < len(stored):
             # the previous layout had no paper vectors: its chunk vectors cannot be kept without them
             # (they are re-made from the embedding cache), or the upgraded index would not be whole
             stored = {}
-            report.reason = "upgraded"
-        report.rebuilt = bool(published) or rebuild
-        report.reason = report.reason or ("rebuild requested" if rebuild else "upgraded" if stored
-                                          else "repaired" if report.repaired else "new index")
-        if not stored:
-            store.drop()
+            plan.reason = "upgraded"
+        plan.rebuilt = bool(published) or rebuild
+        plan.reason = plan.reason or ("rebuild requested" if rebuild else "upgraded" if stored else None)
+        plan.drop_store = not stored
     elif state is not None:
         stored = dict(state["stored"])  # an interrupted ingest: these papers' vectors are in the store
-        leftovers_possible = True  # and the batch it was writing may be partly there
+        plan.leftovers_possible = True  # and the batch it was writing may be partly there
         # the deletes it began may be unfinished (a paper stored again since was deleted before that)
-        redo = [pid for pid in state["dropped"] if pid not in stored]
-        if redo:
-            store.delete_papers(redo)
+        plan.redo_deletes = [pid for pid in state["dropped"] if pid not in stored]
     elif healthy:
         stored = dict(in_catalog)
-        base_generation = published.get("generation")
+        plan.base_generation = published.get("generation")
     else:
         # the parts disagree: put every vector back (from the cache) and derive the catalog again
         stored, in_catalog = {}, {}
-        store.drop()
-        report.repaired.append("index parts disagreed (rebuilt from cached vectors)")
-        report.reason = "repaired"
+        plan.drop_store = True
+        plan.repairs.append("index parts disagreed (rebuilt from cached vectors)")
+        plan.reason = "repaired"
+    plan.stored, plan.in_catalog = stored, in_catalog
 
     hashes = scan.hashes
     # Set operations on dict views run in C: at 100k papers these comparisons take milliseconds, where the
@@ -360,78 +394,186 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
     differ = hashes.items() - stored.items()  # (paper, hash) new or changed, against the vector store
     removed = list(stored.keys() - hashes.keys())
     changed = [pid for pid, _ in differ if pid in stored]
+    plan.delete = removed + changed
+    dropped = set(plan.delete)
+    plan.kept = kept = {pid: h for pid, h in stored.items() if pid not in dropped}
+    plan.to_embed = len(hashes.keys() - kept.keys())
     base = previously if previously else (in_catalog if in_catalog else stored)
     base_differ = hashes.items() - base.items()
-    report.changed = sum(1 for pid, _ in base_differ if pid in base)
-    report.added = len(base_differ) - report.changed
-    report.removed = len(base.keys() - hashes.keys())
-    report.unchanged = len(hashes) - report.added - report.changed
-    _start_state(state_path, params, base_generation, stored, removed + changed)
-    if removed or changed:
-        # the catalog knows their chunk ids unless an interrupted ingest wrote vectors it never published
-        known = {} if leftovers_possible else catalog.chunk_ids(removed + changed)
-        store.delete_papers(removed + changed, known)
-        for pid in removed + changed:
-            stored.pop(pid, None)
-
-    todo = len(hashes.keys() - stored.keys())
-    preload = None
-    if todo and live["model"] is None and not cache.has_model(model_name):
-        # Nothing of this model is cached (a new index): it will be needed, and loading it (torch, the
-        # weights: seconds) overlaps the chunking child's start and the first batch. Its errors surface
-        # at first use, from get_embedder in this thread.
-        def load() -> None:
-            try:
-                get_embedder()
-            except Exception as exc:  # noqa: BLE001
-                log.debug("preloading the embedding model: %s", exc)
-
-        preload = threading.Thread(target=load, daemon=True, name="rag-model-preload")
-        preload.start()
-    bar = tqdm(total=todo, desc="embedding papers", unit="paper", disable=None if progress and todo else True)
-    batch: list = []
-
-    def flush() -> None:
-        chunks = [c for _, paper_chunks in batch for c in paper_chunks]
-        vectors, n = embed_with_cache(None, cache, [c.text for c in chunks], model_name, get_embedder)
-        report.embedded += n
-        if leftovers_possible:  # partial leftovers of a killed run (a metadata-filtered delete: not free)
-            store.delete_papers([p.paper_id for p, _ in batch])
-        store.upsert(chunks, vectors)
-        store.upsert_paper_vectors(*paper_vectors(chunks, vectors))
-        done = {p.paper_id: hashes[p.paper_id] for p, _ in batch}
-        stored.update(done)
-        _add_state(state_path, done)
-        bar.update(len(batch))
-        batch.clear()
+    plan.changed = sum(1 for pid, _ in base_differ if pid in base)
+    plan.added = len(base_differ) - plan.changed
+    plan.removed = len(base.keys() - hashes.keys())
+    plan.unchanged = len(hashes) - plan.added - plan.changed
 
     # Only papers with something to do are read again and chunked: new or changed ones, ones whose vectors
     # are missing, and ones whose line changed or whose list of files did (their record is rewritten).
     # An unchanged paper costs neither a parse nor the chunker (whose import alone takes seconds).
-    forgotten = list(known_lines.keys() - scan.lines.keys())
-    gone = [pid for pid, _ in in_catalog.items() - hashes.items()]
-    keep = in_catalog.keys() - set(gone)  # papers whose catalog record stays
+    known_lines = plan.known_lines
+    plan.forgotten = list(known_lines.keys() - scan.lines.keys())
+    plan.gone = [pid for pid, _ in in_catalog.items() - hashes.items()]
+    plan.keep = keep = in_catalog.keys() - set(plan.gone)  # papers whose catalog record stays
     # a paper keeps its list of files unless one of its lines is new (fresh) or gone (forgotten)
-    maybe_moved = {pid for key in forgotten for pid in (known_lines[key].title_id, known_lines[key].variant_id)}
+    maybe_moved = {pid for key in plan.forgotten for pid in (known_lines[key].title_id, known_lines[key].variant_id)}
     maybe_moved &= keep
     listed = catalog.paper_sources(maybe_moved) if maybe_moved else {}
-    need = ((hashes.keys() - keep) | (hashes.keys() - stored.keys()) | (scan.fresh & hashes.keys())
-            | {pid for pid, files in listed.items() if pid in hashes and files != scan.sources[pid]})
+    plan.need = ((hashes.keys() - keep) | (hashes.keys() - kept.keys()) | (scan.fresh & hashes.keys())
+                 | {pid for pid, files in listed.items() if pid in hashes and files != scan.sources[pid]})
+    return plan
+
+
+def _report_unchanged(report: IngestReport, plan: IngestPlan) -> None:
+    counts = plan.published.get("counts", {})
+    report.papers = report.unchanged = counts.get("papers", 0)
+    report.chunks = counts.get("chunks", 0)
+    report.reason = "corpus unchanged"
+    report.generation = plan.published.get("generation")
+
+
+def _update(settings, plan: IngestPlan, catalog: Catalog, store, report: IngestReport, embedder, progress: bool,
+            chunking) -> None:
+    """Carry out the plan: prepare the store, then embed and publish in one pass over the papers to read."""
+    scan = plan.scan
+    report.entries, report.duplicates = scan.entries, scan.duplicates
+    report.issues = [str(i) for i in scan.issues]
+    cache_path = settings.embed_cache_file()
+    cache = open_embedding_cache(cache_path, report.repaired)
+    report.repaired.extend(plan.repairs)
+    report.rebuilt = plan.rebuilt
+    report.reason = plan.reason if plan.reason is not None else ("repaired" if report.repaired else "new index")
+    report.added, report.changed, report.removed, report.unchanged = plan.added, plan.changed, plan.removed, plan.unchanged
+
+    data_dir = Path(settings.data_dir)
+    _prepare_store(plan, store, catalog, data_dir / STATE)
+    model = _ModelLoader(settings, embedder)
+    if plan.to_embed and embedder is None and not cache.has_model(plan.model_name):
+        # Nothing of this model is cached (a new index): it will be needed, and loading it (torch, the
+        # weights: seconds) overlaps the chunking child's start and the first batch.
+        model.preload()
+    vectors = _Vectors(plan, store, cache, cache_path, model, data_dir / STATE, progress)
     if chunking is None:
         chunking = LocalChunking(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
+    report.generation = _publish(plan, catalog, chunking, vectors, model, report)
+    _clean_up(data_dir)
+
+
+def _prepare_store(plan: IngestPlan, store, catalog: Catalog, state_path: Path) -> None:
+    """The store writes before any embedding: start it afresh or finish an interrupted ingest's deletes, begin
+    the resume log, then delete the vectors of removed and changed papers."""
+    if plan.drop_store:
+        store.drop()
+    if plan.redo_deletes:
+        store.delete_papers(plan.redo_deletes)
+    _start_state(state_path, plan.params, plan.base_generation, plan.stored, plan.delete)
+    if plan.delete:
+        # the catalog knows their chunk ids unless an interrupted ingest wrote vectors it never published
+        known = {} if plan.leftovers_possible else catalog.chunk_ids(plan.delete)
+        store.delete_papers(plan.delete, known)
+
+
+class _ModelLoader:
+    """The embedding model, loaded at first use, or ahead of it in a thread (preload)."""
+
+    def __init__(self, settings, model=None):
+        self._settings = settings
+        self.model = model
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def get(self):
+        with self._lock:  # the preloading thread, if any, holds it while it loads
+            if self.model is None:
+                self.model = make_embedder(self._settings)
+            return self.model
+
+    def preload(self) -> None:
+        """Load in a thread; its errors surface at first use, from get() in the ingesting thread."""
+        def load() -> None:
+            try:
+                self.get()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("preloading the embedding model: %s", exc)
+
+        self._thread = threading.Thread(target=load, daemon=True, name="rag-model-preload")
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def describe(self, default: dict | None) -> dict | None:
+        """The loaded model's description, or `default` if none was loaded (or it cannot describe itself)."""
+        return self.model.describe() if self.model is not None and hasattr(self.model, "describe") else default
+
+
+class _Vectors:
+    """The embed step: chunked papers are batched, embedded through the cache (only texts this model never
+    embedded reach it), and each batch is written to the store and logged in the resume state before the next,
+    so an interrupted ingest continues after its last logged batch."""
+
+    def __init__(self, plan: IngestPlan, store, cache, cache_path: Path, model: _ModelLoader, state_path: Path,
+                 progress: bool):
+        from tqdm import tqdm
+
+        self.stored = dict(plan.kept)  # papers whose vectors are in the store, growing batch by batch
+        self.embedded = 0  # texts the model embedded (the rest came from the cache)
+        self._hashes = plan.scan.hashes
+        self._model_name = plan.model_name
+        self._leftovers_possible = plan.leftovers_possible
+        self._store, self._cache, self._cache_path = store, cache, cache_path
+        self._model, self._state_path = model, state_path
+        self._batch: list = []
+        self._bar = tqdm(total=plan.to_embed, desc="embedding papers", unit="paper",
+                         disable=None if progress and plan.to_embed else True)
+
+    def add(self, paper: Paper, chunks: list) -> None:
+        self._batch.append((paper, chunks))
+        if len(self._batch) >= PAPER_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        batch = self._batch
+        chunks = [c for _, paper_chunks in batch for c in paper_chunks]
+        vectors, n = embed_with_cache(None, self._cache, [c.text for c in chunks], self._model_name, self._model.get)
+        self.embedded += n
+        if self._leftovers_possible:  # partial leftovers of a killed run (a metadata-filtered delete: not free)
+            self._store.delete_papers([p.paper_id for p, _ in batch])
+        self._store.upsert(chunks, vectors)
+        self._store.upsert_paper_vectors(*paper_vectors(chunks, vectors))
+        done = {p.paper_id: self._hashes[p.paper_id] for p, _ in batch}
+        self.stored.update(done)
+        _add_state(self._state_path, done)
+        self._bar.update(len(batch))
+        batch.clear()
+
+    def close(self) -> None:
+        """Write the last batch; wait for the preloading thread; close the cache and remember it as checked."""
+        if self._batch:
+            self.flush()
+        self._bar.close()
+        self._model.join()
+        self._cache.close()
+        remember_cache_verified(self._cache_path)
+
+
+def _publish(plan: IngestPlan, catalog: Catalog, chunking, vectors: _Vectors, model: _ModelLoader,
+             report: IngestReport) -> str:
+    """The catalog transaction that publishes a new generation: records of gone papers removed, of moved ones
+    rewritten, of new ones added as they are chunked (their vectors made on the way), then the line digests and
+    the metadata. Readers see the previous generation until it commits. Returns the new generation."""
+    scan, keep, hashes = plan.scan, plan.keep, plan.scan.hashes
     generation = new_generation()
-    cleared = rebuild or not in_catalog
+    cleared = plan.rebuild or not plan.in_catalog
     with catalog.transaction() as tx:
         if cleared:
             tx.clear()
-        tx.remove_papers(gone)
+        tx.remove_papers(plan.gone)
 
         def to_chunk():
-            for paper in iter_unique(scan, need):
+            for paper in iter_unique(scan, plan.need):
                 pid = paper.paper_id
                 if pid in keep:
                     tx.update_sources(paper, hashes[pid])
-                    if pid in stored:
+                    if pid in vectors.stored:
                         continue
                 yield paper
 
@@ -439,53 +581,47 @@ def _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder
             pid = paper.paper_id
             if pid not in keep:
                 tx.add_paper(paper, hashes[pid], paper_chunks, documents)
-            if pid not in stored:
-                batch.append((paper, paper_chunks))
-                if len(batch) >= PAPER_BATCH:
-                    flush()
-        if batch:
-            flush()
-        bar.close()
-        if preload is not None:
-            preload.join()
-        cache.close()
-        remember_cache_verified(cache_path)
-        if cleared or not same_keys:  # the line digests went with the rest, or are re-keyed: remember them all
+            if pid not in vectors.stored:
+                vectors.add(paper, paper_chunks)
+        vectors.close()
+        report.embedded = vectors.embedded
+        if cleared or not plan.same_keys:  # the line digests went with the rest, or are re-keyed: remember them all
             if not cleared:
                 tx.forget_lines()
             tx.remember_lines(scan.lines)
         else:
-            tx.remember_lines({k: d for k, d in scan.lines.items() if k not in known_lines}, forget=forgotten)
+            tx.remember_lines({k: d for k, d in scan.lines.items() if k not in plan.known_lines},
+                              forget=plan.forgotten)
         report.papers, report.chunks = len(hashes), tx.count_chunks()
         tx.set_meta({
             "version": SCHEMA_VERSION,
             "generation": generation,
-            "params": params,
+            "params": plan.params,
             "complete": True,
-            "corpus_paths": [str(p.resolve()) for p in paths],
-            "corpus_files": [str(f) for f in files],
-            "corpus_fingerprint": fingerprint,
-            "corpus_stat": _stat(files),  # for corpus_change()
+            "corpus_paths": [str(p.resolve()) for p in plan.paths],
+            "corpus_files": [str(f) for f in plan.files],
+            "corpus_fingerprint": plan.fingerprint,
+            "corpus_stat": _stat(plan.files),  # for corpus_change()
             "line_keys": LINE_KEYS,
             "counts": {"papers": report.papers, "chunks": report.chunks},
-            "embedding": live["model"].describe() if live["model"] is not None and hasattr(live["model"], "describe")
-            else (published or {}).get("embedding"),
+            "embedding": model.describe(plan.published.get("embedding")),
             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
-    # published: the resume state and any index of the previous layout are no longer needed
-    state_path.unlink(missing_ok=True)
+    return generation
+
+
+def _clean_up(data_dir: Path) -> None:
+    """Published: the resume state and any index of the previous layout are no longer needed."""
+    (data_dir / STATE).unlink(missing_ok=True)
     for name in LEGACY:
         legacy = data_dir / name
         if legacy.is_dir():
             shutil.rmtree(legacy, ignore_errors=True)
         else:
             legacy.unlink(missing_ok=True)
-    report.generation = generation
-    report.seconds = time.perf_counter() - started
-    return report
 
 
-def _healthy(catalog: Catalog, store, counts: dict, report: IngestReport, recorded: tuple[int, int] | None = None) -> bool:
+def _healthy(catalog: Catalog, store, counts: dict, recorded: tuple[int, int] | None = None) -> bool:
     """The catalog and the vector store agree with the published counts.
 
     `recorded`: the store's (chunk, paper) vector counts as the last ingest left its files, when they are

@@ -9,7 +9,6 @@ everything that uses the same embedder) and once per index (the embedding cache,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -81,13 +80,9 @@ class SentenceVectors:
             self._store = None
             return self._embedder.embed(texts)
 
-    @staticmethod
-    def _key(paper: Paper) -> str:
-        return hashlib.sha1(f"{paper.title}\n{paper.abstract}".encode()).hexdigest()
-
     def of(self, papers: list[Paper]) -> list[PaperSentences]:
         """Sentences and vectors of each paper (embedding the ones not seen yet, all in one batch)."""
-        keys = [self._key(p) for p in papers]
+        keys = [p.content_hash() for p in papers]
         with self._lock:
             missing = {k: p for k, p in zip(keys, papers) if k not in self._cache}
         if missing:

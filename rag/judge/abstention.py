@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from rag.judge.params import JudgementParams
+from rag.judge.params import JudgementParams, params_for
 from rag.text import content_terms, is_keyword_query, matched_terms
 
 ANSWER, LOW, ABSTAIN = "answer", "low", "abstain"
@@ -100,7 +100,7 @@ def features(question: str, similarity: float | None, paper_ids: Sequence[str], 
 
 
 @dataclass(frozen=True)
-class Judgement:
+class AbstentionVerdict:
     """The decision: `level` answer / low / abstain, and the model's P(answerable)."""
 
     level: str
@@ -127,14 +127,12 @@ class Abstention:
     @classmethod
     def from_settings(cls, settings, params: JudgementParams | None = None) -> "Abstention":
         """With `params`, or else RAG_JUDGEMENT_PARAMS / the shipped ones; thresholds overridden by settings."""
-        from rag.judge.params import load_params
-
-        params = params or load_params(str(settings.judgement_params) if settings.judgement_params else None)
+        params = params or params_for(settings)
         return cls(params, settings.abstain_threshold, settings.low_confidence_threshold)
 
-    def judge(self, f: Features) -> Judgement:
+    def judge(self, f: Features) -> AbstentionVerdict:
         if f.terms == 0:
-            return Judgement(ABSTAIN, 0.0, f)
+            return AbstentionVerdict(ABSTAIN, 0.0, f)
         p = self.model.probability(asdict(f))
         level = ABSTAIN if p < self.abstain_below else LOW if p < self.low_below else ANSWER
-        return Judgement(level, p, f)
+        return AbstentionVerdict(level, p, f)

@@ -155,8 +155,7 @@ class EvidenceStep:
         self._model = model or getattr(llm, "name", "")
 
     def _key(self, question: str, paper: Paper) -> str:
-        content = hashlib.sha1(f"{paper.title}\n{paper.abstract}".encode()).hexdigest()
-        return hashlib.sha1(f"{question}\n{content}\n{self._model}\n{self._prompt_hash}".encode()).hexdigest()
+        return hashlib.sha1(f"{question}\n{paper.content_hash()}\n{self._model}\n{self._prompt_hash}".encode()).hexdigest()
 
     def judge(self, question: str, papers: list[Paper], deadline: float, count_tokens=None,
               progress=None) -> EvidenceResult:

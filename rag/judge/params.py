@@ -98,6 +98,11 @@ def load_params(path: str | None = None) -> JudgementParams:
         ) from None
 
 
+def params_for(settings) -> JudgementParams:
+    """The judgement parameters these settings name (RAG_JUDGEMENT_PARAMS), or the shipped ones."""
+    return load_params(str(settings.judgement_params) if settings.judgement_params else None)
+
+
 def fit_logistic(rows: Sequence[Mapping[str, float]], labels: Sequence[int], features: Sequence[str],
                  c: float = 1.0) -> Logistic:
     """Fit a standardised, L2-regularised logistic regression (scikit-learn; used by calibration only)."""
