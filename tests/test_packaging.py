@@ -1,4 +1,4 @@
-"""Packaging and process hygiene: the wheel carries the prompts and works from any directory,
+"""Packaging and process hygiene: the wheel carries the prompts and the UI's CSS/JS, and works from any directory,
 importing the package changes nothing in the host process, and misspelt settings are reported."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_unknown_rag_variable_is_named_with_the_closest_setting(tmp_path):
 
 
 @pytest.mark.slow
-def test_wheel_carries_the_prompts_and_runs_from_any_directory(tmp_path):
+def test_wheel_carries_the_prompts_and_page_assets_and_runs_from_any_directory(tmp_path):
     wheel_dir = tmp_path / "wheel"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(REPO)],
                            capture_output=True, text=True, timeout=300)
@@ -55,6 +55,7 @@ def test_wheel_carries_the_prompts_and_runs_from_any_directory(tmp_path):
     (wheel,) = wheel_dir.glob("paper_rag-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"rag/_prompts/system.md", "rag/_prompts/answer.md", "rag/_prompts/source.md"} <= set(names)
+    assert {"rag/apps/ui/assets/app.css", "rag/apps/ui/assets/shared.js", "rag/apps/ui/assets/conversation.js"} <= set(names)
     assert not any(n.startswith(("ui/", "eval/", "tests/")) for n in names)  # nothing outside the rag namespace
 
     site = tmp_path / "site"
