@@ -51,5 +51,9 @@ class PromptError(RagError):
     """A prompt file is missing or lacks a placeholder."""
 
 
+class AssetError(RagError):
+    """A file the web UI's page needs (its CSS or JS) is missing or unreadable."""
+
+
 class QuestionError(RagError):
     """The question is empty or too long."""

@@ -208,7 +208,7 @@ def test_long_sentences_are_cut_to_a_verbatim_clause(real_assistant):
 
 @pytest.mark.slow
 def test_the_ui_examples_are_answered_from_the_corpus(real_assistant):
-    from rag.apps.ui.app import EXAMPLES
+    from rag.apps.ui.layout import EXAMPLES
 
     for example in EXAMPLES:
         answer = real_assistant.ask(example)

@@ -1,4 +1,4 @@
-"""Packaging and process hygiene: the wheel carries the prompts and works from any directory,
+"""Packaging and process hygiene: the wheel carries the prompts and the UI's CSS/JS, and works from any directory,
 importing the package changes nothing in the host process, and misspelt settings are reported."""
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def test_wheel_ships_what_the_product_runs_and_no_test_code(wheel):
 def test_wheel_carries_the_prompts_and_runs_from_any_directory(wheel, tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {"rag/_prompts/system.md", "rag/_prompts/answer.md", "rag/_prompts/source.md"} <= set(names)
+    assert {"rag/apps/ui/assets/app.css", "rag/apps/ui/assets/shared.js", "rag/apps/ui/assets/conversation.js"} <= set(names)
     assert not any(n.startswith(("ui/", "eval/", "tests/")) for n in names)  # nothing outside the rag namespace
 
     site = tmp_path / "site"

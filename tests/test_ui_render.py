@@ -467,3 +467,68 @@ def test_rag_feedback_export_cli(controller, tmp_path):
     assert by_q["zebra llamas?"].type == "unanswerable"  # rated down: drafted as a candidate unanswerable
     r = run_cli("feedback", "export", "--rating", "up", env=env)
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and json.loads(r.stdout)["question"] == "which papers erase concepts?"
+
+
+def test_packaged_page_assets_load():
+    from rag.apps.ui.assets import load_assets
+
+    assets = load_assets()
+    assert ".rag-conv-empty" in assets.css and "@media (max-width: 900px)" in assets.css
+    assert "window.ragShowSource" in assets.shared_js and "trigger('submit'" in assets.shared_js
+    # the conversation runs the shared code first, then its own (autoscroll, empty-question gate)
+    assert assets.conversation_js.startswith(assets.shared_js) and "gate();" in assets.conversation_js
+    assert "gate();" not in assets.shared_js
+
+
+@pytest.mark.parametrize("name", ["app.css", "shared.js", "conversation.js"])
+def test_a_missing_page_asset_is_named(tmp_path, name):
+    from importlib import resources
+
+    from rag.apps.ui.assets import FILES, load_assets
+    from rag.errors import AssetError
+
+    for other in FILES:
+        if other != name:
+            (tmp_path / other).write_text(resources.files("rag.apps.ui.assets").joinpath(other).read_text())
+    with pytest.raises(AssetError, match=re.escape(str(tmp_path / name))):
+        load_assets(tmp_path)
+
+
+def test_served_page_carries_the_packaged_css_and_js(make_settings, tmp_path):
+    import json
+    import urllib.request
+
+    from conftest import free_port
+
+    from rag.apps.ui.app import launch
+    from rag.apps.ui.assets import load_assets
+
+    assets = load_assets()
+    port = free_port()
+    settings = make_settings(ui_port=port, ui_eval_dir=str(tmp_path / "no-report"))
+    app = launch(settings, _StubAssistant(lambda q, **kw: iter(())), prevent_thread_lock=True)
+    try:
+        config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30).read())
+    finally:
+        app.close()
+    assert config["css"] == assets.css
+    scripts = {c["props"].get("elem_id"): c["props"].get("js_on_load") for c in config["components"]
+               if c["type"] == "html"}
+    assert scripts["rag-conv"] == assets.conversation_js
+    assert scripts["rag-sources"] == assets.shared_js and scripts["rag-paper"] == assets.shared_js
+
+
+def test_layout_builds_alone_with_the_assets_it_is_given(make_settings, tmp_path):
+    import gradio as gr
+
+    from rag.apps.ui.assets import PageAssets
+    from rag.apps.ui.controller import ChatController
+    from rag.apps.ui.layout import build_layout
+
+    ctl = ChatController(make_settings(), _StubAssistant(lambda q, **kw: iter(())), tmp_path)
+    with gr.Blocks():
+        ui = build_layout(ctl, make_settings(), PageAssets(css="", shared_js="/*s*/", conversation_js="/*c*/"),
+                          secret="k" * 64, eval_report=("# head", "", "full"))
+    assert ui.conv.js_on_load == "/*c*/" and ui.sources.js_on_load == "/*s*/" and ui.paper_html.js_on_load == "/*s*/"
+    assert ui.stop.visible is False and ui.answer_mode.value == "extractive"  # no LLM configured
+    assert ui.eval_head.value == "# head"

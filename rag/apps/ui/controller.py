@@ -1,6 +1,6 @@
 """What the UI does, as plain Python: answering a chat turn (streamed), exporting the conversation,
-the papers browser and the `/ask` API. `rag.apps.ui.app` only lays out Gradio components and wires them
-to these methods, so this module is tested directly, without a browser.
+the papers browser and the `/ask` API. `rag.apps.ui.layout` lays out the Gradio components and
+`rag.apps.ui.wiring` connects them to these methods, so this module is tested directly, without a browser.
 
 Turns are plain dicts: an `Answer.to_dict()` (lean: see TURN_KEYS) plus the UI's keys (`scope`,
 `scope_title`, `answered_at`, `settings`, `generation`, `feedback`), or `question` + `error`. They live
