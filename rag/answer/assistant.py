@@ -20,6 +20,7 @@ from pathlib import Path
 from rag.answer import conversation
 from rag.answer.citations import claims, verify
 from rag.answer.extractive import Extractor, Weights, asks_for_result
+from rag.answer.routing import Route, Router
 from rag.clients.chat import ChatModel
 from rag.errors import LLMError, QuestionError
 from rag.index.sentence_vectors import shared_sentence_vectors
@@ -101,6 +102,8 @@ class Assistant:
         self._sentences = (shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))
                            if retriever.index is not None else None)
         self._enc = encoding_for_model(settings.llm_model, settings.tokenizer)
+        self._router = (Router(retriever.index, retriever, self._sentences, settings.list_top_k)
+                        if retriever.index is not None and self._sentences is not None else None)
         self._evidence = None
         if llm is not None:
             from rag.judge.llm_evidence import EvidenceCache, EvidenceStep
@@ -168,6 +171,7 @@ class Assistant:
         extractive: bool = False,
         paper_ids: list[str] | None = None,
         evidence: bool | None = None,
+        previous: Answer | None = None,
     ) -> Iterator[StreamEvent]:
         """Stream an answer: `stage` events (what it is doing), `token` events (text to append), `reset`
         (discard what was streamed), then one `final` event with the verified Answer.
@@ -175,48 +179,68 @@ class Assistant:
         history: earlier messages [{role, content}]; top_k: papers given to the answerer (a list answer shows
         up to top_k); mode: hybrid / dense / bm25; extractive: quote sentences even if an LLM is configured;
         paper_ids: answer from these papers only (no retrieval, no judgement); evidence: run the LLM evidence
-        step (default RAG_EVIDENCE; only with an LLM).
+        step (default RAG_EVIDENCE; only with an LLM); previous: the conversation's previous Answer, whose papers
+        a follow-up ("which of them …", "the second one") refers to.
         """
         run = _Run(started=time.perf_counter(), deadline=time.monotonic() + self.settings.llm_deadline)
         question = check_question(question, self.settings.max_question_chars)
         history = conversation.trim_history(history or [], self.settings.history_tokens, self._count)
         plan = self._plan(extractive)
+        route = Route() if paper_ids or self._router is None else \
+            self._router.route(question, previous.papers() if previous is not None else None, bool(history))
+        if route.final is not None or route.paper_ids == []:
+            yield StreamEvent("final", answer=self._routed_statement(question, route, plan, top_k, mode, run))
+            return
+        if route.paper_ids:
+            paper_ids = route.paper_ids
 
-        query, failure = self._standalone(question, history, plan.use_llm, run)
+        if route.plain or route.restrict is not None:
+            query, failure = self._standalone(question, history, plan.use_llm, run)
+        else:
+            query, failure = route.query or question, None
         if failure is not None and failure.transient:  # unreachable after its retries: don't wait twice
             plan = _Plan(False, f"{failure}. {FALLBACK}")
         t0 = time.perf_counter()
         query, found, plan = yield from self._retrieve_and_judge(question, query, history, top_k, mode, paper_ids,
-                                                                 evidence, plan, run)
+                                                                 evidence, plan, run, route)
         t_retrieve = (time.perf_counter() - t0) * 1000
         if not found.abstain and found.evidence is None:
             yield StreamEvent("stage", f"reading {len(found.sources)} paper{'s' if len(found.sources) != 1 else ''}…")
         base = dict(question=question, sources=found.sources, standalone_question=query if query != question else None,
                     judgement=found.judgement_dict(), more_papers=found.more, stages=run.stages,
-                    evidence=[j.public() for j in found.evidence or []])
+                    evidence=[j.public() for j in found.evidence or []], referent=route.referent,
+                    names=route.names.to_dict() if route.names is not None else None)
         if found.abstain:
             yield StreamEvent("final", answer=self._abstain(base, found.hits, plan, t_retrieve, run.started))
             return
 
         t1 = time.perf_counter()
-        text, plan = yield from self._compose(question, found, history, plan, run)
+        if route.lead and plan.use_llm:
+            yield StreamEvent("token", route.lead + "\n\n")
+        text, plan = yield from self._compose(query if route.query else question, found, history, plan, run)
         text, plan = yield from self._verify(text, found, plan)
         if text is not None:
             answer = self._from_llm(text, base, found.hits, plan, t_retrieve, t1, run.started)
         else:
-            answer = self._extractive(question, found, base, plan, t_retrieve, t1, run.started)
-            if not answer.abstained:
+            answer = self._extractive(query if route.query else question, found, base, plan, t_retrieve, t1,
+                                      run.started)
+        if not answer.abstained:
+            answer.answer = "\n\n".join(part for part in (route.lead, answer.answer, "\n".join(route.tail)) if part)
+            if text is None:
                 yield StreamEvent("token", answer.answer)
+            elif route.tail:
+                yield StreamEvent("token", "\n\n" + "\n".join(route.tail))
         yield StreamEvent("final", answer=answer)
 
     # -- the steps of an answer: retrieve and judge, compose, verify -------------------------
 
     def _retrieve_and_judge(self, question: str, query: str, history: list[dict], top_k, mode, paper_ids,
-                            evidence: bool | None, plan: _Plan, run: "_Run"):
+                            evidence: bool | None, plan: _Plan, run: "_Run", route: Route | None = None):
         """The papers to answer from and whether to answer: judged by the LLM's evidence step when it runs,
         else offline (rag.judge.abstention; a follow-up that finds nothing alone is tried with the conversation's
         topic). A generator (stage events); returns the query searched, what was found and the updated plan."""
-        listing = is_list_question(question) or is_list_question(query)
+        route = route or Route()
+        listing = route.listing if route.listing is not None else (is_list_question(question) or is_list_question(query))
         use_evidence = plan.use_llm and not paper_ids and (self.settings.evidence if evidence is None else evidence)
         found = None
         if use_evidence:
@@ -231,7 +255,7 @@ class Assistant:
                 plan = _Plan(plan.use_llm, _join(*run.notes, plan.notice))
         if found is None:
             yield StreamEvent("stage", "retrieving…")
-            found = self._gather(query, top_k, mode, paper_ids, listing, plan.use_llm)
+            found = self._gather(query, top_k, mode, paper_ids, listing, plan.use_llm, route.restrict)
             if (found.verdict is not None and found.verdict.abstain and history and query == question
                     and found.verdict.features.terms):
                 # Leans on nothing in its words, but finds nothing alone: try it with the conversation's topic.
@@ -330,9 +354,11 @@ class Assistant:
         return self._retriever.retrieve(query, k, mode, dense_text=dense_text) if dense_text else \
             self._retriever.retrieve(query, k, mode)
 
-    def _gather(self, query: str, top_k, mode, paper_ids, listing: bool, use_llm: bool) -> "_Found":
+    def _gather(self, query: str, top_k, mode, paper_ids, listing: bool, use_llm: bool,
+                restrict: list[str] | None = None) -> "_Found":
         """Offline: retrieve, judge whether to answer (rag.judge.abstention) and, for a list, which papers belong in
-        it (rag.judge.list_relevance); number the chosen papers as sources."""
+        it (rag.judge.list_relevance); number the chosen papers as sources. `restrict`: only these papers may be
+        sources (the papers that mention a named thing), retrieved ones first."""
         if paper_ids:
             chosen = [p for p in (self._index.get(pid) for pid in paper_ids) if p is not None]
             if not chosen:
@@ -354,7 +380,30 @@ class Assistant:
             passed = [h for h, p in zip(hits, probs) if p >= self._relevance.threshold] or hits[:1]
             more = max(0, len(passed) - k)
             hits = [Hit(i, h.paper_id, h.title, h.score, h.snippet, h.similarity) for i, h in enumerate(passed[:k], 1)]
+        if restrict is not None:
+            hits = _restricted(hits, restrict, self._index, k)
         return _Found(self._number(hits, use_llm), hits, verdict, more, qv, listing)
+
+    def _routed_statement(self, question: str, route: Route, plan: _Plan, top_k, mode, run: "_Run") -> Answer:
+        """An answer that is a statement, not quotes: a named thing no paper mentions, metadata the index does not
+        hold, or a follow-up none of whose papers carries what it asks. The closest papers are listed."""
+        t0 = time.perf_counter()
+        if route.final is not None:
+            related = [p for p in (self._index.get(pid) for pid in route.related) if p is not None]
+            if not related:
+                related = [self._index.paper(h.paper_id) for h in self._retriever.search(question, 3, mode)]
+            hits = [Hit(i, p.paper_id, p.title, 0.0, "") for i, p in enumerate(related[:3], 1)]
+            level = {"level": "abstain", "reason": route.final}
+            base = dict(question=question, judgement=level, stages=run.stages, referent=route.referent,
+                        names=route.names.to_dict() if route.names is not None else None)
+            answer = self._abstain(base, hits, plan, (time.perf_counter() - t0) * 1000, run.started)
+            answer.answer = route.final
+            return answer
+        text = " ".join(part for part in (route.lead, route.empty_note) if part)
+        return Answer(question=question, answer=text, mode="extractive" if not plan.use_llm else "llm",
+                      abstained=False, notice=plan.notice, referent=route.referent,
+                      judgement={"level": "answer", "reason": route.empty_note}, stages=run.stages,
+                      timings_ms=_timings((time.perf_counter() - t0) * 1000, None, run.started))
 
     def _gather_with_evidence(self, query: str, top_k, mode, listing: bool, run: "_Run"):
         """With an LLM: retrieve a pool, let the LLM judge each paper (rag.judge.llm_evidence), keep the papers that pass.
@@ -540,6 +589,16 @@ class _Found:
         if self.evidence_outcome is not None:
             return self.evidence_outcome.to_dict()
         return self.verdict.to_dict() if self.verdict else None
+
+
+def _restricted(hits: list[Hit], allowed: list[str], index, k: int) -> list[Hit]:
+    """The hits whose paper is allowed; if retrieval found none of them, the allowed papers themselves."""
+    keep = set(allowed)
+    chosen = [h for h in hits if h.paper_id in keep]
+    if not chosen:
+        papers = [p for p in (index.get(pid) for pid in allowed[:k]) if p is not None]
+        chosen = [Hit(0, p.paper_id, p.title, 0.0, p.abstract[:300]) for p in papers]
+    return [Hit(i, h.paper_id, h.title, h.score, h.snippet, h.similarity) for i, h in enumerate(chosen, 1)]
 
 
 def _flag(text: str, valid: dict, judged: bool) -> list[dict]:
