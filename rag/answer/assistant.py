@@ -171,7 +171,7 @@ class Assistant:
         extractive: bool = False,
         paper_ids: list[str] | None = None,
         evidence: bool | None = None,
-        previous: Answer | None = None,
+        previous: Answer | list[str] | None = None,
     ) -> Iterator[StreamEvent]:
         """Stream an answer: `stage` events (what it is doing), `token` events (text to append), `reset`
         (discard what was streamed), then one `final` event with the verified Answer.
@@ -179,15 +179,15 @@ class Assistant:
         history: earlier messages [{role, content}]; top_k: papers given to the answerer (a list answer shows
         up to top_k); mode: hybrid / dense / bm25; extractive: quote sentences even if an LLM is configured;
         paper_ids: answer from these papers only (no retrieval, no judgement); evidence: run the LLM evidence
-        step (default RAG_EVIDENCE; only with an LLM); previous: the conversation's previous Answer, whose papers
-        a follow-up ("which of them …", "the second one") refers to.
+        step (default RAG_EVIDENCE; only with an LLM); previous: the conversation's previous Answer (or its
+        paper ids, in order), whose papers a follow-up ("which of them …", "the second one") refers to.
         """
         run = _Run(started=time.perf_counter(), deadline=time.monotonic() + self.settings.llm_deadline)
         question = check_question(question, self.settings.max_question_chars)
         history = conversation.trim_history(history or [], self.settings.history_tokens, self._count)
         plan = self._plan(extractive)
         route = Route() if paper_ids or self._router is None else \
-            self._router.route(question, previous.papers() if previous is not None else None, bool(history))
+            self._router.route(question, _papers_of(previous), bool(history))
         if route.final is not None or route.paper_ids == []:
             yield StreamEvent("final", answer=self._routed_statement(question, route, plan, top_k, mode, run))
             return
@@ -589,6 +589,12 @@ class _Found:
         if self.evidence_outcome is not None:
             return self.evidence_outcome.to_dict()
         return self.verdict.to_dict() if self.verdict else None
+
+
+def _papers_of(previous: Answer | list[str] | None) -> list[str] | None:
+    if previous is None:
+        return None
+    return previous.papers() if isinstance(previous, Answer) else [str(p) for p in previous]
 
 
 def _restricted(hits: list[Hit], allowed: list[str], index, k: int) -> list[Hit]:

@@ -231,12 +231,18 @@ def _print_answer(answer) -> None:
     _print_answer_footer(answer)
 
 
+def _confidence_line(answer) -> str:
+    c = answer.confidence()
+    return f"  Confidence: {c['level']} ({terminal_safe(c['reason'])})" if c.get("reason") else f"  Confidence: {c['level']}"
+
+
 def cmd_chat(args) -> int:
     from rag.answer.assistant import Assistant
 
     settings = _settings(args)
     assistant = Assistant.from_settings(settings)
     history: list[dict] = []
+    previous = None  # the last answer: a follow-up's "them" and "the second one" are its papers
     mode = "extractive" if args.extractive or not settings.llm_configured else f"LLM {settings.llm_model}"
     print(f"Paper RAG chat ({assistant.index_info()['papers']} papers, {mode}). Empty line or Ctrl-D to quit.")
     while True:
@@ -250,7 +256,7 @@ def cmd_chat(args) -> int:
         try:
             answer, staged = None, False
             for event in assistant.ask_stream(question, history=history, top_k=args.top_k, mode=args.mode,
-                                              extractive=args.extractive, evidence=args.evidence):
+                                              extractive=args.extractive, evidence=args.evidence, previous=previous):
                 if event.kind == "stage" and sys.stderr.isatty():
                     print(f"\r\033[K{terminal_safe(event.text)}", end="", file=sys.stderr, flush=True)
                     staged = True
@@ -265,6 +271,7 @@ def cmd_chat(args) -> int:
             if answer is not None:
                 _print_answer_footer(answer)
                 history.extend([{"role": "user", "content": question}, {"role": "assistant", "content": answer.answer}])
+                previous = answer
         except RagError as exc:
             print(f"error: {exc}")
 
@@ -282,6 +289,7 @@ def _print_answer_footer(answer) -> None:
         print(f"  flagged: {terminal_safe(f['sentence'])} ({terminal_safe(f['reason'])})")
     if answer.notice:
         print(f"  ({terminal_safe(answer.notice)})")
+    print(_confidence_line(answer))
     if answer.stages:
         print("  " + "; ".join(f"{st.name}: {st.calls} call{'s' if st.calls != 1 else ''}, "
                                f"{st.prompt_tokens + st.completion_tokens} tokens, {st.ms:.0f} ms" for st in answer.stages))

@@ -97,6 +97,9 @@ def _metadata(answer: Answer) -> dict:
         "standalone_question": answer.standalone_question,
         "possibly_related": answer.possibly_related,
         "quotes": [q.to_dict() for q in answer.quotes],
+        "confidence": answer.confidence(),
+        "papers": answer.papers(),
+        "referent": answer.referent,
     }
 
 
@@ -120,9 +123,9 @@ class PaperQueryEngine(CustomQueryEngine):
 
         return cls(assistant=Assistant.from_settings(**overrides), top_k=top_k, mode=mode, extractive=extractive)
 
-    def answer(self, question: str, history: list[dict] | None = None) -> Answer:
+    def answer(self, question: str, history: list[dict] | None = None, previous: Answer | None = None) -> Answer:
         return self.assistant.ask(question, history=history, top_k=self.top_k, mode=self.mode,
-                                  extractive=self.extractive)
+                                  extractive=self.extractive, previous=previous)
 
     def custom_query(self, query_str: str) -> Response:
         answer = self.answer(query_str)
@@ -143,9 +146,11 @@ class PaperChatEngine(BaseChatEngine):
     def __init__(self, engine: PaperQueryEngine):
         self._engine = engine
         self._history: list[dict] = []
+        self._previous: Answer | None = None  # what "them" and "the second one" refer to
 
     def reset(self) -> None:
         self._history = []
+        self._previous = None
 
     @property
     def chat_history(self) -> list[ChatMessage]:
@@ -156,8 +161,10 @@ class PaperChatEngine(BaseChatEngine):
         if chat_history is not None:
             self._history = [{"role": str(m.role.value), "content": m.content or ""} for m in chat_history
                              if m.role in (MessageRole.USER, MessageRole.ASSISTANT)]
-        answer = self._engine.answer(message, history=list(self._history))
+            self._previous = None  # a history given from outside carries no papers
+        answer = self._engine.answer(message, history=list(self._history), previous=self._previous)
         self._history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer.answer}]
+        self._previous = answer
         return answer
 
     def chat(self, message: str, chat_history: list[ChatMessage] | None = None) -> AgentChatResponse:

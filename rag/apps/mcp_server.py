@@ -1,13 +1,16 @@
 """`rag mcp`: the index as Model Context Protocol tools over stdio, for assistants such as Claude
 Desktop or an IDE agent.
 
-Tools: `search_papers(query, top_k)`, `ask(question)` (the cited answer, its sources and notice) and
-`get_paper(paper_id)`. Stdout carries the protocol only; logs go to stderr.
+Tools: `search_papers(query, top_k)`, `ask(question, previous_paper_ids, conversation_id)` (the cited answer,
+its sources, confidence and notice; a follow-up such as "which of them …" or "the second one" is answered from
+the previous answer's papers, given by id or kept under a conversation id) and `get_paper(paper_id)`. Stdout carries the protocol only; logs go to stderr.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections import OrderedDict
 
 from rag import __version__
 from rag.errors import RagError
@@ -20,6 +23,7 @@ INSTRUCTIONS = (
     "and get_paper for a paper's full abstract and links."
 )
 MAX_TOP_K = 50
+MAX_CONVERSATIONS = 256  # conversations whose last answer is kept (least recently used dropped first)
 
 
 def build_server(assistant):
@@ -49,16 +53,37 @@ def build_server(assistant):
             raise fail(exc) from None
         return {"results": [h.public() for h in hits]}
 
+    conversations: OrderedDict[str, object] = OrderedDict()
+
     @server.tool()
-    def ask(question: str) -> dict:
+    def ask(question: str, previous_paper_ids: list[str] | None = None, conversation_id: str | None = None) -> dict:
         """Answer a question from the indexed abstracts. The answer cites sources as [n]; `citations` maps n to
         paper titles; `abstained` is true when the papers do not answer it (then `possibly_related` lists the
-        closest papers); `notice` says how the answer was made (e.g. extractive, no LLM configured)."""
+        closest papers); `confidence` is {level: answer|low|abstain, reason}; `notice` says how the answer was
+        made. Follow-ups ("which of them …", "the second one"): pass the previous answer's `papers` as
+        `previous_paper_ids`, or the `conversation_id` a previous call returned."""
+        previous = None
+        if previous_paper_ids:
+            previous = list(previous_paper_ids)
+        elif conversation_id:
+            previous = conversations.get(conversation_id)
+            if previous is None:
+                raise ToolError(f"no conversation {conversation_id!r} here (it may have expired): ask without it, or "
+                                "pass previous_paper_ids")
         try:
-            answer = assistant.ask(question)
+            answer = assistant.ask(question, previous=previous)
         except Exception as exc:  # noqa: BLE001
             raise fail(exc) from None
+        conversation_id = conversation_id or uuid.uuid4().hex
+        conversations[conversation_id] = answer
+        conversations.move_to_end(conversation_id)
+        while len(conversations) > MAX_CONVERSATIONS:
+            conversations.popitem(last=False)
         return {
+            "conversation_id": conversation_id,
+            "confidence": answer.confidence(),
+            "papers": answer.papers(),
+            "referent": answer.referent,
             "answer": answer.answer,
             "citations": answer.citations,
             "sources": [s.public() for s in answer.sources],

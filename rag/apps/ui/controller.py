@@ -40,6 +40,7 @@ TURN_KEYS = frozenset((  # what a turn keeps in the browser (no abstracts, no ev
     "question", "answer", "mode", "abstained", "citations", "sources", "notice", "standalone_question",
     "possibly_related", "quotes", "judgement", "more_papers", "stages", "flagged", "error", "scope", "scope_title",
     "answered_at", "retrieval_mode", "settings", "generation", "feedback", "feedback_comment",
+    "papers", "confidence", "referent", "names", "also_relevant",
 ))
 MAX_TURNS = 50  # a restored conversation keeps at most this many turns
 
@@ -177,11 +178,12 @@ class ChatController:
             yield ChatUpdate(self.conversation(turns), turns, export=self.export(turns), final=True)
             return
         yield from self._answer(text, turns, len(turns), render.history(turns), scope, mode, top_k, answer_mode,
-                                clear_box=True)
+                                clear_box=True, previous=_previous_papers(turns))
 
     def _answer(self, text, turns, at: int, history, scope, mode, top_k, answer_mode, clear_box=False,
-                ) -> Iterator[ChatUpdate]:
-        """Answer `text` into position `at` of `turns` (appending or replacing), streaming updates."""
+                previous: list[str] | None = None) -> Iterator[ChatUpdate]:
+        """Answer `text` into position `at` of `turns` (appending or replacing), streaming updates. `previous`: the
+        papers of the answer before it, what a follow-up's "them" or "the second one" refers to."""
         scope = scope if scope in self._papers else None
         scope_title = self._papers[scope].title if scope else None
         mode = mode if mode in MODES else self.default_mode
@@ -195,7 +197,7 @@ class ChatController:
         try:
             for event in self.assistant.ask_stream(
                 text, history=history, top_k=k, mode=mode, extractive=self.llm_available and not use_llm,
-                paper_ids=[scope] if scope else None,
+                paper_ids=[scope] if scope else None, previous=None if scope else previous,
             ):
                 if event.kind == "stage":
                     pending["stage"] = event.text
@@ -243,12 +245,13 @@ class ChatController:
         scope = turn.get("scope") if turn.get("scope") in self._papers else None
         replace = at if at == len(turns) - 1 else len(turns)  # an earlier turn's rerun is appended
         history = render.history(turns[:at])
+        previous = _previous_papers(turns[:at])
         if action.action == "ask-new":
-            history = []
+            history, previous = [], None
         elif action.action == "more":
             shown = len(turn.get("citations") or [])
             top_k = min(TOP_K_MAX, max(int(top_k or self.default_k), shown + int(turn.get("more_papers") or 0)))
-        yield from self._answer(question, turns, replace, history, scope, mode, top_k, answer_mode)
+        yield from self._answer(question, turns, replace, history, scope, mode, top_k, answer_mode, previous=previous)
 
     def rate(self, payload, turns) -> tuple[list[dict], str | None]:
         """Thumbs up/down and comments: saved to DATA_DIR/feedback.jsonl. (turns, message or None)."""
@@ -370,4 +373,14 @@ class ChatController:
             "mode": answer.mode,
             "notice": answer.notice,
             "standalone_question": answer.standalone_question,
+            "confidence": answer.confidence(),
         }
+
+
+def _previous_papers(turns: list[dict]) -> list[str] | None:
+    """The papers of the last answered turn (an error turn answers nothing): what a follow-up refers to."""
+    for turn in reversed(turns):
+        if not turn.get("error"):
+            papers = turn.get("papers")
+            return [p for p in papers if isinstance(p, str)] or None if isinstance(papers, list) else None
+    return None
