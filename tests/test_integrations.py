@@ -80,7 +80,11 @@ def test_paper_query_engine_answers_with_citations_and_chats(tiny):
     chat = engine.as_chat_engine()
     first = chat.chat(ERASE_Q)
     second = chat.chat("which of them erase many concepts at once?")
-    assert first.response and second.metadata["standalone_question"] and ERASE_Q in second.metadata["standalone_question"]
+    # answered from the first answer's papers, and the metadata says so
+    assert first.response and second.metadata["referent"]["kind"] == "set"
+    assert second.metadata["referent"]["paper_ids"] == first.metadata["papers"]
+    assert {c["paper_id"] for c in second.metadata["citations"]} <= set(first.metadata["papers"])
+    assert second.metadata["confidence"]["level"] in ("answer", "low")
     assert [m.role.value for m in chat.chat_history] == ["user", "assistant", "user", "assistant"]
     streamed = chat.stream_chat("and which of them use anchor concepts?")
     assert "".join(streamed.response_gen) == chat.chat_history[-1].content
