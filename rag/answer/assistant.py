@@ -31,7 +31,7 @@ from rag.judge.abstention import (
     AbstentionVerdict,
     features,
 )
-from rag.judge.list_relevance import LIST_POOL, ListRelevance, paper_features
+from rag.judge.list_relevance import ListRelevance, list_pool, paper_features
 from rag.judge.params import params_for
 from rag.prompts import NOT_IN_CORPUS, answer_messages, load_prompts
 from rag.records import Answer, Hit, Paper, Source, Stage, StreamEvent
@@ -51,6 +51,7 @@ LIST_MAX_WORDS = KEYWORD_MAX_WORDS  # a keyword query ("sparse autoencoders inte
 LOW_CONFIDENCE = "Low confidence: these papers may not answer this question; the closest passages are quoted."
 EXTRACTIVE = "Extractive answer: sentences quoted from the abstracts"
 EVIDENCE_SHARE = 0.6  # of the answer's LLM deadline left when the evidence step starts
+ALSO_RELEVANT = "Also possibly relevant:"
 FALLBACK = "Showing an extractive answer instead (sentences quoted from the abstracts)."
 
 __all__ = ["Assistant", "StreamEvent", "check_question", "is_list_question"]
@@ -366,7 +367,7 @@ class Assistant:
             hits = [Hit(i, p.paper_id, p.title, 1.0, p.abstract[:300]) for i, p in enumerate(chosen, 1)]
             return _Found(self._number(hits, use_llm), hits, None, 0, self._retriever.embed_query(query), listing)
         k = top_k or (self.settings.list_top_k if listing else self.settings.answer_top_k)
-        found = self._retriever.retrieve(query, max(k, LIST_POOL) if listing else k, mode)
+        found = self._retriever.retrieve(query, list_pool(k) if listing else k, mode)
         hits = found.hits
         qv = self._retriever.embed_query(query)
         judged = hits if listing else hits[:TOP_PAPERS]
@@ -374,15 +375,17 @@ class Assistant:
         verdict = self._abstention.judge(
             features(query, found.top_similarity, [h.paper_id for h in hits], self._index, sims[:TOP_PAPERS])
         )
-        more = 0
+        more, second = 0, []
         if listing and hits:
             probs = self._relevance.probabilities(paper_features(query, hits, self._index, sims))
-            passed = [h for h, p in zip(hits, probs) if p >= self._relevance.threshold] or hits[:1]
-            more = max(0, len(passed) - k)
-            hits = [Hit(i, h.paper_id, h.title, h.score, h.snippet, h.similarity) for i, h in enumerate(passed[:k], 1)]
+            first, second, more = self._relevance.tiers(hits, probs, k)
+            if use_llm or restrict is not None:
+                second = []  # the second tier is the offline answer's: an LLM answers from what passed
+            hits = [Hit(i, h.paper_id, h.title, h.score, h.snippet, h.similarity)
+                    for i, h in enumerate(first + second, 1)]
         if restrict is not None:
             hits = _restricted(hits, restrict, self._index, k)
-        return _Found(self._number(hits, use_llm), hits, verdict, more, qv, listing)
+        return _Found(self._number(hits, use_llm), hits, verdict, more, qv, listing, second_tier=len(second))
 
     def _routed_statement(self, question: str, route: Route, plan: _Plan, top_k, mode, run: "_Run") -> Answer:
         """An answer that is a statement, not quotes: a named thing no paper mentions, metadata the index does not
@@ -479,8 +482,20 @@ class Assistant:
         extract = self._extractor.answer(question, sources, listing, sentences, found.query_vector)
         if extract is None:
             return self._abstain(base, found.hits, plan, t_retrieve, started, t1, mode="extractive")
-        citations = [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in sources if s.n in extract.cited]
-        return Answer(answer=extract.text, mode="extractive", abstained=False, citations=citations,
+        text, also = extract.text, []
+        if listing and found.second_tier:
+            # one bullet per source in order: the last `second_tier` are "also possibly relevant"
+            first_n = {s.n for s in sources[: len(sources) - found.second_tier]}
+            lines = text.split("\n")
+            tier1 = [line for line, n in zip(lines, extract.cited) if n in first_n]
+            tier2 = [line for line, n in zip(lines, extract.cited) if n not in first_n]
+            text = "\n".join(tier1) + ("\n\n" + ALSO_RELEVANT + "\n" + "\n".join(tier2) if tier2 else "")
+            also = [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in sources
+                    if s.n in extract.cited and s.n not in first_n]
+        also_ids = {a["n"] for a in also}
+        citations = [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in sources
+                     if s.n in extract.cited and s.n not in also_ids]
+        return Answer(answer=text, mode="extractive", abstained=False, citations=citations, also_relevant=also,
                       notice=_join(plan.notice, more_note(found.more) if listing else None),
                       quotes=extract.quotes, timings_ms=_timings(t_retrieve, t1, started), **base)
 
@@ -577,6 +592,7 @@ class _Found:
     evidence: list | None = None
     passed: list | None = None
     evidence_outcome: _EvidenceOutcome | None = None
+    second_tier: int = 0  # the last sources of a list: "also possibly relevant"
 
     @property
     def abstain(self) -> bool:

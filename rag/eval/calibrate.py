@@ -6,6 +6,8 @@ Three things are fitted, each on tune only (the test split is never read here):
 - abstention: a logistic model of P(answerable) over rag.judge.abstention.Features; the abstain point is the
   highest threshold whose cross-validated false refusals on tune stay at or below --max-false-refusals;
   the low-confidence point where --low-share of answerable questions fall below it;
+- list tiers: the second tier's floor, the highest whose cross-validated recall of both tiers reaches
+  --list-recall;
 - list relevance: a logistic model of P(paper is a gold paper) over rag.judge.list_relevance.paper_features for the
   list questions' candidates (acceptable extras left out), kept at the threshold that maximises the
   cross-validated F1 of list precision and recall;
@@ -38,18 +40,19 @@ def collect(settings, dataset, split: str) -> dict:
     from rag.corpus.parse import normalise_title
     from rag.index.sentence_vectors import shared_sentence_vectors
     from rag.judge.abstention import TOP_PAPERS, features
-    from rag.judge.list_relevance import LIST_POOL, paper_features
+    from rag.judge.list_relevance import list_pool, paper_features
     from rag.retrieve.hybrid import Retriever
 
     retriever = Retriever.from_settings(settings, check_stale=False)
     index = retriever.index
+    pool = list_pool(settings.list_top_k)
     sentences = shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))
     questions, candidates = [], []
     for q in dataset.questions:
         if q.split != split:
             continue
         listing = is_list_question(q.question)  # as the answerer decides it (never from the dataset's label)
-        found = retriever.retrieve(q.question, LIST_POOL if listing else settings.answer_top_k, "hybrid")
+        found = retriever.retrieve(q.question, pool if listing else settings.answer_top_k, "hybrid")
         qv = retriever.embed_query(q.question)
         papers = [index.paper(h.paper_id) for h in found.hits]
         sims = sentences.best_similarity(qv, papers if listing else papers[:TOP_PAPERS])
@@ -57,7 +60,7 @@ def collect(settings, dataset, split: str) -> dict:
         questions.append({"id": q.id, "type": q.type, "answerable": q.answerable, **asdict(f)})
         if q.type == "list":  # the relevance model learns from every gold list, judged over a list's pool
             if not listing:
-                found = retriever.retrieve(q.question, LIST_POOL, "hybrid")
+                found = retriever.retrieve(q.question, pool, "hybrid")
                 sims = sentences.best_similarity(qv, [index.paper(h.paper_id) for h in found.hits])
             gold = {normalise_title(t) for t in q.gold_titles}
             acceptable = {normalise_title(t) for t in q.acceptable_titles}
@@ -137,7 +140,33 @@ def fit_relevance(candidates, k: int, min_precision: float):
                      "f1": round(2 * p * r / (p + r) if p + r else 0.0, 4)})
     ok = [x for x in rows if x["precision"] >= min_precision]
     best = max(ok, key=lambda x: (x["recall"], x["precision"])) if ok else max(rows, key=lambda x: x["f1"])
-    return model, best["threshold"], best
+    return model, best["threshold"], best | {"cv_probabilities": cv}
+
+
+def fit_list_floor(candidates, probs, threshold: float, k: int, target_recall: float) -> tuple[float, dict]:
+    """The highest floor whose cross-validated recall of both tiers together reaches `target_recall`: the
+    second tier ("also possibly relevant") is the rest of the pool at or above it, at most k papers."""
+    by_q = defaultdict(list)
+    for c, p in zip(candidates, probs):
+        by_q[c["qid"]].append((c["inv_rank"], p, c["gold"], c["gold_count"]))
+    rows = []
+    for floor in np.arange(threshold, -0.001, -0.01):
+        recall, first_p, second_sizes, second_hits = [], [], [], 0
+        for items in by_q.values():
+            items = sorted(items, key=lambda t: -t[0])
+            first = ([t for t in items if t[1] >= threshold] or items[:1])[:k]
+            second = [t for t in items if t not in first and t[1] >= floor][:k]
+            recall.append(sum(t[2] for t in first + second) / items[0][3])
+            first_p.append(sum(t[2] for t in first) / len(first))
+            second_sizes.append(len(second))
+            second_hits += sum(t[2] for t in second)
+        rows.append({"floor": round(float(floor), 3), "recall_both": round(float(np.mean(recall)), 4),
+                     "first_precision": round(float(np.mean(first_p)), 4),
+                     "second_mean_size": round(float(np.mean(second_sizes)), 2),
+                     "second_precision": round(second_hits / max(1, sum(second_sizes)), 4)})
+    ok = [r for r in rows if r["recall_both"] >= target_recall]
+    best = max(ok, key=lambda r: r["floor"]) if ok else min(rows, key=lambda r: r["floor"])
+    return best["floor"], best
 
 
 def fit_extractive(settings, dataset, split, collected, params):
@@ -199,6 +228,9 @@ def main(argv=None) -> int:
                    help="share of answerable tune questions marked low confidence at most (default 0.10)")
     p.add_argument("--min-list-precision", type=float, default=0.85,
                    help="list relevance: the most recall whose cross-validated precision stays at or above this")
+    p.add_argument("--list-recall", type=float, default=0.87,
+                   help="lists: the recall of both tiers together the second tier's floor must reach on tune "
+                        "(cross-validated; default 0.87, the 0.85 target plus a margin)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -208,8 +240,11 @@ def main(argv=None) -> int:
     collected = collect(settings, dataset, args.split)
     model_a, abstain_below, low_below, a_info = fit_abstention(collected["questions"], args.max_false_refusals, args.low_share)
     model_r, relevant_at, r_info = fit_relevance(collected["candidates"], settings.list_top_k, args.min_list_precision)
+    list_floor, floor_info = fit_list_floor(collected["candidates"], r_info.pop("cv_probabilities"), relevant_at,
+                                            settings.list_top_k, args.list_recall)
     weights, e_info = fit_extractive(settings, dataset, args.split, collected,
-                                     JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at, {}))
+                                     JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at,
+                                                     {"list_floor": list_floor}))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
     fitted = {
@@ -219,6 +254,7 @@ def main(argv=None) -> int:
         "abstention_cv": a_info["cv_point"], "relevance_cv": r_info, "extractive_tune": e_info,
         "extractive_weights": weights, "max_false_refusals": args.max_false_refusals, "low_share": args.low_share,
         "min_list_precision": args.min_list_precision,
+        "list_floor": list_floor, "list_floor_cv": floor_info, "list_recall_target": args.list_recall,
     }
     params = JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at, fitted)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,9 @@ def add_eval_parser(sub) -> None:
                         "gold papers; rag/eval/oracle.py): measures the plumbing, not an LLM")
     p.add_argument("--json", action="store_true", help="print the summary, per-type metrics, gates and files as JSON")
     p.add_argument("--strict", action="store_true", help="any dataset issue (bad line, unknown gold title) is fatal")
+    p.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the behaviour sets beside the dataset (dialogues, comparisons, absent_names .jsonl): "
+                        "follow-up containment, ordinal accuracy, comparison coverage, absent names (default on)")
     p.set_defaults(handler=cmd_eval)
 
     es = p.add_subparsers(dest="eval_command", metavar="{compare,calibrate}", parser_class=type(p))
@@ -145,10 +148,24 @@ def cmd_eval(args) -> int:
                       answer_top_k=args.answer_top_k, retriever=retriever, assistant=assistant, judge=judge, progress=True)
     if oracle is not None:
         report["config"]["llm"] = "relevance oracle (plumbing measurement, not an LLM)"
+    if args.behaviour and args.answer != "none" and oracle is None:
+        from rag.eval.behaviour import run_behaviour
+        from rag.eval.runner import make_assistant
+
+        behaviour = run_behaviour(make_assistant(settings, retriever, args.answer), args.dataset.parent,
+                                  extractive=args.answer == "extractive")
+        if behaviour is not None:
+            report["behaviour"] = behaviour
     results = check_gates(report, gates)
     report["gates"] = results
     out = args.out or Path("eval/runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     files = write_report(report, out)
+    if report.get("behaviour"):
+        from rag.eval.behaviour import behaviour_table
+
+        with open(out / "report.md", "a", encoding="utf-8") as fh:
+            fh.write("\n## Behaviour (answers that follow the question)\n\n```\n" + behaviour_table(report["behaviour"])
+                     + "\n```\n")
 
     failed = [g for g in results if not g["passed"]]
     errors = sum(s["errors"] for s in report["summary"].values())
@@ -161,6 +178,7 @@ def cmd_eval(args) -> int:
             "by_split": report["by_split"],
             "abstention": tradeoff_text(report),
             "judge": report.get("judge"),
+            "behaviour": (report.get("behaviour") or {}).get("summary"),
             "stages": {m: report["summary"][m].get("stages") for m in report["summary"]},
             "gates": results,
             "files": [str(f) for f in files],
@@ -176,6 +194,11 @@ def cmd_eval(args) -> int:
         for line in tradeoff_text(report):
             print(f"abstention: {line}")
         print()
+        if report.get("behaviour"):
+            from rag.eval.behaviour import behaviour_table
+
+            print(behaviour_table(report["behaviour"]))
+            print()
         print(by_type_table(report, "recall@10"))
         stages = stage_table(report)
         if stages:

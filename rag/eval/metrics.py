@@ -25,6 +25,7 @@ GROUNDING_METRICS = (
     "citation_recall",
     "key_fact_recall",
     "unsupported_sentence_rate",
+    "tiers_recall",  # a list answer's first tier and "also possibly relevant" together, against the gold papers
 )
 ABSTENTION_METRICS = ("abstention_accuracy", "false_abstention_rate")
 LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p95")

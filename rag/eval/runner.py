@@ -93,6 +93,8 @@ def score_answer(q: Question, ans, checker: SupportChecker, count=None, prompts=
         metrics["false_abstention_rate"] = 1.0 if abstained else 0.0
         if abstained:  # a refused answerable question delivered none of its facts or papers: 0, not "not scored"
             metrics["citation_recall"] = 0.0
+            if q.type == "list":
+                metrics["tiers_recall"] = 0.0
             metrics["key_fact_recall"] = 0.0 if q.key_facts else None
     else:
         metrics["abstention_accuracy"] = 1.0 if abstained else 0.0
@@ -102,6 +104,10 @@ def score_answer(q: Question, ans, checker: SupportChecker, count=None, prompts=
                              q.acceptable_titles)
         )
         metrics["key_fact_recall"] = key_fact_recall(ans.answer or "", q.key_facts) if q.answerable else None
+        if q.answerable and q.type == "list":
+            both = cited_titles + [a.get("title") or "" for a in getattr(ans, "also_relevant", None) or []]
+            metrics["tiers_recall"] = citation_metrics(both, [s.title for s in sources], q.gold_titles, 0,
+                                                       q.acceptable_titles)["citation_recall"]
         cited_ns = [c["n"] for c in ans.citations or [] if c.get("n") in by_n] or [n for n in text_refs if n in by_n]
         evidence = {n: _evidence(s) for n, s in by_n.items()}
         metrics["unsupported_sentence_rate"] = unsupported_sentence_rate(ans.answer or "", evidence, cited_ns, checker)

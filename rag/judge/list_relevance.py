@@ -14,7 +14,12 @@ from rag.judge.params import JudgementParams
 from rag.records import Hit
 from rag.text import content_terms, matched_terms
 
-LIST_POOL = 15  # candidates a list question is judged over (a specific question looks at top-k only)
+LIST_POOL = 15  # candidates a list question is judged over at least (a specific question looks at top-k only)
+
+
+def list_pool(k: int) -> int:
+    """Candidates a list question with `k` papers per tier is judged over: a larger k lengthens both tiers."""
+    return max(LIST_POOL, 2 * k)
 
 
 def paper_features(question: str, hits: Sequence[Hit], stats: TermStats, sentence_sims: Sequence[float]) -> list[dict]:
@@ -36,9 +41,25 @@ def paper_features(question: str, hits: Sequence[Hit], stats: TermStats, sentenc
 
 
 class ListRelevance:
+    """P(relevant) per candidate; `threshold` admits a paper to a list's first tier ("Papers that …"),
+    `floor` (lower, fitted on tune for the recall of both tiers) to "Also possibly relevant"."""
+
     def __init__(self, params: JudgementParams):
         self.model = params.relevance
         self.threshold = params.relevant_at
+        floor = params.fitted.get("list_floor")
+        self.floor = float(floor) if floor is not None else None
+
+    def tiers(self, hits: Sequence[Hit], probs: Sequence[float], k: int) -> tuple[list[Hit], list[Hit], int]:
+        """(first tier, second tier, how many more passed than the first tier shows), each tier at most k,
+        in rank order. The first tier always holds the best candidate."""
+        passed = [h for h, p in zip(hits, probs) if p >= self.threshold] or list(hits[:1])
+        first = passed[:k]
+        shown = {h.paper_id for h in first}
+        second = []
+        if self.floor is not None:
+            second = [h for h, p in zip(hits, probs) if h.paper_id not in shown and p >= self.floor][:k]
+        return first, second, max(0, len(passed) - k)
 
     def probabilities(self, rows: Sequence[dict]) -> list[float]:
         return [self.model.probability(r) for r in rows]
