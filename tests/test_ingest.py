@@ -611,3 +611,22 @@ def test_a_line_cache_keyed_another_way_is_rebuilt_by_the_next_ingest(make_setti
     assert read_meta(settings.data_dir)["line_keys"] == "sha1"
     assert run(settings).reason == "corpus unchanged"
     assert_consistent(settings, small_papers[:8])
+
+
+def test_an_open_index_finds_nearest_papers_of_the_newly_published_generation(settings, small_corpus, small_papers):
+    """The nearest papers (Rocchio feedback, "more like this") come from paper vectors held in memory per
+    generation: exact, and a paper removed by a re-ingest is gone from an index opened before it."""
+    run(settings)
+    index = Index.open(settings)
+    gone = small_papers[-1]
+    vector = store_of(settings).paper_vectors([gone.paper_id])[gone.paper_id]
+    near = index.nearest_papers(vector, 5)
+    assert near[0].paper_id == gone.paper_id and near[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert [p.paper_id for p in near] == [p.paper_id for p in store_of(settings).nearest_papers(vector, 5)]
+    assert [p.similarity for p in near] == sorted((p.similarity for p in near), reverse=True)
+    write_listing(small_corpus / "b.txt", small_papers[10:-1])
+    run(settings)
+    assert index.refresh()
+    after = index.nearest_papers(vector, 30)
+    assert gone.paper_id not in {p.paper_id for p in after} and len(after) == len(small_papers) - 1
+    index.close()

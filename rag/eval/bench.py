@@ -90,22 +90,119 @@ def bench_reingest(out: Path, n: int) -> dict:
 
 
 def bench_latency(out: Path, repeats: int = 5) -> dict:
-    """Warm in-process latency of search (per mode) and of the extractive ask, on the index in RAG_DATA_DIR."""
+    """Warm in-process latency of search (per mode) and of the extractive ask, on the index in RAG_DATA_DIR;
+    hybrid search side by side with a llama-index peer (QueryFusionRetriever, dense + BM25, reciprocal rank
+    fusion) over the same papers and model, measured in alternating rounds."""
+    import numpy as np
+    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from llama_index.core.callbacks import CallbackManager
+    from llama_index.core.llms import MockLLM
+    from llama_index.core.retrievers import (
+        BaseRetriever,
+        QueryFusionRetriever,
+        VectorIndexRetriever,
+    )
+    from llama_index.core.schema import NodeWithScore, TextNode
+    from llama_index.core.vector_stores import SimpleVectorStore
+
     from rag.answer.assistant import Assistant
+    from rag.index.embed_cache import embed_with_cache, open_embedding_cache
     from rag.retrieve.hybrid import Retriever
     from rag.settings import load_settings
+    from rag.text import content_terms
 
     settings = load_settings()
     retriever = Retriever.from_settings(settings)
     assistant = Assistant.from_settings(settings, retriever=retriever)
+
+    # The peer: one node per paper (title + abstract) embedded by the same packaged model (through the
+    # embedding cache), llama-index's in-memory vector store, and BM25; each retriever returns as many
+    # candidates as ours, fused by reciprocal rank (llama-index's k=60) to the top 10. The query vector comes
+    # from the same per-text cache as ours (warm: neither side re-embeds a repeated question).
+    class QueryVectors(BaseEmbedding):
+        def _get_query_embedding(self, query):
+            return retriever.embed_query(query).tolist()
+
+        async def _aget_query_embedding(self, query):
+            return self._get_query_embedding(query)
+
+        def _get_text_embedding(self, text):
+            return self._get_query_embedding(text)
+
+    class Bm25(BaseRetriever):
+        """Okapi BM25 (k1 1.5, b 0.75) over the nodes with precomputed per-term scores, as
+        llama-index-retrievers-bm25 does with bm25s (used instead when that package is installed)."""
+
+        def __init__(self, nodes, top_k):
+            super().__init__(callback_manager=CallbackManager([]))
+            self._nodes, self._top_k = nodes, top_k
+            docs = [content_terms(node.text) for node in nodes]
+            avg = sum(map(len, docs)) / max(1, len(docs))
+            postings: dict[str, dict[int, int]] = {}
+            for i, terms in enumerate(docs):
+                for t in terms:
+                    postings.setdefault(t, {}).setdefault(i, 0)
+                    postings[t][i] += 1
+            self._scores = {}
+            for t, tfs in postings.items():
+                idf = np.log(1 + (len(docs) - len(tfs) + 0.5) / (len(tfs) + 0.5))
+                rows = np.fromiter(tfs, dtype=np.int64)
+                tf = np.fromiter(tfs.values(), dtype=np.float32)
+                lengths = np.array([len(docs[i]) for i in rows], dtype=np.float32)
+                self._scores[t] = rows, idf * tf * 2.5 / (tf + 1.5 * (0.25 + 0.75 * lengths / avg))
+
+        def _retrieve(self, query_bundle):
+            total = np.zeros(len(self._nodes), dtype=np.float32)
+            for t in set(content_terms(query_bundle.query_str)):
+                if t in self._scores:
+                    rows, scores = self._scores[t]
+                    total[rows] += scores
+            top = np.argsort(-total)[: self._top_k]
+            return [NodeWithScore(node=self._nodes[i], score=float(total[i])) for i in top if total[i] > 0]
+
+    t0 = time.perf_counter()
+    papers = retriever.index.papers()
+    texts = [f"{p.title}\n\n{p.abstract}" for p in papers]
+    cache = open_embedding_cache(Path(settings.embed_cache_path or Path(settings.data_dir) / "embed_cache.sqlite"))
+    vectors, _ = embed_with_cache(retriever.embedder, cache, texts, retriever.embedder.name)
+    cache.close()
+    nodes = [TextNode(id_=p.paper_id, text=text, embedding=v.tolist()) for p, text, v in zip(papers, texts, vectors)]
+    callbacks, embed = CallbackManager([]), QueryVectors(model_name=retriever.embedder.name)
+    vector_index = VectorStoreIndex(nodes, embed_model=embed, callback_manager=callbacks,
+                                    storage_context=StorageContext.from_defaults(vector_store=SimpleVectorStore()))
+    n = settings.candidates
+    dense = VectorIndexRetriever(vector_index, similarity_top_k=n, embed_model=embed, callback_manager=callbacks)
+    try:
+        from llama_index.retrievers.bm25 import BM25Retriever
+
+        lexical, lexical_name = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=n), "llama-index BM25Retriever"
+    except ImportError:
+        lexical, lexical_name = Bm25(nodes, n), "numpy BM25 (llama-index-retrievers-bm25 not installed)"
+    peer = QueryFusionRetriever([dense, lexical], llm=MockLLM(), mode="reciprocal_rerank", similarity_top_k=10,
+                                num_queries=1, use_async=False, callback_manager=callbacks)
+    setup_s = time.perf_counter() - t0
+
     for q in QUESTIONS:  # warm-up
         retriever.search(q, 10)
-    rows = [{"op": f"search/{mode}", **summary(time_each(lambda q, m=mode: retriever.search(q, 10, m), QUESTIONS, repeats))}
-            for mode in ("hybrid", "dense", "bm25")]
+        peer.retrieve(q)
+    ours, theirs = [], []
+    for _ in range(repeats):  # alternating rounds: both sides see the same machine load
+        ours += time_each(lambda q: retriever.search(q, 10, "hybrid"), QUESTIONS, 1)
+        theirs += time_each(peer.retrieve, QUESTIONS, 1)
+    hybrid, peer_row = summary(ours), summary(theirs)
+    rows = [{"op": "search/hybrid", **hybrid, "vs_peer_p50": round(hybrid["p50_ms"] / peer_row["p50_ms"], 2)},
+            {"op": "peer/llama-index fusion", **peer_row}]
+    rows += [{"op": f"search/{mode}", **summary(time_each(lambda q, m=mode: retriever.search(q, 10, m), QUESTIONS, repeats))}
+             for mode in ("dense", "bm25")]
     rows.append({"op": "ask/extractive", **summary(time_each(lambda q: assistant.ask(q, extractive=True), QUESTIONS, repeats))})
+    peer_about = {"retriever": "QueryFusionRetriever(reciprocal_rerank, num_queries=1)", "dense": "VectorIndexRetriever "
+                  "over SimpleVectorStore, one node per paper (title + abstract)", "lexical": lexical_name,
+                  "candidates_per_retriever": n, "papers": len(nodes), "setup_s": round(setup_s, 1)}
     print_table("warm latency (in-process)", rows)
-    save_json(out, "latency", {"rows": rows})
-    return {"rows": rows}
+    print(f"  peer: {peer_about}")
+    save_json(out, "latency", {"rows": rows, "peer": peer_about})
+    return {"rows": rows, "peer": peer_about}
 
 
 def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:

@@ -224,6 +224,21 @@ class ChromaStore:
         return [PaperVector(pid, 1.0 - float(dist), np.asarray(vec, dtype=np.float32))
                 for pid, dist, vec in zip(res["ids"][0], res["distances"][0], embeddings)]
 
+    def all_paper_vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every paper vector: (paper ids, float32 matrix with one row per id), read in pages."""
+        ids: list[str] = []
+        rows: list[np.ndarray] = []
+        offset, step = 0, 5000
+        while True:
+            got = self._call(self._papers.get, include=["embeddings"], limit=step, offset=offset)
+            ids.extend(got["ids"])
+            if len(got["ids"]):
+                rows.append(np.asarray(got["embeddings"], dtype=np.float32))
+            if len(got["ids"]) < step:
+                break
+            offset += step
+        return ids, (np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32))
+
     def paper_vectors(self, paper_ids: Sequence[str]) -> dict[str, np.ndarray]:
         got = self._call(self._papers.get, ids=list(paper_ids), include=["embeddings"])
         return {pid: np.asarray(v, dtype=np.float32) for pid, v in zip(got["ids"], got["embeddings"])}
@@ -242,6 +257,25 @@ class ChromaStore:
             if len(metas) < step:
                 return out
             offset += step
+
+    def nearest(self, vector: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """(chunk_id, similarity) of the `n` chunks nearest to `vector`, best first: ids and distances only,
+        no documents, metadata or vectors (fetching the documents of 50 chunks costs more than the search).
+        A chunk deleted by another process since this client loaded its index may be among them: `chunks`
+        will not find it."""
+        res = self._call(self._col.query, query_embeddings=[np.asarray(vector, dtype=np.float32)], n_results=n,
+                         include=["distances"])
+        return [(cid, 1.0 - float(dist)) for cid, dist in zip(res["ids"][0], res["distances"][0])]
+
+    def chunks(self, chunk_ids: Sequence[str], with_vectors: bool = False) -> dict[str, tuple[str, np.ndarray | None]]:
+        """{chunk_id: (body, vector or None)} of the chunks that exist (deleted ones are left out)."""
+        if not chunk_ids:
+            return {}
+        got = self._call(self._col.get, ids=list(chunk_ids),
+                         include=["documents"] + (["embeddings"] if with_vectors else []))
+        vectors = got["embeddings"] if with_vectors else [None] * len(got["ids"])
+        return {cid: (doc, None if vec is None else np.asarray(vec, dtype=np.float32))
+                for cid, doc, vec in zip(got["ids"], got["documents"], vectors)}
 
     def query(self, vector: np.ndarray, n: int, with_vectors: bool = False) -> list[DenseHit]:
         """The `n` chunks nearest to `vector`, best first (their vectors too, if asked)."""

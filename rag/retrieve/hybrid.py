@@ -144,45 +144,61 @@ class Retriever:
         mode = check_mode(mode or self.settings.mode)
         n = max(self.settings.candidates, top_k * 3)
         qv = self.embed_query(query)
-        dense_hits = self._index.dense(qv, n) if similarity or mode != "bm25" else []
-        top_similarity = dense_hits[0].similarity if dense_hits else None  # of the question itself, always
-        sim_to_q = {h.chunk_id: h.similarity for h in dense_hits}
-        if dense_text and mode != "bm25":
-            expanded = self._index.dense_with_vectors(self._embedder.embed([dense_text])[0], n)
-            dense_hits = expanded or dense_hits
-            sim_to_q = {h.chunk_id: float(np.dot(qv, h.vector)) for h in expanded} or sim_to_q
-        elif mode != "bm25" and dense_hits and self._use_feedback(query):
-            feedback = self._feedback_search(qv, n)
-            if feedback:
-                dense_hits = feedback
-                sim_to_q = {h.chunk_id: float(np.dot(qv, h.vector)) for h in feedback}
-        dense_ev = by_paper([(h.chunk_id, h.similarity) for h in dense_hits])  # ranked by the searched vector
-        bodies = {h.chunk_id: h.body for h in dense_hits}
+        # The dense ranking comes from the question's vector, or from a replacement for it: a hypothetical
+        # abstract (HyDE) or Rocchio feedback. One store query per ranking; the question's own search is
+        # made only for what needs it (its ranking, or the reported best similarity: then 1 chunk is enough).
+        searched = None
+        if mode != "bm25":
+            if dense_text:
+                searched = self._embedder.embed([dense_text])[0]
+            elif self._use_feedback(query):
+                searched = self._feedback_vector(qv)
+        own_n = n if searched is None and (mode != "bm25" or similarity) else 1 if similarity else 0
+        own = self._index.dense(qv, own_n) if own_n else []
+        top_similarity = own[0][1] if own else None  # of the question itself, always
+        ranked = self._index.dense(searched, n) if searched is not None else own if mode != "bm25" or similarity else []
         lexical_ev = by_paper(self._index.lexical(query, n)) if mode != "dense" else {}
 
-        if mode == "dense":
-            scored = {pid: ev.score for pid, ev in dense_ev.items()}
-        elif mode == "bm25":
-            scored = {pid: ev.score for pid, ev in lexical_ev.items()}
-        else:
-            scored = rrf([dense_ev, lexical_ev], self.settings.rrf_k)
-        hits: list[Hit] = []
-        for pid, score in sorted(scored.items(), key=lambda kv: kv[1], reverse=True):
-            if len(hits) == top_k:
+        while True:
+            dense_ev = by_paper(ranked)  # ranked by the searched vector
+            if mode == "dense":
+                scored = {pid: ev.score for pid, ev in dense_ev.items()}
+            elif mode == "bm25":
+                scored = {pid: ev.score for pid, ev in lexical_ev.items()}
+            else:
+                scored = rrf([dense_ev, lexical_ev], self.settings.rrf_k)
+            chosen: list[tuple[str, float, Paper]] = []
+            for pid, score in sorted(scored.items(), key=lambda kv: kv[1], reverse=True):
+                if len(chosen) == top_k:
+                    break
+                paper = self._index.get(pid)
+                if paper is None:  # store and paper records disagree: skip rather than show a ghost
+                    log.warning("paper %s is in the search results but not in the paper records", pid)
+                    continue
+                chosen.append((pid, score, paper))
+            # Bodies (for snippets) and, for a replaced query, vectors (to score against the question) are
+            # fetched for the shown chunks only.
+            shown = [dense_ev[pid].chunk_id for pid, _, _ in chosen if pid in dense_ev] if mode != "bm25" else []
+            found = self._index.chunks(shown, with_vectors=searched is not None) if shown else {}
+            gone = set(shown) - set(found)
+            if not gone:
                 break
-            paper = self._index.get(pid)
-            if paper is None:  # store and paper records disagree: skip rather than show a ghost
-                log.warning("paper %s is in the search results but not in the paper records", pid)
-                continue
-            ev = dense_ev.get(pid) if mode != "bm25" else None
-            body = bodies.get(ev.chunk_id) if ev else None
+            # deleted by an ingest in another process since the store's client loaded its index
+            ranked = [(cid, sim) for cid, sim in ranked if cid not in gone]
+
+        sim_to_q = dict(ranked) if searched is None else {
+            cid: float(np.dot(qv, vec)) for cid, (_, vec) in found.items()}
+        hits: list[Hit] = []
+        for pid, score, paper in chosen:
+            ev = dense_ev.get(pid)
+            body = found[ev.chunk_id][0] if ev and ev.chunk_id in found else None
             hits.append(Hit(
                 rank=len(hits) + 1,
                 paper_id=pid,
                 title=paper.title,
                 score=score,
                 snippet=shorten(body) if body else best_sentence(query, paper),
-                similarity=sim_to_q.get(dense_ev[pid].chunk_id) if pid in dense_ev else None,
+                similarity=sim_to_q.get(ev.chunk_id) if ev else None,
             ))
         return Retrieval(query=query, mode=mode, hits=hits, top_similarity=top_similarity)
 
@@ -191,16 +207,14 @@ class Retriever:
         +0.034 terse, -0.013 questions), so it is applied to keyword-style queries only."""
         return self.settings.rocchio_beta > 0 and is_keyword_query(query, self.settings.rocchio_max_words)
 
-    def _feedback_search(self, qv, n: int):
-        """Dense Rocchio feedback: search with normalise(q + beta * v_p*), v_p* the vector of the paper nearest
-        to q (measured on the tune split: see README, Evaluation). Hits carry their vectors, so callers can
-        still report similarity to q itself."""
+    def _feedback_vector(self, qv):
+        """Dense Rocchio feedback: normalise(q + beta * v_p*), v_p* the vector of the paper nearest to q
+        (measured on the tune split: see README, Evaluation); None when there are no papers."""
         nearest = self._index.nearest_papers(qv, 1)
         if not nearest:
             return None
         q2 = qv + self.settings.rocchio_beta * nearest[0].vector
-        q2 = q2 / (np.linalg.norm(q2) or 1.0)
-        return self._index.dense_with_vectors(q2, n)
+        return q2 / (np.linalg.norm(q2) or 1.0)
 
 
 def shorten(text: str, limit: int = 300) -> str:
@@ -211,6 +225,12 @@ def shorten(text: str, limit: int = 300) -> str:
 def best_sentence(query: str, paper: Paper) -> str:
     """Snippet for a lexical hit: the abstract sentence sharing most terms with the query."""
     terms = set(content_terms(query))
-    sentences = split_sentences(paper.abstract) or [paper.abstract]
-    best = max(sentences, key=lambda s: len(matched_terms(terms, set(content_terms(s)))))
-    return shorten(best)
+    best = max(sentence_terms(paper.abstract), key=lambda st: len(matched_terms(terms, st[1])))
+    return shorten(best[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def sentence_terms(abstract: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each sentence of an abstract with its content terms (cached by text: tokenizing every sentence of
+    every lexical hit's abstract was ~10% of a warm search)."""
+    return tuple((s, frozenset(content_terms(s))) for s in split_sentences(abstract) or [abstract])
