@@ -15,11 +15,11 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rag.answer import conversation
 from rag.answer.citations import claims, verify
 from rag.answer.extractive import Extractor, Weights, asks_for_result
-from rag.clients.chat import ChatModel
 from rag.errors import LLMError, QuestionError
 from rag.index.sentence_vectors import shared_sentence_vectors
 from rag.judge.abstention import LOW, TOP_PAPERS, Abstention, Judgement, features
@@ -30,6 +30,9 @@ from rag.records import Answer, Hit, Paper, Source, Stage, StreamEvent
 from rag.retrieve.hybrid import PaperSearch
 from rag.text import KEYWORD_MAX_WORDS, is_keyword_query
 from rag.token_counts import encoding_for_model
+
+if TYPE_CHECKING:  # importing openai was a third of `rag search`'s imports (-X importtime); only the LLM path needs it
+    from rag.clients.chat import ChatModel
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,6 @@ class Assistant:
     @classmethod
     def from_settings(cls, settings=None, retriever=None, llm=None, **overrides) -> "Assistant":
         """An Assistant over the index in `settings.data_dir` (settings from RAG_* env vars + overrides)."""
-        from rag.clients.chat import OpenAIChatLLM
         from rag.retrieve.hybrid import Retriever
         from rag.settings import load_settings
 
@@ -112,6 +114,9 @@ class Assistant:
         prompts = load_prompts()  # fail fast on a broken prompt file, before loading the model
         retriever = retriever or Retriever.from_settings(settings)
         if llm is None and settings.llm_configured:
+            # imported here: an extractive answer never imports openai
+            from rag.clients.chat import OpenAIChatLLM
+
             llm = OpenAIChatLLM.from_settings(settings)
         return cls(settings, retriever, llm, prompts)
 

@@ -257,6 +257,10 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
         try:
             result = _ingest(settings, data_dir, catalog, corpus_paths, strict, rebuild, embedder, store, progress,
                              report, started, tqdm, recorded, chunking)
+            if embedder is None:  # the configured model: export its fast query embedder once (rag.index.query_model)
+                from rag.index.query_model import ensure_exported
+
+                ensure_exported(settings)
             done = True
             return result
         finally:
