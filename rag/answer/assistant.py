@@ -96,7 +96,9 @@ class Assistant:
         self._extractor = extractor or Extractor(Weights(**params.fitted.get("extractive_weights", {})))
         self._sentences = (shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))
                            if retriever.index is not None else None)
-        self._enc = encoding_for_model(settings.llm_model, settings.tokenizer)
+        # Loaded at the first count: building o200k_base (200k ranks) was ~1/6 of a one-shot
+        # extractive `rag ask` (cProfile), and an answer without an LLM or history never counts tokens.
+        self._enc = None
         self._evidence = None
         if llm is not None:
             from rag.judge.llm_evidence import EvidenceCache, EvidenceStep
@@ -267,6 +269,8 @@ class Assistant:
         return _Plan(False, f"{EXTRACTIVE}. No LLM endpoint is configured: set RAG_LLM_BASE_URL for generated answers.")
 
     def _count(self, text: str) -> int:
+        if self._enc is None:
+            self._enc = encoding_for_model(self.settings.llm_model, self.settings.tokenizer)
         return len(self._enc.encode(text, disallowed_special=()))
 
     def _standalone(self, question: str, history: list[dict], use_llm: bool, run: "_Run") -> tuple[str, LLMError | None]:
