@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="Torch backend precision: auto (bf16 autocast where the CPU has native bf16, else fp32), "
         "bf16 or fp32. bf16 is used only if it matches fp32 (cosine >= 0.999) on probe texts.",
     )
+    embed_query_backend: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="With the torch backend, how questions are embedded: onnx (an ONNX Runtime export of the same "
+        "model in DATA_DIR/query_model, made by `rag ingest`, used only if it matches torch to cosine 0.9999; "
+        "loads in a fraction of a second, so one-shot commands skip importing torch) or torch.",
+    )
     embed_url: str | None = Field(
         None,
         description="Base URL of an OpenAI-compatible embedding server (text-embeddings-inference, vLLM, "

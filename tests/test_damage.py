@@ -146,3 +146,22 @@ def test_doctor_json_lists_each_check(index):
     (data_dir / "ingest.json").write_text(json.dumps({"params": {}, "stored": {}}))
     out = json.loads(run_cli("doctor", "--json", env=env).stdout)
     assert not out["ok"] and any(c["name"] == "ingest" and "resumes" in c["repair"] for c in out["checks"])
+
+
+def test_a_search_leaves_the_store_verified_so_the_next_process_skips_the_probe(index, monkeypatch):
+    """Chroma rewrites the paper vectors' native files when a reader first queries them (fewer than its sync
+    threshold): the search must record them as verified again, or every later command pays the probe's
+    subprocess (a second interpreter importing chromadb)."""
+    import subprocess
+
+    from rag.index.chroma_store import probe_embedded
+
+    data_dir, env = index
+    r = run_cli("search", "concept erasure diffusion", "--json", env=env, process=True)  # a keyword query: paper vectors too
+    assert r.returncode == 0, r.stderr
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the store was probed again although only a reader touched it")
+
+    monkeypatch.setattr(subprocess, "run", no_probe)
+    assert probe_embedded(data_dir, "papers") is None

@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.answer import conversation
 from rag.answer.citations import claims, verify
 from rag.answer.extractive import Extractor, Weights, asks_for_result
 from rag.answer.routing import Route, Router
-from rag.clients.chat import ChatModel
 from rag.errors import LLMError, QuestionError
 from rag.index.sentence_vectors import shared_sentence_vectors
 from rag.judge.abstention import (
@@ -38,6 +38,9 @@ from rag.records import Answer, Hit, Paper, Source, Stage, StreamEvent
 from rag.retrieve.hybrid import PaperSearch
 from rag.text import KEYWORD_MAX_WORDS, is_keyword_query
 from rag.token_counts import encoding_for_model
+
+if TYPE_CHECKING:  # importing openai was a third of `rag search`'s imports (-X importtime); only the LLM path needs it
+    from rag.clients.chat import ChatModel
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,9 @@ class Assistant:
         self._extractor = extractor or Extractor(Weights(**params.fitted.get("extractive_weights", {})))
         self._sentences = (shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))
                            if retriever.index is not None else None)
-        self._enc = encoding_for_model(settings.llm_model, settings.tokenizer)
+        # Loaded at the first count: building o200k_base (200k ranks) was ~1/6 of a one-shot
+        # extractive `rag ask` (cProfile), and an answer without an LLM or history never counts tokens.
+        self._enc = None
         self._router = (Router(retriever.index, retriever, self._sentences, settings.list_top_k)
                         if retriever.index is not None and self._sentences is not None else None)
         self._evidence = None
@@ -115,7 +120,6 @@ class Assistant:
     @classmethod
     def from_settings(cls, settings=None, retriever=None, llm=None, **overrides) -> "Assistant":
         """An Assistant over the index in `settings.data_dir` (settings from RAG_* env vars + overrides)."""
-        from rag.clients.chat import OpenAIChatLLM
         from rag.retrieve.hybrid import Retriever
         from rag.settings import load_settings
 
@@ -123,6 +127,9 @@ class Assistant:
         prompts = load_prompts()  # fail fast on a broken prompt file, before loading the model
         retriever = retriever or Retriever.from_settings(settings)
         if llm is None and settings.llm_configured:
+            # imported here: an extractive answer never imports openai
+            from rag.clients.chat import OpenAIChatLLM
+
             llm = OpenAIChatLLM.from_settings(settings)
         return cls(settings, retriever, llm, prompts)
 
@@ -315,6 +322,8 @@ class Assistant:
         return _Plan(False, f"{EXTRACTIVE}. No LLM endpoint is configured: set RAG_LLM_BASE_URL for generated answers.")
 
     def _count(self, text: str) -> int:
+        if self._enc is None:
+            self._enc = encoding_for_model(self.settings.llm_model, self.settings.tokenizer)
         return len(self._enc.encode(text, disallowed_special=()))
 
     def _standalone(self, question: str, history: list[dict], use_llm: bool, run: "_Run") -> tuple[str, LLMError | None]:

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,101 @@ def bench_latency(out: Path, repeats: int = 5) -> dict:
     print(f"  peer: {peer_about}")
     save_json(out, "latency", {"rows": rows, "peer": peer_about})
     return {"rows": rows, "peer": peer_about}
+
+
+CLI_TARGETS_S = {"search": 2.0, "ask --extractive": 2.5}  # issue 23's one-shot targets at 701 papers
+HEAVY_IMPORTS = ("torch", "transformers", "sentence_transformers", "sklearn", "llama_index", "gradio", "openai")
+# What loading the query embedder adds to a command that has its settings and numpy already (every one has):
+# the embedder module, onnxruntime, tokenizers and the session (or torch, on the fallback path).
+_EMBEDDER_LOAD = """
+import time
+import numpy
+from rag.settings import load_settings
+settings = load_settings()
+t, c = time.perf_counter(), time.process_time()
+from rag.index.query_model import make_query_embedder
+embedder = make_query_embedder(settings)
+print(time.perf_counter() - t, time.process_time() - c, embedder.describe()["backend"])
+"""
+
+
+def _import_entries(stderr: str) -> list[dict]:
+    """`-X importtime` lines as package entry points: an import whose parent belongs to another package
+    (or to none), with its cumulative time; summed per package, largest first."""
+    rows = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "[us]" in line:
+            continue
+        _own, cumulative, name = line[len("import time:"):].split("|")
+        rows.append((int(cumulative), (len(name) - len(name.lstrip())) // 2, name.strip()))
+    totals: dict[str, int] = {}
+    for i, (cumulative, depth, name) in enumerate(rows):  # a parent is printed after its children
+        parent = next((r[2] for r in rows[i + 1:] if r[1] < depth), None)
+        root = name.split(".")[0]
+        if parent is None or parent.split(".")[0] != root:
+            totals[root] = totals.get(root, 0) + cumulative
+    return [{"package": k, "cumulative_ms": round(v / 1000, 1)} for k, v in sorted(totals.items(), key=lambda kv: -kv[1])]
+
+
+def bench_cli(out: Path, repeats: int = 5, question: str = QUESTIONS[0]) -> dict:
+    """One-shot wall time of `rag --help`, `rag search Q` and `rag ask Q --extractive` (real processes on the
+    index in RAG_DATA_DIR, median of `repeats` after one unmeasured run each), the query embedder's load
+    time in a fresh process, and what `rag search` imports (-X importtime, top 10 packages)."""
+    import resource
+
+    from rag.index.reader import open_catalog
+    from rag.settings import load_settings
+
+    settings = load_settings()
+    catalog = open_catalog(Path(settings.data_dir))
+    papers = catalog.meta().get("counts", {}).get("papers")
+    catalog.close()
+    rag = str(Path(sys.executable).parent / "rag")
+    commands = {"--help": ["--help"], "search": ["search", question], "ask --extractive": ["ask", question, "--extractive"]}
+    rows = []
+    for label, args in commands.items():
+        walls, cpus = [], []
+        for i in range(repeats + 1):  # the first run warms the page cache (and exports a missing query model)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            r = subprocess.run([rag, *args], capture_output=True, text=True, env=os.environ)
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if r.returncode:
+                raise SystemExit(f"rag {' '.join(args)} failed: {r.stderr.strip()}")
+            if i:
+                walls.append(wall)
+                cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        p50 = statistics.median(walls)
+        target = CLI_TARGETS_S.get(label)
+        rows.append({"command": f"rag {label}", "p50_s": round(p50, 2), "min_s": round(min(walls), 2),
+                     "max_s": round(max(walls), 2), "cpu_p50_s": round(statistics.median(cpus), 2),
+                     "target_s": target, "met": None if target is None else p50 <= target,
+                     "runs_s": [round(w, 2) for w in walls]})
+    loads, load_cpus = [], []
+    for _ in range(repeats):
+        r = subprocess.run([sys.executable, "-c", _EMBEDDER_LOAD], capture_output=True, text=True, env=os.environ)
+        if r.returncode:
+            raise SystemExit(f"loading the query embedder failed: {r.stderr.strip()}")
+        seconds, cpu, backend = r.stdout.split()
+        loads.append(float(seconds))
+        load_cpus.append(float(cpu))
+    rows.append({"command": f"query embedder load ({backend}, fresh process, its imports included)",
+                 "p50_s": round(statistics.median(loads), 3), "min_s": round(min(loads), 3), "max_s": round(max(loads), 3),
+                 "cpu_p50_s": round(statistics.median(load_cpus), 3), "target_s": 0.5,
+                 "met": statistics.median(loads) <= 0.5, "runs_s": [round(x, 3) for x in loads]})
+    r = subprocess.run([sys.executable, "-X", "importtime", rag, "search", question], capture_output=True, text=True,
+                       env=os.environ)
+    entries = _import_entries(r.stderr)
+    heavy = [e["package"] for e in entries if e["package"] in HEAVY_IMPORTS]
+    data = {"question": question, "papers": papers, "repeats": repeats, "rows": rows,
+            "search_imports_top10": entries[:10], "search_heavy_imports": heavy,
+            "cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    print_table(f"one-shot CLI ({papers} papers, median of {repeats}; load average {data['load_average'][0]})", rows)
+    print_table("rag search: top 10 imports by cumulative time (-X importtime, per package)", entries[:10])
+    print(f"  heavy libraries imported by rag search: {', '.join(heavy) or 'none'}")
+    save_json(out, "cli", data)
+    return data
 
 
 def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
@@ -634,7 +730,7 @@ def report_scale_ingest(out: Path) -> dict:
     return data
 
 
-PARTS = ("ingest", "latency", "embedding", "evidence", "ui", "reingest", "scale-ingest", "scale")
+PARTS = ("ingest", "latency", "embedding", "evidence", "ui", "reingest", "scale-ingest", "scale", "cli")
 
 
 def main(argv=None) -> int:
@@ -672,6 +768,8 @@ def main(argv=None) -> int:
         bench_scale_ingest(args.out, [int(s) for s in args.sizes.split(",")], args.workdir, server=not args.no_server)
     if "scale" in parts:
         bench_scale(args.out, [int(s) for s in args.sizes.split(",")])
+    if "cli" in parts:
+        bench_cli(args.out)
     return 0
 
 

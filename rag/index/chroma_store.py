@@ -76,6 +76,8 @@ class ChromaStore:
         import chromadb
 
         chroma_url, data_dir = self.url, self._data_dir
+        self._loaded: set[str] = set()  # collections this client has queried (see _after_first_query)
+        self._verified_at_open = False
         try:
             if chroma_url:
                 import httpx
@@ -94,6 +96,7 @@ class ChromaStore:
             else:
                 path = Path(data_dir) / "chroma"
                 path.mkdir(parents=True, exist_ok=True)
+                self._verified_at_open = _is_verified(Path(data_dir))  # before this client touches a file
                 self._client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
             self._col, self._papers = self._collections()
         except Exception as exc:  # chromadb raises many types for a dead server
@@ -143,6 +146,19 @@ class ChromaStore:
         notice other processes' writes, so the client is closed and opened again (after a new generation)."""
         self.close()
         self._connect()
+
+    def _after_first_query(self, which: str) -> None:
+        """Record the native files as verified again after this process loaded them. Chroma rewrites a
+        collection's HNSW files when a reader first queries it while they were never persisted in full (the
+        paper vectors below its sync threshold, 1,000), so the verified mark went stale at every query and
+        the next process paid probe_embedded's subprocess (a second interpreter importing chromadb, most of
+        a one-shot `rag search`'s wall time). Files that were verified when this client opened them and
+        were then rewritten by it are as good as the ones it loaded."""
+        if which in self._loaded:
+            return
+        self._loaded.add(which)
+        if self.mode == "embedded" and self._verified_at_open:
+            remember_verified(self._data_dir)
 
     def _collections(self):
         def get(name):
@@ -220,6 +236,7 @@ class ChromaStore:
         """The papers whose vectors are nearest to `vector`, best first, with their vectors."""
         res = self._call(self._papers.query, query_embeddings=[np.asarray(vector, dtype=np.float32)],
                          n_results=n, include=["embeddings", "distances"])
+        self._after_first_query("papers")
         embeddings = res["embeddings"][0] if res.get("embeddings") is not None else []
         return [PaperVector(pid, 1.0 - float(dist), np.asarray(vec, dtype=np.float32))
                 for pid, dist, vec in zip(res["ids"][0], res["distances"][0], embeddings)]
@@ -286,6 +303,7 @@ class ChromaStore:
             n_results=n,
             include=include,
         )
+        self._after_first_query("chunks")
         vectors = res["embeddings"][0] if with_vectors else [None] * len(res["ids"][0])
         hits = []
         for cid, meta, doc, dist, vec in zip(
@@ -354,6 +372,13 @@ def _segment_signature(chroma_dir: Path) -> str:
     """The native (HNSW) index files, the ones a damaged copy can crash on."""
     return files_signature((p for p in sorted(chroma_dir.rglob("*")) if p.is_file() and p.suffix in (".bin", ".pickle")),
                            chroma_dir)
+
+
+def _is_verified(data_dir: Path) -> bool:
+    try:
+        return (Path(data_dir) / "chroma.verified").read_text() == _segment_signature(Path(data_dir) / "chroma")
+    except OSError:
+        return False
 
 
 def remember_verified(data_dir: Path) -> None:

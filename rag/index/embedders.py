@@ -6,7 +6,8 @@ tests). Every embedder says what it is with `describe()`.
 
 An ONNX Runtime export was the default until measured against bf16 in one run (README, Benchmarks):
 bf16 was faster on this CPU with vectors within cosine 0.99997 of fp32, and needs no export step, no
-extra dependencies and no model file that can be damaged, so ONNX was removed.
+extra dependencies and no model file that can be damaged, so ONNX was removed for ingest. Questions are
+embedded by an ONNX export again (rag.index.query_model), for its start-up time, not its throughput.
 """
 
 from __future__ import annotations

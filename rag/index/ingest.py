@@ -263,6 +263,10 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
             else:
                 _update(settings, plan, catalog, store, report, embedder, progress, chunking)
             report.seconds = time.perf_counter() - started
+            if embedder is None:  # the configured model: export its fast query embedder once (rag.index.query_model)
+                from rag.index.query_model import ensure_exported
+
+                ensure_exported(settings)
             done = True
             return report
         finally:

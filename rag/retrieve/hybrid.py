@@ -101,9 +101,9 @@ class Retriever:
 
         index = Index.open(settings, store=store, check_stale=check_stale)
         if embedder is None:
-            from rag.index.embedders import make_embedder
+            from rag.index.query_model import make_query_embedder
 
-            embedder = make_embedder(settings)
+            embedder = make_query_embedder(settings)  # the ONNX export when there is one: no torch import
         return cls(settings, index, embedder)
 
     @property
