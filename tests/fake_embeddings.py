@@ -54,8 +54,10 @@ class FakeEmbeddings:
         self._thread.start()
 
     # ------------------------------------------------------------ faults
-    def queue_error(self, status: int, retry_after: float | None = None, message: str | None = None) -> None:
-        self._faults.append(("error", status, retry_after, message))
+    def queue_error(self, status: int, retry_after: float | None = None, message: str | None = None,
+                    headers: dict[str, str] | None = None) -> None:
+        """The next request gets HTTP `status`; `headers` are sent as given (e.g. retry-after-ms)."""
+        self._faults.append(("error", status, retry_after, message, headers or {}))
 
     def queue_delay(self, seconds: float) -> None:
         """The next request waits `seconds` before a normal reply (the client may give up first)."""
@@ -140,8 +142,9 @@ class FakeEmbeddings:
                     return self._json(404, {"error": {"message": f"model {body.get('model')!r} not found"}})
                 fault = fake._faults.popleft() if fake._faults else None
                 if fault and fault[0] == "error":
-                    _, status, retry_after, message = fault
+                    _, status, retry_after, message, headers = fault
                     extra = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+                    extra.update(headers)
                     return self._json(status, {"error": {"message": message or f"HTTP {status}"}}, extra)
                 if fault and fault[0] == "drop":
                     self.close_connection = True

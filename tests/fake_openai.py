@@ -248,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._keepalive(item.body)
             return
         if item.kind == "error":
-            headers = {}
+            headers = dict(item.extra)  # an error's extra response headers
             if item.retry_after is not None:
                 ra = item.retry_after
                 headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else repr(float(ra))
@@ -458,13 +458,15 @@ class FakeOpenAI:
         """Next chat completion returns ``text`` (plain or streamed, per the request)."""
         self._push(_Item("reply", text=text))
 
-    def queue_error(self, status: int, retry_after: float | None = None, body: str | None = None) -> None:
+    def queue_error(self, status: int, retry_after: float | None = None, body: str | None = None,
+                    headers: dict[str, str] | None = None) -> None:
         """Next chat completion gets HTTP ``status``.
 
         The body is an OpenAI error JSON unless ``body`` is given, in which case
-        it is sent verbatim.  ``retry_after`` adds a ``Retry-After`` header.
+        it is sent verbatim.  ``retry_after`` adds a ``Retry-After`` header;
+        ``headers`` are sent as given (e.g. an HTTP-date Retry-After, ``retry-after-ms``).
         """
-        self._push(_Item("error", status=int(status), retry_after=retry_after, body=body))
+        self._push(_Item("error", status=int(status), retry_after=retry_after, body=body, extra=headers))
 
     def queue_delay(self, seconds: float, text: str = "...") -> None:
         """Next chat completion sleeps ``seconds`` before replying with ``text``."""

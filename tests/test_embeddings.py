@@ -165,7 +165,7 @@ def test_dead_port_fails_fast_with_the_fix_in_the_message():
         emb.embed(TEXTS)
     assert time.monotonic() - started < 5.0
     msg = str(err.value)
-    assert msg == f"cannot reach the embedding server at {url}: is it running? (RAG_EMBED_URL)"
+    assert msg == f"cannot connect to the embedding server at {url}: is it running? (RAG_EMBED_URL)"
 
 
 def test_slow_server_fails_within_the_deadline(hash_server):

@@ -77,7 +77,7 @@ def test_key_absent_from_eval_report(tiny_index, fake_llm, tmp_path):
 
 
 @pytest.mark.slow
-def test_key_absent_from_ui_page_config_and_api(tiny_index, fake_llm):
+def test_key_and_url_password_absent_from_ui_page_config_and_api(tiny_index, fake_llm):
     from gradio_client import Client
 
     from rag.answer.assistant import Assistant
@@ -85,8 +85,10 @@ def test_key_absent_from_ui_page_config_and_api(tiny_index, fake_llm):
     from rag.clients.chat import OpenAIChatLLM
     from rag.retrieve.hybrid import Retriever
 
-    settings = tiny_index.model_copy(update={"llm_base_url": fake_llm.base_url, "evidence": False})
-    llm = OpenAIChatLLM(fake_llm.base_url, SENTINEL, "fake-model", timeout=2, max_attempts=1, max_wait=1)
+    password = "s3cret-ui-pass"
+    base_url = fake_llm.base_url.replace("http://", f"http://user:{password}@")  # issue 26
+    settings = tiny_index.model_copy(update={"llm_base_url": base_url, "evidence": False})
+    llm = OpenAIChatLLM(base_url, SENTINEL, "fake-model", timeout=2, max_attempts=1, max_wait=1)
     assistant = Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm)
     app = build_app(settings, assistant)
     port = free_port()
@@ -95,9 +97,10 @@ def test_key_absent_from_ui_page_config_and_api(tiny_index, fake_llm):
         url = f"http://127.0.0.1:{port}/"
         page = urllib.request.urlopen(url, timeout=10).read().decode()
         config = urllib.request.urlopen(url + "config", timeout=10).read().decode()
-        assert SENTINEL not in page and SENTINEL not in config
-        fake_llm.queue_error(401, body=json.dumps({"error": {"message": f"bad key {SENTINEL}"}}))
+        assert SENTINEL not in page + config and password not in page + config
+        fake_llm.queue_error(401, body=json.dumps({"error": {"message": f"bad key {SENTINEL} for user:{password}"}}))
         result = Client(url, verbose=False).predict("which papers erase concepts in diffusion models?", api_name="/ask")
-        assert SENTINEL not in json.dumps(result)
+        assert "rejected the API key" in json.dumps(result)  # the notice says why, with the URL masked
+        assert SENTINEL not in json.dumps(result) and password not in json.dumps(result)
     finally:
         app.close()

@@ -5,8 +5,9 @@ all streaming included; a stream kept open with keep-alives or one token a secon
 `max_tokens` sent, and the reply's size capped. Retries (tenacity) cover only what is transient (429
 honouring Retry-After, 5xx, timeouts, dropped connections), before the first token, within the deadline.
 Replies that are not answers (cut by length, a refusal, a tool call, no choices, HTML or invalid JSON)
-raise `LLMReplyError` saying which; every failure is an `LLMError` whose message says what to check and
-never contains the API key.
+raise `LLMReplyError` saying which; every failure is an `LLMError` whose message says what to check. The
+protocol plumbing (client, retry rules, error messages, redaction) is rag.clients.openai_http's: no message,
+log line or reply text from here holds the API key or a password in the base URL.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ from typing import Protocol, runtime_checkable
 
 import httpx
 import openai
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
+from rag.clients.openai_http import (
+    BadReply,
+    Endpoint,
+    RetryWait,
+    describe,
+    describe_failure,
+    is_transient,
+    log_retry,
+    make_client,
+    server_text,
+)
 from rag.errors import ConfigError, LLMError
 
 log = logging.getLogger(__name__)
@@ -71,38 +76,6 @@ class LLMDeadline(LLMError):
     transient = True
 
 
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code >= 500 or exc.status_code in (408, 409)
-    return isinstance(exc, (httpx.TransportError, httpx.RemoteProtocolError))
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-class _Wait:
-    """Retry-After when the server gives one, else exponential backoff with jitter; never past `cap`."""
-
-    def __init__(self, cap: float):
-        self._backoff = wait_random_exponential(multiplier=0.5, max=8)
-        self._cap = cap
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted = _retry_after(exc) if exc else None
-        return max(0.0, min(self._cap, hinted if hinted is not None else self._backoff(state)))
-
-
 class OpenAIChatLLM:
     """Chat completions against `base_url` (OpenAI, vLLM, Ollama, llama.cpp server, ...)."""
 
@@ -124,17 +97,18 @@ class OpenAIChatLLM:
         """`sleep` (seconds -> None) is what retries wait with: time.sleep, or a recorder in tests.
         `deadline`: seconds a whole call may take unless the caller passes its own deadline."""
         self.model = model
-        self.base_url = base_url or "https://api.openai.com/v1"
+        self._endpoint = Endpoint(
+            base_url or "https://api.openai.com/v1", model, api_key, role="the LLM endpoint", url_var="RAG_LLM_BASE_URL",
+            key_var="RAG_LLM_API_KEY", model_var="RAG_LLM_MODEL",
+            request_hint="check RAG_LLM_MODEL and RAG_LLM_MAX_TOKENS (the model's context may be smaller than the prompt)",
+            rate_hint="wait a minute and try again, or raise the endpoint's rate limit",
+            timeout_hint="raise RAG_LLM_TIMEOUT or check the server", reply="an OpenAI chat completion",
+        )
+        self.base_url = self._endpoint.shown_url  # as messages show it: a password in the URL is masked
         self.name = f"{model} @ {self.base_url}"
-        self._key = api_key or ""
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=api_key or "not-needed",  # local servers ignore it; the client insists on one
-            max_retries=0,  # tenacity owns retries
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        )
+        self._client = make_client(self._endpoint, httpx.Timeout(timeout, connect=connect_timeout))
         self._max_attempts = max_attempts
         self._max_wait = max_wait
         self.temperature = temperature
@@ -176,68 +150,32 @@ class OpenAIChatLLM:
             **extra,
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self._max_attempts) | stop_after_delay(min(self._max_wait, remaining)),
-            wait=_Wait(min(self._max_wait, remaining)),
+            wait=RetryWait(cap=min(self._max_wait, remaining)),
             reraise=True,
-            before_sleep=lambda s: log.warning(
-                "LLM call failed (%s), retry %d", self._describe(s.outcome.exception()), s.attempt_number
-            ),
+            before_sleep=log_retry(log, "LLM call", self._endpoint),
         )
 
     def _request_timeout(self, deadline: float) -> httpx.Timeout:
         remaining = max(0.5, deadline - time.monotonic())
         return httpx.Timeout(min(self._timeout, remaining), connect=min(self._connect_timeout, remaining))
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
-    def _describe(self, exc: BaseException) -> str:
-        status = getattr(exc, "status_code", None)
-        return self._redact(f"{exc.__class__.__name__}" + (f" HTTP {status}" if status else ""))
-
-    def _server_message(self, exc: BaseException) -> str:
-        body = getattr(exc, "body", None)
-        message = body.get("message") if isinstance(body, dict) else None
-        if not message and isinstance(body, dict) and isinstance(body.get("error"), dict):
-            message = body["error"].get("message")
-        return self._redact(str(message))[:200] if message else ""
-
     def _fail(self, exc: BaseException) -> LLMError:
+        """The LLMError to raise for `exc`: what happened and what to check (rag.clients.openai_http)."""
         if isinstance(exc, LLMError):
             return exc
-        error = self._error(exc)
-        error.transient = is_transient(exc)
+        failure = describe_failure(exc, self._endpoint)
+        error = (LLMReplyError(failure.message, "invalid") if failure.kind == "invalid"
+                 else LLMError(failure.message))
+        error.transient = failure.transient
         return error
 
-    def _error(self, exc: BaseException) -> LLMError:
-        said = self._server_message(exc)
-        said = f" (the server says: {said})" if said else ""
-        if isinstance(exc, openai.AuthenticationError):
-            return LLMError(f"the LLM endpoint {self.base_url} rejected the API key{said}: check RAG_LLM_API_KEY")
-        if isinstance(exc, openai.PermissionDeniedError):
-            return LLMError(f"the LLM endpoint {self.base_url} refused access to model {self.model!r} (HTTP 403){said}: "
-                            "check that the API key may use this model (RAG_LLM_API_KEY, RAG_LLM_MODEL)")
-        if isinstance(exc, openai.NotFoundError):
-            return LLMError(f"the LLM endpoint {self.base_url} does not know model {self.model!r} or this path (HTTP 404)"
-                            f"{said}: check RAG_LLM_MODEL, and that RAG_LLM_BASE_URL ends with /v1")
-        if isinstance(exc, openai.BadRequestError):
-            return LLMError(f"the LLM endpoint {self.base_url} rejected the request (HTTP 400){said}: check RAG_LLM_MODEL "
-                            "and RAG_LLM_MAX_TOKENS (the model's context may be smaller than the prompt)")
-        if isinstance(exc, openai.APITimeoutError):
-            return LLMError(f"the LLM at {self.base_url} did not answer in time: raise RAG_LLM_TIMEOUT or check the server")
-        if isinstance(exc, openai.APIConnectionError):
-            return LLMError(f"cannot connect to the LLM at {self.base_url}: is the server running? (RAG_LLM_BASE_URL)")
-        if isinstance(exc, (ValueError, openai.APIResponseValidationError)):  # invalid JSON in a 200 response
-            return LLMReplyError(f"the LLM endpoint {self.base_url} sent something that is not an OpenAI chat completion "
-                                 f"(invalid JSON): check that RAG_LLM_BASE_URL is an OpenAI-compatible endpoint", "invalid")
-        return LLMError(f"the LLM at {self.base_url} failed: {self._describe(exc)}{said}")
-
-    def _not_a_completion(self, what: str) -> LLMReplyError:
-        return LLMReplyError(f"the LLM endpoint {self.base_url} answered with {what}, not an OpenAI chat completion: "
-                             "check that RAG_LLM_BASE_URL is an OpenAI-compatible endpoint ending in /v1", "invalid")
+    def _not_a_completion(self, what: str) -> LLMError:
+        """A 200 that is not a chat completion; `what` it was instead (e.g. the content type the server sent)."""
+        return self._fail(BadReply(server_text(what, self._endpoint, 80)))
 
     def _check_choice(self, finish_reason, refusal, tool_calls) -> None:
         if refusal:
-            raise LLMReplyError(f"the LLM refused to answer ({self._redact(str(refusal))[:160]})", "refusal")
+            raise LLMReplyError(f"the LLM refused to answer ({server_text(str(refusal), self._endpoint, 160)})", "refusal")
         if tool_calls:
             raise LLMReplyError("the LLM asked to call a tool instead of answering", "tool_call")
         if finish_reason == "length":
@@ -260,7 +198,7 @@ class OpenAIChatLLM:
         worker.start()
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():
-            raise LLMDeadline(f"the LLM at {self.base_url} did not finish within the deadline "
+            raise LLMDeadline(f"the LLM endpoint at {self.base_url} did not finish within the deadline "
                               f"(RAG_LLM_DEADLINE={self.deadline_s:g} s): check the server or raise the deadline")
         if "error" in box:
             raise box["error"]
@@ -300,12 +238,19 @@ class OpenAIChatLLM:
         if len(text) > self.max_reply_chars:
             raise LLMReplyError(f"the LLM's reply is {len(text):,} characters, over the {self.max_reply_chars:,} "
                                 "allowed (RAG_LLM_MAX_REPLY_CHARS)", "too_long")
-        return text
+        return self._endpoint.redact(text)  # an endpoint echoing the key or the URL's password does not show it
 
     def stream(self, messages: Messages, deadline: float | None = None, on_usage: Usage | None = None) -> Iterator[str]:
         """Yield text deltas until the reply ends or the deadline passes. Retries happen only before the first
         token; a later cut raises StreamCut; a reply cut by length, a refusal or a tool call raise LLMReplyError
-        after whatever text came before it."""
+        after whatever text came before it. The text is redacted (a secret split across deltas included)."""
+        deltas = self._stream(messages, deadline, on_usage)
+        try:
+            yield from self._endpoint.redact_stream(deltas)
+        finally:
+            deltas.close()  # ends the worker's stream now, not when the generator is collected
+
+    def _stream(self, messages: Messages, deadline: float | None, on_usage: Usage | None) -> Iterator[str]:
         deadline = self._deadline(deadline)
         events: queue.Queue = queue.Queue()
         held: dict = {}
@@ -350,7 +295,7 @@ class OpenAIChatLLM:
                     kind, value = events.get(timeout=max(0.0, remaining))
                 except queue.Empty:
                     raise LLMDeadline(
-                        f"the LLM at {self.base_url} did not finish within the deadline (RAG_LLM_DEADLINE="
+                        f"the LLM endpoint at {self.base_url} did not finish within the deadline (RAG_LLM_DEADLINE="
                         f"{self.deadline_s:g} s){' after a partial answer' if delivered else ''}: check the server"
                     ) from None
                 if kind == "end":
@@ -364,7 +309,7 @@ class OpenAIChatLLM:
                         raise exc
                     if delivered:
                         raise StreamCut(f"the LLM stream from {self.base_url} was cut mid-answer "
-                                        f"({self._describe(exc)})") from None
+                                        f"({describe(exc)})") from None
                     raise self._fail(exc) from None
                 chunk = value
                 usage = getattr(chunk, "usage", None)

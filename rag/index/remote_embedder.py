@@ -4,7 +4,9 @@ Infinity, Ollama) through the `openai` client.
 Texts go out in batches (RAG_EMBED_BATCH_SIZE per request) with at most RAG_EMBED_CONCURRENCY
 requests in flight. Every request has a timeout and every `embed` call a deadline. Retries (tenacity)
 cover only what is transient: 429 (honouring Retry-After), 5xx, timeouts and dropped connections.
-The last failure becomes a `rag.errors` exception that says what to fix and never contains the API key.
+The last failure becomes a `rag.errors` exception that says what to fix. The protocol plumbing (client,
+retry rules, error messages, redaction) is rag.clients.openai_http's: no message or log line from here
+holds the API key or a password in the URL.
 """
 
 from __future__ import annotations
@@ -15,20 +17,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 
 import httpx
 import numpy as np
 import openai
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from rag.clients.chat import is_transient
+from rag.clients.openai_http import (
+    CONFIG_KINDS,
+    BadReply,
+    Endpoint,
+    RetryWait,
+    describe_failure,
+    is_transient,
+    log_retry,
+    make_client,
+)
 from rag.errors import ConfigError, RagError
 from rag.index.vectors import l2_normalise
 
@@ -36,47 +40,12 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0  # seconds; a server that takes longer to accept a connection counts as unreachable
 
 
-class _DeadlinePassed(Exception):
+class _DeadlinePassed(TimeoutError):
     """The embed call ran out of time before this request could start."""
-
-
-class _BadReply(Exception):
-    """The server answered 200 with something that is not one vector per text."""
 
 
 class _Aborted(Exception):
     """Another batch of the same call failed for good; this one stops."""
-
-
-def retry_after(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (Retry-After as seconds or HTTP date, or retry-after-ms)."""
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    headers = response.headers
-    try:
-        if headers.get("retry-after-ms") is not None:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
-class _Wait:
-    """Retry-After when the server gives one, else exponential backoff with jitter."""
-
-    def __init__(self):
-        self._backoff = wait_random_exponential(multiplier=0.25, max=4)
-
-    def __call__(self, state: RetryCallState) -> float:
-        hinted = retry_after(state.outcome.exception()) if state.outcome else None
-        return hinted if hinted is not None else self._backoff(state)
 
 
 class _Stop:
@@ -114,7 +83,15 @@ class RemoteEmbedder:
     ):
         """`deadline`: seconds per `embed` call, retries included; default timeout x (rounds of requests + 2).
         `sleep`: how retries wait (tests pass a recorder instead of waiting)."""
-        self.url = url.rstrip("/")
+        self._endpoint = Endpoint(
+            url.rstrip("/"), model, api_key, role="the embedding server", url_var="RAG_EMBED_URL",
+            key_var="RAG_EMBED_API_KEY", model_var="RAG_EMBED_MODEL",
+            request_hint="check RAG_EMBED_MODEL, and lower RAG_EMBED_BATCH_SIZE if the texts or batches are too large",
+            rate_hint="lower RAG_EMBED_CONCURRENCY, or try again later",
+            timeout_hint="is it overloaded? Raise RAG_EMBED_TIMEOUT or lower RAG_EMBED_BATCH_SIZE",
+            reply="a usable embeddings reply",
+        )
+        self.url = self._endpoint.shown_url  # as messages and reports show it: a password in the URL is masked
         self.name = model
         self.batch_size = max(1, batch_size)
         self.concurrency = max(1, concurrency)
@@ -122,13 +99,7 @@ class RemoteEmbedder:
         self.deadline = deadline
         self.max_attempts = max(1, max_attempts)
         self._sleep = sleep
-        self._key = api_key or ""
-        self._client = openai.OpenAI(
-            base_url=self.url,
-            api_key=api_key or "not-needed",  # local servers ignore it; the client insists on one
-            max_retries=0,  # tenacity owns retries
-            timeout=timeout,
-        )
+        self._client = make_client(self._endpoint, timeout)
         self._dim: int | None = None
         self._dim_lock = threading.Lock()
 
@@ -157,7 +128,7 @@ class RemoteEmbedder:
                 parts = [self._embed_batch(batches[0], deadline_at, abort)]
             else:
                 parts = self._embed_concurrently(batches, deadline_at, abort)
-        except (openai.OpenAIError, httpx.HTTPError, _DeadlinePassed, _BadReply) as exc:
+        except (openai.OpenAIError, httpx.HTTPError, _DeadlinePassed, BadReply) as exc:
             raise self._error(exc, budget, len(texts)) from None
         return np.concatenate(parts, axis=0)
 
@@ -180,13 +151,10 @@ class RemoteEmbedder:
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=_Stop(self.max_attempts, deadline_at, abort),
-            wait=_Wait(),
+            wait=RetryWait(multiplier=0.25, max_backoff=4),  # many batches: shorter backoff than a chat call
             sleep=self._sleep,
             reraise=True,
-            before_sleep=lambda s: log.warning(
-                "embedding request to %s failed (%s), retry %d in %.1fs",
-                self.url, self._describe(s.outcome.exception()), s.attempt_number, s.upcoming_sleep,
-            ),
+            before_sleep=log_retry(log, "embedding request", self._endpoint),
         )
         for attempt in retrying:
             with attempt:
@@ -207,71 +175,19 @@ class RemoteEmbedder:
             data = sorted(reply.data or [], key=lambda d: d.index)
             vecs = np.asarray([d.embedding for d in data], dtype=np.float32)
         except (AttributeError, TypeError, ValueError) as exc:
-            raise _BadReply(f"unreadable embeddings ({exc.__class__.__name__})") from None
+            raise BadReply(f"unreadable embeddings ({exc.__class__.__name__})") from None
         if vecs.ndim != 2 or len(vecs) != n or vecs.shape[1] == 0:
-            raise _BadReply(f"{len(data)} vectors for {n} texts")
+            raise BadReply(f"{len(data)} vectors for {n} texts")
         if not np.all(np.isfinite(vecs)):
-            raise _BadReply("non-finite values in the vectors")
+            raise BadReply("non-finite values in the vectors")
         with self._dim_lock:
             if self._dim is None:
                 self._dim = int(vecs.shape[1])
             elif vecs.shape[1] != self._dim:
-                raise _BadReply(f"vectors of dimension {vecs.shape[1]} after {self._dim}")
+                raise BadReply(f"vectors of dimension {vecs.shape[1]} after {self._dim}")
         return l2_normalise(vecs)
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
-    def _describe(self, exc: BaseException) -> str:
-        status = getattr(exc, "status_code", None)
-        return exc.__class__.__name__ + (f" HTTP {status}" if status else "")
-
     def _error(self, exc: BaseException, budget: float, n: int) -> RagError:
-        url = self.url
-        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            error: RagError = ConfigError(
-                f"the embedding server at {url} refused the API key (HTTP {exc.status_code}): check RAG_EMBED_API_KEY"
-            )
-        elif isinstance(exc, openai.NotFoundError):
-            error = ConfigError(
-                f"the embedding server at {url} has no model {self.name!r} or no /embeddings route (HTTP 404): "
-                "check RAG_EMBED_MODEL, and that RAG_EMBED_URL is the OpenAI-compatible base URL (usually ending in /v1)"
-            )
-        elif isinstance(exc, (openai.APITimeoutError, _DeadlinePassed)):
-            error = RagError(
-                f"the embedding server at {url} did not embed {n} texts within {budget:g}s: is it overloaded? "
-                "Raise RAG_EMBED_TIMEOUT or lower RAG_EMBED_BATCH_SIZE"
-            )
-        elif isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
-            error = RagError(f"cannot reach the embedding server at {url}: is it running? (RAG_EMBED_URL)")
-        elif isinstance(exc, openai.RateLimitError):
-            error = RagError(
-                f"the embedding server at {url} kept rate-limiting requests (HTTP 429): lower RAG_EMBED_CONCURRENCY, "
-                "or try again later"
-            )
-        elif isinstance(exc, openai.APIStatusError) and is_transient(exc):
-            error = RagError(
-                f"the embedding server at {url} kept failing (HTTP {exc.status_code}): check its logs, then retry"
-            )
-        elif isinstance(exc, openai.APIStatusError):
-            error = ConfigError(
-                f"the embedding server at {url} rejected the request (HTTP {exc.status_code}: {_server_message(exc)}): "
-                "check RAG_EMBED_MODEL, and lower RAG_EMBED_BATCH_SIZE if the texts or batches are too large"
-            )
-        elif isinstance(exc, _BadReply):
-            error = RagError(
-                f"the embedding server at {url} sent an unusable reply ({exc}): is RAG_EMBED_URL an "
-                "OpenAI-compatible embeddings endpoint?"
-            )
-        else:
-            error = RagError(f"the embedding server at {url} failed: {self._describe(exc)}")
-        return error.__class__(self._scrub(str(error)))
-
-
-def _server_message(exc: openai.APIStatusError, limit: int = 200) -> str:
-    """The server's own explanation, from the OpenAI, TEI or FastAPI error shapes."""
-    body = exc.body
-    if isinstance(body, dict):
-        body = body.get("message") or body.get("error") or body.get("detail") or body
-    text = " ".join(str(body or exc.message).split())
-    return text[:limit] + ("..." if len(text) > limit else "")
+        """What went wrong and what to check (rag.clients.openai_http); a setting to fix is a ConfigError."""
+        failure = describe_failure(exc, self._endpoint, waited=f"did not embed {n} texts within {budget:g}s")
+        return (ConfigError if failure.kind in CONFIG_KINDS else RagError)(failure.message)
