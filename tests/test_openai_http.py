@@ -1,5 +1,5 @@
 """The one OpenAI-protocol client (rag.clients.openai_http) as both of its users see it: the chat model against
-the fake OpenAI server (rag/eval/fake_openai.py) and the remote embedder against the fake embeddings server.
+the fake OpenAI server (tests/fake_openai.py) and the remote embedder against the fake embeddings server.
 
 Both honour Retry-After in its three forms, retry only what is transient, and never show the API key or a
 password in the base URL (`http://user:secret@host/v1`): not in a message, a log line, a notice or an answer.
@@ -17,10 +17,10 @@ from email.utils import format_datetime
 import pytest
 from conftest import free_port, hash_index, run_cli
 from fake_embeddings import FakeEmbeddings
+from fake_openai import FakeOpenAI
 
 from rag.clients.chat import LLMReplyError, OpenAIChatLLM
 from rag.errors import ConfigError, LLMError, RagError
-from rag.eval.fake_openai import FakeOpenAI
 from rag.index.embedders import HashEmbedder
 from rag.index.remote_embedder import RemoteEmbedder
 
