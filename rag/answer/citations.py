@@ -239,3 +239,14 @@ def merge_spans(spans: Iterable[Span]) -> list[Span]:
         else:
             merged.append((start, end, exact))
     return merged
+
+
+_FRAMING = re.compile(r"^(?:\*\*[^*]+\*\* — )?No indexed paper mentions .+\.$|^None of the \d+ papers of the previous answer matches")
+
+
+def is_framing(sentence: str, refs) -> bool:
+    """A line the answerer writes about the answer or the index, not a claim about a paper: a label ending with
+    ":" ("Also possibly relevant:", "Among the 8 papers of the previous answer:") or a statement that no
+    indexed paper mentions something. Grounding metrics leave these out; they cite nothing by design."""
+    text = sentence.strip()
+    return not refs and (text.endswith(":") or bool(_FRAMING.match(text)))

@@ -5,8 +5,8 @@
   the first answer's second paper (or, for "papers like …", searched from it).
 - comparisons.jsonl: "how do X and Y differ", two-part questions. Coverage: the share of items present in the
   corpus whose gold paper is cited; absent items said to be absent.
-- absent_names.jsonl: a named thing no paper mentions (caught when the answer abstains) and controls naming
-  real things (refused when it abstains).
+- absent_names.jsonl: a named thing no paper mentions (caught when the answer abstains or says the name is in
+  no indexed paper) and controls naming real things (refused when it abstains).
 
 Each figure is reported per split; thresholds were never chosen on `test`.
 """
@@ -57,7 +57,7 @@ def run_dialogues(ask: Callable, rows: list[dict]) -> dict:
         second = ask(row["turns"][1]["question"], first)
         papers = first.papers()
         cited = cited_ids(second)
-        out = {"id": row["id"], "split": row.get("split"), "refers": row["turns"][1].get("refers"),
+        out = {"id": row["id"], "split": row.get("split"), "refers": row["turns"][1].get("refers"), "ask": row.get("ask"),
                "first_papers": len(papers), "cited": len(cited),
                "inside": sum(1 for c in cited if c in papers), "abstained": second.abstained,
                "referent": (second.referent or {}).get("paper_ids")}
@@ -97,8 +97,12 @@ def run_absent_names(ask: Callable, rows: list[dict]) -> dict:
     per = []
     for row in rows:
         answer = ask(row["question"], None)
+        said = "no indexed paper mentions" in (answer.answer or "").lower()
         per.append({"id": row["id"], "split": row.get("split"), "type": row["type"], "abstained": answer.abstained,
-                    "names_absent": (answer.names or {}).get("absent", [])})
+                    "names_absent": (answer.names or {}).get("absent", []),
+                    # caught: refused, or the answer says the named thing is in no paper (a comparison's other side
+                    # may still be answered)
+                    "caught": answer.abstained or said})
     return {"rows": per}
 
 
@@ -108,7 +112,9 @@ def summarise(results: dict, split: str | None = None) -> dict:
         return [r for r in results.get(kind, {}).get("rows", []) if split is None or r.get("split") == split]
 
     dlg = rows("dialogues")
-    cited = sum(r["cited"] for r in dlg)
+    # "papers like the first one" is meant to find papers outside the previous answer: not a containment case
+    contained = [r for r in dlg if r.get("ask") != "similar"]
+    cited = sum(r["cited"] for r in contained)
     ordinals = [r for r in dlg if r["refers"] == "ordinal"]
     cmp_items = [i for r in rows("comparisons") for i in r["items"]]
     present = [i for i in cmp_items if not i["absent"]]
@@ -117,14 +123,14 @@ def summarise(results: dict, split: str | None = None) -> dict:
     absent = [r for r in names if r["type"] == "absent_name"]
     controls = [r for r in names if r["type"] == "named_control"]
     return {
-        "followup_containment": _ratio(sum(r["inside"] for r in dlg), cited),
+        "followup_containment": _ratio(sum(r["inside"] for r in contained), cited),
         "followups": len(dlg),
         "ordinal_accuracy": _ratio(sum(bool(r.get("ordinal_ok")) for r in ordinals), len(ordinals)),
         "ordinals": len(ordinals),
         "comparison_coverage": _ratio(sum(i["cited"] for i in present), len(present)),
         "comparison_items": len(present),
         "comparison_absent_said": _ratio(sum(i["said_absent"] for i in absent_items), len(absent_items)),
-        "absent_names_caught": _ratio(sum(r["abstained"] for r in absent), len(absent)),
+        "absent_names_caught": _ratio(sum(r.get("caught", r["abstained"]) for r in absent), len(absent)),
         "absent_names": len(absent),
         "named_controls_refused": _ratio(sum(r["abstained"] for r in controls), len(controls)),
         "named_controls": len(controls),

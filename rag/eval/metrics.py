@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from rag.answer.citations import cited_numbers, claims, strip_markup  # noqa: F401 (re-exported for the runner)
+from rag.answer.citations import cited_numbers, claims, is_framing, strip_markup  # noqa: F401 (re-exported for the runner)
 from rag.corpus.parse import clean_text, normalise_title, paper_id_for
 from rag.eval.timing import percentile  # noqa: F401 (the report's latency figures)
 from rag.text import content_terms, normalise_for_match, split_sentences
@@ -100,8 +100,9 @@ def content_tokens(text: str) -> set[str]:
 
 
 def answer_sentences(answer: str) -> list[tuple[str, list[int]]]:
-    """Answer text -> [(clean sentence, source numbers it cites)] (rag.answer.citations.claims)."""
-    return [(c.text, list(c.refs)) for c in claims(answer)]
+    """Answer text -> [(clean sentence, source numbers it cites)] (rag.answer.citations.claims), without the
+    answerer's framing lines (labels, "No indexed paper mentions …": rag.answer.citations.is_framing)."""
+    return [(c.text, list(c.refs)) for c in claims(answer) if not is_framing(c.text, c.refs)]
 
 
 # ---------------------------------------------------------------- grounding

@@ -81,7 +81,7 @@ def named_things(question: str) -> list[Name]:
             found.append(Name(token, exact_case=False))
         elif _ACRONYM.match(token) and sum(c.isupper() for c in token) >= 2:
             found.append(Name(token, exact_case=True))
-        elif _INNER_CAPITAL.match(token):
+        elif _INNER_CAPITAL.match(token) or sum(c.isupper() for c in token) >= 2:  # ImageNet, BERTolino
             found.append(Name(token, exact_case=False))
     seen, out = set(), []
     for name in found:
