@@ -34,7 +34,7 @@ run: index
 
 # Two workers: the suite mixes CPU work with waiting on servers and timeouts (see README, Development).
 test: install browser
-	$(PY) -m pytest -q -ra -n 2 --dist worksteal
+	$(PY) -m pytest -q -ra -n 2 --dist worksteal --durations=25
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser" -n 2
