@@ -48,6 +48,8 @@ def stemmer():
 
 def fold(text: str) -> str:
     """Lower-cased, accents removed (NFKD without combining marks): the form terms are taken from."""
+    if text.isascii():  # most abstracts: no accents to remove (the loop below costs ~0.1 ms per abstract)
+        return text.casefold()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 

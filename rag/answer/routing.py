@@ -68,6 +68,7 @@ class Router:
         self._retriever = retriever
         self._sentences = sentences
         self._list_top_k = list_top_k
+        self._metadata: dict[tuple, bool] = {}
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -209,12 +210,18 @@ class Router:
             return Route(final=" ".join(dict.fromkeys(line[2:] for line in absent_lines)) or None, names=check)
         return Route(paper_ids=chosen, listing=True, tail=absent_lines, names=check)
 
+    def _holds(self, field: str) -> bool:
+        """Whether any indexed paper has `field` (read once per index generation, only when a question asks)."""
+        key = (self._index.generation, field)
+        if key not in self._metadata:
+            self._metadata[key] = any(getattr(p, field) for p in self._index.papers())
+        return self._metadata[key]
+
     def _missing_metadata(self, question: str) -> str | None:
         """A plain statement when the question filters on metadata the index does not hold."""
-        papers = self._index.papers()
-        if _YEAR.search(question) and not any(p.date for p in papers):
+        if _YEAR.search(question) and not self._holds("date"):
             return "The indexed papers carry no publication years, so the papers cannot be filtered by year."
-        if _AUTHOR.search(question) and not any(p.authors for p in papers):
+        if _AUTHOR.search(question) and not self._holds("authors"):
             return "The indexed papers carry no author names, so the papers cannot be filtered by author."
         if _VENUE.search(question):
             return "The indexed papers carry no venues or affiliations, so the papers cannot be filtered by them."
