@@ -344,7 +344,7 @@ def bench_evidence(out: Path, papers: int = 15, repeats: int = 3) -> dict:
 
 def bench_embedding(out: Path, n: int = 256, rounds: int = 5) -> dict:
     """Texts/s of torch fp32 and torch bf16 on the same real chunk texts, interleaved in one run, and the
-    cosine of bf16 vectors to fp32. (The ONNX export, measured the same way before it was removed, is in
+    cosine of bf16 vectors to fp32. (ONNX Runtime for bulk embedding, measured the same way, is in
     eval/bench/embedding-onnx-vs-bf16.json.)
 
     The machine is shared, so other work only ever slows a run down: ratios use each backend's best

@@ -4,10 +4,9 @@ Backends: torch (sentence-transformers on the CPU, bf16 autocast where the CPU h
 remote (any OpenAI-compatible /v1/embeddings server, rag.index.remote_embedder), and hash (model-free, for
 tests). Every embedder says what it is with `describe()`.
 
-An ONNX Runtime export was the default until measured against bf16 in one run (README, Benchmarks):
-bf16 was faster on this CPU with vectors within cosine 0.99997 of fp32, and needs no export step, no
-extra dependencies and no model file that can be damaged, so ONNX was removed for ingest. Questions are
-embedded by an ONNX export again (rag.index.query_model), for its start-up time, not its throughput.
+Bulk embedding (ingest) uses torch bf16: on this CPU it is faster than ONNX Runtime with vectors within
+cosine 0.99997 of fp32 (README, Benchmarks). Questions use an ONNX export of the same model
+(rag.index.query_model) for its start-up time, not its throughput.
 """
 
 from __future__ import annotations
