@@ -49,6 +49,7 @@ class Reference:
     phrase: str
     rest: str
     position: int | None = None
+    weak: bool = False  # "[2]", "#2", "paper 2": a reference only when there is an answer to refer to
 
 
 def find_reference(message: str) -> Reference | None:
@@ -70,7 +71,7 @@ def find_reference(message: str) -> Reference | None:
         kind = SIMILAR if _SIMILAR.search(before) else ITEM
         rest = _squash(before[: _SIMILAR.search(before).start()] if kind == SIMILAR else before) + " " + \
             _squash(message[m.end():])
-        return Reference(kind, m.group(0).strip(), _squash(rest), position)
+        return Reference(kind, m.group(0).strip(), _squash(rest), position, weak=pattern is not _ITEM_PATTERNS[0])
     for pattern in _SET_PATTERNS:
         m = pattern.search(message)
         if m is not None:
@@ -120,6 +121,8 @@ def resolve(message: str, previous_papers: list[str] | None) -> Referent | None:
     if reference is None:
         return None
     papers = list(dict.fromkeys(previous_papers or []))
+    if not papers and reference.weak:
+        return None  # "cite [12]" in a first question is text, not a reference
     if not papers:
         raise QuestionError(f"“{reference.phrase}” refers to a previous answer, but there is none with papers "
                             "in this conversation: ask a question that names the topic")
