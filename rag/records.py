@@ -158,6 +158,7 @@ class Answer:
     also_relevant: list[dict] = field(default_factory=list)  # a list's second tier: {n, paper_id, title}
     referent: dict | None = None  # a follow-up's referent: {kind, paper_ids, lead} (rag.answer.followup)
     names: dict | None = None  # named things checked: {names, absent, mentioned_by} (rag.judge.names)
+    shape: str | None = None  # "list" (one bullet per paper) or "specific" (the best sentences)
 
     def papers(self) -> list[str]:
         """The answer's papers in order, what a follow-up's "them" or "the second one" refers to: the cited
@@ -214,6 +215,7 @@ class Answer:
             "names": self.names,
             "confidence": self.confidence(),
             "papers": self.papers(),
+            "shape": self.shape,
         }
 
 

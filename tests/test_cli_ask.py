@@ -156,11 +156,10 @@ def test_chat_through_stdin_answers_a_question_and_a_follow_up(index_env):
 
 
 @pytest.mark.slow
-def test_chat_with_llm_streams_answers_and_rewrites_the_follow_up(index_env, fake_llm):
+def test_chat_with_llm_answers_a_follow_up_from_the_previous_answers_papers(index_env, fake_llm):
     first = "- **Erasing Concepts from Diffusion Models** uses negative guidance [1]."
-    rewritten = "Which concept erasure methods for diffusion models use adversarial training?"
     second = "- **Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models** [1]."
-    for reply in (first, rewritten, second):
+    for reply in (first, second):
         fake_llm.queue_reply(reply)
     env = index_env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_MODEL": "fake-model", "RAG_LLM_MAX_ATTEMPTS": "1", "RAG_EVIDENCE": "off"}
     proc = run_cli("chat", env=env, input=f"{ERASE_Q}\nwhich of them use adversarial training?\n")
@@ -168,14 +167,17 @@ def test_chat_with_llm_streams_answers_and_rewrites_the_follow_up(index_env, fak
     turns = proc.stdout.split("\n> ")
     assert len(turns) == 4, proc.stdout
     assert "LLM fake-model" in turns[0]
-    assert first in turns[1] and second in turns[2]
+    assert first in turns[1]
+    # no rewrite call: the follow-up is answered from the first answer's papers, and says so
+    assert "papers of the previous answer:" in turns[2] and second in turns[2]
+    assert "Confidence:" in turns[2]
     posts = [r for r in fake_llm.requests if r["path"].endswith("/chat/completions")]
-    assert [bool(p.get("stream")) for p in posts] == [True, False, True]
-    assert "Last message: which of them use adversarial training?" in posts[1]["messages"][0]["content"]
-    assert posts[2]["messages"][1:3] == [
+    assert [bool(p.get("stream")) for p in posts] == [True, True]
+    assert posts[1]["messages"][1:3] == [
         {"role": "user", "content": ERASE_Q},
         {"role": "assistant", "content": first},
     ]
+    assert "Defensive Unlearning" in posts[1]["messages"][-1]["content"]  # a paper of the set is a source
 
 
 @pytest.mark.parametrize(

@@ -170,8 +170,8 @@ def test_top_k_means_what_it_says(real_assistant):
     listing = real_assistant.ask(ERASE_Q, top_k=2)
     assert len(listing.citations) == 2 and listing.more_papers >= 1
     assert f"{listing.more_papers} more paper" in listing.notice and "top-k" in listing.notice
-    wide = real_assistant.ask(ERASE_Q, top_k=15)
-    assert len(wide.citations) == min(15, 2 + listing.more_papers)
+    wide = real_assistant.ask(ERASE_Q, top_k=15)  # a larger top-k judges a larger pool (2 x top-k)
+    assert len(wide.citations) >= min(15, 2 + listing.more_papers)
 
 
 @pytest.mark.slow

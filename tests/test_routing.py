@@ -5,8 +5,8 @@ metadata the index does not hold, and the confidence signal."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import hash_index
+
 from rag.errors import QuestionError
 
 PAPERS = [

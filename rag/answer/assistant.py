@@ -505,6 +505,7 @@ class Assistant:
         citations = [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in sources
                      if s.n in extract.cited and s.n not in also_ids]
         return Answer(answer=text, mode="extractive", abstained=False, citations=citations, also_relevant=also,
+                      shape="list" if listing else "specific",
                       notice=_join(plan.notice, more_note(found.more) if listing else None),
                       quotes=extract.quotes, timings_ms=_timings(t_retrieve, t1, started), **base)
 

@@ -174,7 +174,7 @@ def fit_extractive(settings, dataset, split, collected, params):
     sources the pipeline itself gives the answerer (an Assistant with the abstention and list relevance just
     fitted, `params`): a list answer quotes only the papers that pass, and a refused question scores 0,
     exactly as `rag eval` scores them. The weights change which sentences are quoted, not which papers."""
-    from rag.answer.assistant import Assistant, is_list_question
+    from rag.answer.assistant import Assistant
     from rag.answer.extractive import Extractor, Weights
     from rag.eval.metrics import key_fact_recall
 
@@ -189,7 +189,7 @@ def fit_extractive(settings, dataset, split, collected, params):
             refused += 1  # 0 key facts whatever the weights
             continue
         sources = list(answer.sources)
-        cases.append((q, is_list_question(q.question), sources,
+        cases.append((q, answer.shape == "list", sources,
                       sentences.of([retriever.index.paper(s.paper_id) for s in sources]),
                       retriever.embed_query(q.question)))
     total = len(cases) + refused

@@ -254,6 +254,7 @@ class ChromaStore:
             if len(got["ids"]) < step:
                 break
             offset += step
+        self._after_first_query("papers")  # reading them loads (and may rewrite) the collection's files too
         return ids, (np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32))
 
     def paper_vectors(self, paper_ids: Sequence[str]) -> dict[str, np.ndarray]:
