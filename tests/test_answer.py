@@ -53,7 +53,7 @@ def assert_citations_valid(answer, papers) -> None:
     by_n = {s.n: s for s in answer.sources}
     in_text = cited_numbers(answer.answer)
     assert in_text <= set(by_n), f"answer cites {in_text - set(by_n)} which are not sources"
-    assert {c["n"] for c in answer.citations} == in_text
+    assert {c["n"] for c in answer.citations} | {a["n"] for a in answer.also_relevant} == in_text
     for c in answer.citations:
         assert c["paper_id"] == by_n[c["n"]].paper_id
         assert c["title"] == by_n[c["n"]].title == papers[c["paper_id"]].title
@@ -475,9 +475,9 @@ def test_rule_based_follow_up_keeps_the_topic(extractive, real_retriever):
     ), [p.title for p in cited]
     assert DEFENSIVE in [s.title for s in answer.sources]
     assert_citations_valid(answer, papers)
-    # without the conversation the same words are not about concept erasure
-    alone = extractive.ask(ADV_FOLLOW_UP)
-    assert alone.standalone_question is None
+    # without a conversation "of them" refers to nothing, and the answer says so
+    with pytest.raises(QuestionError, match="refers to a previous answer, but there is none"):
+        extractive.ask(ADV_FOLLOW_UP)
 
 
 @pytest.mark.slow

@@ -177,7 +177,7 @@ def test_chat_with_llm_answers_a_follow_up_from_the_previous_answers_papers(inde
         {"role": "user", "content": ERASE_Q},
         {"role": "assistant", "content": first},
     ]
-    assert "Defensive Unlearning" in posts[1]["messages"][-1]["content"]  # a paper of the set is a source
+    assert "adversarial training" in posts[1]["messages"][-1]["content"].lower()  # the set's papers that carry it
 
 
 @pytest.mark.parametrize(
