@@ -1,11 +1,9 @@
 #!/usr/bin/env python3
 """Validate the follow-up eval sets: dialogues.jsonl, comparisons.jsonl, absent_names.jsonl.
 
-Stdlib only. The corpus is parsed the way check_dev.py parses it (boilerplate and date lines dropped, the glued
-`Subscribe` stripped, then title / abstract lines alternate), and titles and abstracts are cleaned the way
-`rag.corpus.parse.clean_text` cleans them, so titles here are the loader's titles.
+The corpus is parsed by the project's loader (rag.corpus.parse), so titles here are the index's titles.
 
-    python eval/datasets/check_followups.py          # exit 1 on any error
+    .venv/bin/python eval/datasets/check_followups.py          # exit 1 on any error
 
 Checks: schema (keys, order, types, id prefixes, unique ids); every title is a corpus title; dialogues'
 `turn1_gold_titles` equal the gold of the dev question `turn1_dev_id` and turn 1 is that question; set
@@ -21,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -29,35 +26,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CORPUS = ROOT / "data" / "corpus"
 
-BOILER = {"new", "subscribe", "get trending papers in your email inbox!",
-          "get trending papers in your email inbox once a day!", "byak and the research community"}
-DATE = re.compile(r"^(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]* \d{1,2}(, \d{4})?$", re.I)
-GLUED = re.compile(r"^Subscribe(?!(?:rs?|d|s)\b)(?=\S)")
-LATEX_ESCAPE = re.compile(r"\\([%_&#$])")
-LATEX_CMD = re.compile(r"\\(?:emph|textbf|textit|texttt|mathrm|mathbf|text)\{([^{}]*)\}")
-LATEX_SYMBOL = {"\\times": "×", "\\sim": "~", "\\(": "", "\\)": "", "\\uparrow": "↑", "\\downarrow": "↓"}
-
-
-def clean(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)
-    text = LATEX_ESCAPE.sub(r"\1", text)
-    text = LATEX_CMD.sub(r"\1", text)
-    for macro, plain in LATEX_SYMBOL.items():
-        text = text.replace(macro, plain)
-    return " ".join(text.split())
-
-
 def load_corpus() -> dict[str, str]:
-    papers: dict[str, str] = {}
-    for path in sorted(CORPUS.glob("*.txt")):
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").split("\n")]
-        lines = [ln for ln in lines if ln and ln.casefold() not in BOILER and not DATE.match(ln)]
-        if len(lines) % 2:
-            raise SystemExit(f"{path.name}: odd number of title/abstract lines")
-        for i in range(0, len(lines), 2):
-            title = clean(GLUED.sub("", lines[i]))
-            papers.setdefault(title, clean(lines[i + 1]))
-    return papers
+    """Title -> abstract, parsed by the project's own loader (the titles gold must match are the loader's)."""
+    sys.path.insert(0, str(ROOT))
+    from rag.corpus.parse import load_corpus as parse
+
+    return {p.title: p.abstract for p in parse([CORPUS]).papers}
 
 
 def squash(text: str) -> str:

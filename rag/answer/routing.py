@@ -171,14 +171,14 @@ class Router:
             if not ids:
                 tail.append(f"- **{name.text}** — {absent_message([name.text])}")
                 continue
-            best = self._best_for(name, ids, question)
+            best = self._best_for(name, ids)
             if best and best not in chosen:
                 chosen.append(best)
         if not chosen:
             return Route(final=absent_message(check.absent), names=check)
         return Route(paper_ids=chosen, listing=True, tail=tail, names=check)
 
-    def _best_for(self, name: Name, ids: tuple[str, ...], question: str) -> str | None:
+    def _best_for(self, name: Name, ids: tuple[str, ...]) -> str | None:
         """The paper that is about `name`: one naming it in its title, else the first that mentions it."""
         papers = [p for p in (self._index.get(pid) for pid in ids) if p is not None]
         titled = [p for p in papers if name.in_text(p.title)]

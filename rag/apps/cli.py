@@ -31,6 +31,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _question_args(s, batch_out: str, top_k_help: str) -> None:
+    """The arguments `rag search` and `rag ask` share: a question or a batch file, top-k and mode."""
+    s.add_argument("question", nargs="?", help="the question (or use --questions FILE)")
+    s.add_argument("--questions", type=Path, help=f"JSONL file of {{question, id?}}: {batch_out}")
+    s.add_argument("--top-k", type=_positive_int, help=top_k_help)
+    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode (default hybrid)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rag", description="Question answering over ML paper abstracts, with cited paper titles.")
     p.add_argument("--data-dir", help="index location (env RAG_DATA_DIR, default .rag)")
@@ -45,17 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
 
     s = sub.add_parser("search", help="find the papers most relevant to a question")
-    s.add_argument("question", nargs="?", help="the question (or use --questions FILE)")
-    s.add_argument("--questions", type=Path, help="JSONL file of {question, id?}: one JSON line out per question")
-    s.add_argument("--top-k", type=_positive_int, help="papers to return (default 10)")
-    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode (default hybrid)")
+    _question_args(s, "one JSON line out per question", "papers to return (default 10)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("ask", help="answer a question with cited paper titles")
-    s.add_argument("question", nargs="?", help="the question (or use --questions FILE)")
-    s.add_argument("--questions", type=Path, help="JSONL file of {question, id?}: one JSON answer per line")
-    s.add_argument("--top-k", type=_positive_int, help="papers given to the answerer (default 6)")
-    s.add_argument("--mode", choices=["hybrid", "dense", "bm25"], help="retrieval mode (default hybrid)")
+    _question_args(s, "one JSON answer per line", "papers given to the answerer (default 6)")
     s.add_argument("--extractive", action="store_true", help="answer with quoted sentences, no LLM")
     s.add_argument("--evidence", action=argparse.BooleanOptionalAction, default=None,
                    help="with an LLM: let it judge each candidate paper before answering (default RAG_EVIDENCE=on)")

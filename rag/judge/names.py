@@ -107,16 +107,6 @@ class NameCheck:
     def absent(self) -> list[str]:
         return [n.text for n, ids in zip(self.names, self.mentioned_by) if not ids]
 
-    @property
-    def present(self) -> list[str]:
-        return [n.text for n, ids in zip(self.names, self.mentioned_by) if ids]
-
-    def papers_of(self, text: str) -> tuple[str, ...]:
-        for name, ids in zip(self.names, self.mentioned_by):
-            if name.text == text:
-                return ids
-        return ()
-
     def any_mention(self) -> list[str]:
         """Papers mentioning at least one name, first-name papers first."""
         return list(dict.fromkeys(pid for ids in self.mentioned_by for pid in ids))
