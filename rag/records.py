@@ -178,6 +178,9 @@ class Answer:
         else:
             level = "low" if judgement.get("level") == "low" else "answer"
         reason = judgement.get("reason")
+        absent = (self.names or {}).get("absent") if not self.abstained else None
+        if absent:  # answered although a name it gives (as an example: "e.g. DP-SGD") is in no paper
+            level, reason = "low", f"no indexed paper mentions {', '.join(absent)}"
         if not reason:
             if self.names and self.names.get("absent"):
                 reason = "a named thing is in no indexed paper"

@@ -583,3 +583,23 @@ def test_unreachable_llm_in_the_rewrite_is_not_waited_on_again(real_index, real_
     assert calls == ["complete"]  # the answer did not try the dead endpoint a second time
     assert answer.mode == "extractive" and "cannot connect" in answer.notice
     assert time.perf_counter() - t < 10
+
+
+def test_list_bullets_quote_what_the_paper_does_not_its_background():
+    from rag.answer.extractive import Extractor
+    from rag.records import Source
+
+    abstract = ("The rapid expansion of text-to-image diffusion models has raised growing concerns about erasing "
+                "harmful concepts. Existing concept erasure methods erase fewer than five concepts in diffusion "
+                "models. In this paper, we introduce MACE, a finetuning framework for mass concept erasure. "
+                "MACE erases 100 concepts.")
+    other = ("Diffusion models can erase concepts when fine-tuned. We propose a method to erase concepts from "
+             "diffusion models with negative guidance.")
+    no_marker = "Concept erasure in diffusion models is studied with closed-form edits."
+    sources = [Source(1, "a", "MACE", "", 1.0, abstract), Source(2, "b", "ESD", "", 0.9, other),
+               Source(3, "c", "Closed form", "", 0.8, no_marker)]
+    extract = Extractor().answer("which papers erase concepts in diffusion models?", sources, list_question=True)
+    quoted = {q.n: q.text for q in extract.quotes}
+    assert quoted[1].startswith("In this paper, we introduce MACE") or quoted[1] == "MACE erases 100 concepts."
+    assert quoted[2].startswith("We propose a method")
+    assert quoted[3] == no_marker  # no sentence about the authors' own work: nothing is background

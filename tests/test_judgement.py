@@ -250,8 +250,8 @@ def test_a_list_bullet_may_prefer_the_sentence_naming_the_method_but_cites_the_s
     from rag.records import Source
 
     abstracts = [
-        "Concept erasure in diffusion models removes unwanted concepts. We propose AdvUnlearn, robust to attacks.",
-        "Erasing concepts from diffusion models is studied here. Our TRCE reaches 92.5% erasure on I2P.",
+        "We erase unwanted concepts in diffusion models. We propose AdvUnlearn, robust to attacks.",
+        "In this work, erasing concepts from diffusion models is studied. Our TRCE reaches 92.5% erasure on I2P.",
     ]
     sources = [Source(i, f"p{i}", f"Paper {i}", "", 1.0, a) for i, a in enumerate(abstracts, 1)]
     question = "which papers erase concepts in diffusion models?"

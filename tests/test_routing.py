@@ -25,6 +25,10 @@ PAPERS = [
      "We correct speaker diarization errors of an ASR system with a fine-tuned language model."),
     ("Sparse Autoencoders Find Interpretable Features",
      "We train sparse autoencoders on language model activations and find interpretable features."),
+    ("Are Emergent Abilities of Large Language Models a Mirage?",
+     "We argue that emergent abilities appear due to the metric the researcher chooses."),
+    ("Understanding Emergent Abilities of Language Models from the Loss Perspective",
+     "We study emergent abilities through the pre-training loss instead of model size."),
 ]
 
 
@@ -101,3 +105,20 @@ def test_confidence_and_papers_are_in_the_json_contract(assistant):
     record = assistant.ask("which papers erase concepts in diffusion models?", extractive=True).to_dict()
     assert record["confidence"]["level"] in ("answer", "low") and record["confidence"]["reason"]
     assert record["papers"][: len(record["citations"])] == [c["paper_id"] for c in record["citations"]]
+
+
+def test_a_name_given_as_an_example_neither_refuses_nor_restricts(assistant):
+    answer = assistant.ask("Which papers erase concepts with QuantumFlux-style adversarial training?", extractive=True)
+    assert not answer.abstained and answer.citations
+    assert answer.answer.startswith("No indexed paper mentions QuantumFlux; the closest papers:")
+    assert answer.confidence() == {"level": "low", "reason": "no indexed paper mentions QuantumFlux"}
+    named = assistant.ask("How does QuantumFlux adversarial training erase concepts?", extractive=True)
+    assert named.citations == [] and "No indexed paper mentions QuantumFlux." in named.answer
+
+
+def test_a_compared_item_described_instead_of_named_is_found_by_retrieval(assistant):
+    answer = assistant.ask("What explains emergent abilities according to the 'mirage' paper versus the "
+                           "loss-perspective paper?", extractive=True)
+    assert titles(answer) == ["Are Emergent Abilities of Large Language Models a Mirage?",
+                              "Understanding Emergent Abilities of Language Models from the Loss Perspective"]
+    assert "No indexed paper mentions" not in answer.answer

@@ -34,6 +34,13 @@ _STATES_METHOD = re.compile(
 # A name or a figure: a word with two capitals ("AdvUnlearn", "TEEN", "aTLAS"), letters with digits ("wav2vec",
 # "GPT-3", "Llama-2") or a number of two digits or more ("57.6%", "680,000").
 _NAME = re.compile(r"\b(?:\w*[A-Z]\w*[A-Z]\w*|[A-Za-z]+\d\w*|\d\w*[A-Za-z]\w*|[A-Za-z]+-\d\w*|\d[\d.,]*\d%?)(?:-\w+)*")
+# The author speaking about their own work: the first sentence that does so opens the contribution; the
+# sentences before it are background and motivation ("The rapid expansion of … has raised concerns").
+_OWN_WORK = re.compile(r"\b(we|our|us|this (paper|work|study|article|letter)|the proposed|here,? we)\b", re.I)
+# A sentence about others' work ("Existing concept erasure methods are restricted to …") is background too,
+# unless the authors speak in it ("In contrast, we …").
+_OTHERS_WORK = re.compile(r"\b(existing|previous|prior|current|conventional|traditional|recent|most|many)\s+(\S+\s+){0,3}?"
+                          r"(methods?|approaches|works?|techniques|studies|models|systems|solutions|efforts)\b", re.I)
 _CLAUSE = re.compile(r"(?<=[;,:])\s+|\s+(?=(?:which|while|whereas|where|and|but|thereby|by)\s)")
 
 
@@ -61,6 +68,7 @@ class Scored:
     end: int
     sentence_start: int = -1
     sentence_end: int = -1
+    background: bool = False  # before the abstract's first sentence about the authors' own work
 
     def __post_init__(self):
         if self.sentence_start < 0:
@@ -107,20 +115,21 @@ class Extractor:
             else:
                 spans = [s for s in ps.spans if s is not None]
                 cos = (ps.vectors[1:] @ query_vector) if query_vector is not None else None
+            opens = next((k for k, (a, b) in enumerate(spans) if _OWN_WORK.search(src.abstract[a:b])), 0)
             for pos, (start, end) in enumerate(spans):
                 rows.append((src, pos, start, end, set(content_terms(src.abstract[start:end])),
-                             float(cos[pos]) if cos is not None else 0.0))
+                             float(cos[pos]) if cos is not None else 0.0, pos < opens or _about_others(src.abstract[start:end])))
         if not rows:
             return []
         df: dict[str, int] = {}
-        for *_, terms, _cos in rows:
+        for *_, terms, _cos, _bg in rows:
             for t in terms:
                 df[t] = df.get(t, 0) + 1
         n = len(rows)
         idf = {t: math.log(1 + n / df.get(t, 1)) for t in q_terms}
         total = sum(idf.values()) or 1.0
         scored = []
-        for src, pos, start, end, terms, cos in rows:
+        for src, pos, start, end, terms, cos, background in rows:
             text = src.abstract[start:end]
             score = w.semantic * cos + w.lexical * sum(idf[t] for t in q_terms & terms) / total
             if wants_result and _STATES_RESULT.search(text):
@@ -128,7 +137,7 @@ class Extractor:
             elif not wants_result and _STATES_METHOD.search(text):
                 score += w.method
             score += w.position / (1 + pos) + w.rank / src.n
-            scored.append(Scored(score, src, start, end))
+            scored.append(Scored(score, src, start, end, background=background))
         scored.sort(key=lambda r: r.score, reverse=True)
         return scored
 
@@ -136,8 +145,9 @@ class Extractor:
                query_vector=None) -> Extract | None:
         """Bullets of quoted sentences; None when no source has a sentence to quote.
 
-        A list answer has one bullet per source (every source given is listed, in order); a specific
-        answer quotes the best `weights.quotes` sentences, grouped by paper.
+        A list answer has one bullet per source (every source given is listed, in order), quoting what the
+        paper does: its best sentence from the contribution on, background only when nothing else is left;
+        a specific answer quotes the best `weights.quotes` sentences, grouped by paper.
         """
         ranked = self.rank(question, sources, sentences, query_vector)
         if not ranked:
@@ -148,7 +158,7 @@ class Extractor:
             # result changes which sentence is quoted, never which paper is cited.
             q_words = {w.strip(".,;:!?()[]\"'") for w in question.casefold().split()}
             best: dict[int, Scored] = {}
-            for row in sorted(ranked, key=lambda r: -(r.score + self.weights.entity * _names(r.text, q_words))):
+            for row in sorted(ranked, key=lambda r: (r.background, -(r.score + self.weights.entity * _names(r.text, q_words)))):
                 best.setdefault(row.source.n, row)
             rows = [_shorten(best[s.n], q_terms) for s in sources if s.n in best]
             lines = [f"- **{r.source.title}** — {_quoted(r)} [{r.source.n}]" for r in rows]
@@ -170,6 +180,10 @@ class Extractor:
 def _names(text: str, known: set[str]) -> float:
     """How much `text` names (methods, models, figures) beyond the words in `known`: 0, 1/3, 2/3 or 1."""
     return min(len({m.group(0).casefold() for m in _NAME.finditer(text)} - known), 3) / 3
+
+
+def _about_others(sentence: str) -> bool:
+    return bool(_OTHERS_WORK.search(sentence)) and not _OWN_WORK.search(sentence)
 
 
 def asks_for_result(question: str) -> bool:
@@ -203,7 +217,8 @@ def _shorten(row: Scored, q_terms: set[str]) -> Scored:
         end = start + words[MAX_QUOTE_WORDS - 1].end()
     while end > start and text[end - 1] in " ,;:":
         end -= 1
-    return Scored(row.score, row.source, row.start + start, row.start + end, row.sentence_start, row.sentence_end)
+    return Scored(row.score, row.source, row.start + start, row.start + end, row.sentence_start, row.sentence_end,
+                  row.background)
 
 
 def _quoted(row: Scored) -> str:

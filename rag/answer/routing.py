@@ -95,21 +95,27 @@ class Router:
             return Route(final=constraint)
         parts = split_question(question)
         if parts is not None and parts.kind == COMPARISON:
-            return self._comparison(question, parts.items)
+            compared = self._comparison(question, parts.items)
+            if compared is not None:
+                return compared
         names = named_things(question)
         if parts is not None and parts.kind == MULTIPART:
             return self._multipart(question, parts.items, names)
         if not names:
             return Route()
         check = self.check(names)
-        if check.absent:
+        if check.absent_subjects:
             related = [pid for pid in check.any_mention()][:3]
-            return Route(final=absent_message(check.absent), names=check, related=related)
-        rare = [ids for ids in check.mentioned_by if len(ids) <= RARE_MENTIONS]
+            return Route(final=absent_message(check.absent_subjects), names=check, related=related)
+        # A name given as an example ("word2vec-style") neither restricts the answer nor, when absent, refuses
+        # it: the answer is about the rest of the question, and says the example is in no paper.
+        lead = absent_message(check.absent)[:-1] + "; the closest papers:" if check.absent else None
+        rare = [ids for name, ids in zip(check.names, check.mentioned_by)
+                if not name.example and len(ids) <= RARE_MENTIONS]
         if rare:
             allowed = list(dict.fromkeys(pid for ids in rare for pid in ids))
-            return Route(restrict=allowed, names=check)
-        return Route(names=check)
+            return Route(restrict=allowed, names=check, lead=lead)
+        return Route(names=check, lead=lead)
 
     def _over_referent(self, question: str, referent: Referent) -> Route:
         reference = referent.reference
@@ -163,15 +169,37 @@ class Router:
         kept.sort(reverse=True)
         return [pid for _, pid in kept]
 
-    def _comparison(self, question: str, items: tuple[str, ...]) -> Route:
-        names = [Name(item, exact_case=item.isupper() and len(item) > 1) for item in items]
+    def _comparison(self, question: str, items: tuple[str, ...]) -> Route | None:
+        """One paper per compared item: a named item ("MACE", "the 'mirage' paper") by the papers that
+        mention its name; a described one ("the loss-perspective paper") by retrieval, never "absent"."""
+        items = tuple(i for i in items if not _WH_OPENING.match(i))
+        if len(items) < 2:
+            return None
+        plan: list[tuple[Name | None, str]] = []  # (the item's name, or None and the description to search)
+        for item in items:
+            inner = named_things(item)
+            if inner:
+                plan.append((inner[0], item))
+            elif _DESCRIBED.search(item) or len(item.split()) > 3:
+                plan.append((None, _DESCRIBED.sub(" ", item).strip() or item))
+            else:
+                plan.append((Name(item, exact_case=item.isupper() and len(item) > 1), item))
+        names = [name for name, _ in plan if name is not None]
         check = self.check(names)
+        mentioned = dict(zip((n.text for n in names), check.mentioned_by))
         chosen, tail = [], []
-        for name, ids in zip(names, check.mentioned_by):
-            if not ids:
+        for name, text in plan:
+            if name is None:  # the description, in the question's context without the other items
+                context = question
+                for other in items:
+                    context = context.replace(other, " ")
+                hits = self._retriever.search(f"{text} {context}", 5)
+                best = next((h.paper_id for h in hits if h.paper_id not in chosen), None)
+            elif not mentioned[name.text]:
                 tail.append(f"- **{name.text}** — {absent_message([name.text])}")
                 continue
-            best = self._best_for(name, ids)
+            else:
+                best = self._best_for(name, mentioned[name.text])
             if best and best not in chosen:
                 chosen.append(best)
         if not chosen:
@@ -238,4 +266,8 @@ def _what(ask: str) -> str:
 
 _ASK_OPENING = re.compile(r"^\s*(?:(?:which|what|who|do|does|did|are|is|were|can|could)\s+)+"
                           r"(?:(?:any|all|some|ones?|of)\s+)*", re.I)
+_WH_OPENING = re.compile(r"^(?:what|which|how|why|who|where|when|does|do|is|are)\b", re.I)
+# A compared item that describes a paper instead of naming it: "the loss-perspective paper", "the guardrail
+# study", "the original work".
+_DESCRIBED = re.compile(r"\b(?:paper|papers|study|studies|work|works|article|approach|method|analysis)\b", re.I)
 _LEANS = re.compile(r"\b(?:it|its|they|their|them|this (?:method|model|paper|approach))\b", re.I)

@@ -23,7 +23,9 @@ how what which who whom why when where is are does do did can could should would
 give explain describe compare summarise summarize please any the a an and or of in on for to with from by i
 papers paper method methods model models approach dataset datasets
 """.split())
-_QUOTED = re.compile(r"[\"“”'‘’]([^\"“”'‘’]{3,80})[\"“”'‘’]")
+# A quotation: an apostrophe inside a word ("can't", "model's") neither opens nor closes one.
+_QUOTED = re.compile(r"(?<![A-Za-z0-9])[\"“”'‘’](?![\s])((?:[^\"“”'‘’]|(?<=[A-Za-z])['’](?=[A-Za-z])){3,80}?)"
+                     r"(?<![\s])[\"“”'‘’](?![A-Za-z0-9])")
 _TOKEN = re.compile(r"[A-Za-z0-9][\w.+/-]*[\w+]|[A-Za-z0-9]")
 _HAS_DIGIT_AND_LETTER = re.compile(r"(?=.*\d)(?=.*[A-Za-z])")
 _INNER_CAPITAL = re.compile(r"^[A-Za-z]*[a-z]-?[A-Z]")  # ImageNet, LoRA, QuantumFlux
@@ -32,13 +34,23 @@ _QUANTITY = re.compile(r"\d+(?:[.,]\d+)?(?:s|k|m|b|t|x|st|nd|rd|th|d|%)?(?:-[a-z
 _ACRONYM = re.compile(r"^[A-Z][A-Z0-9-]*[A-Z0-9]s?$")  # MACE, RLHF, LLMs, GPT-4
 
 
+# A name given as an example or a manner, not a subject: "word2vec-style embeddings", "Kolmogorov-Arnold
+# style networks", "BERT-like encoders", "models such as GPT-4". Papers on the subject need not mention it.
+_EXAMPLE_AFTER = re.compile(r"^(?:-|\s+)(?:style|like|esque|inspired|type|alike)\b", re.I)
+_EXAMPLE_BEFORE = re.compile(r"\b(?:like|such as|e\.g\.,?|similar to|including|for example|for instance|resembling)\s*$",
+                             re.I)
+
+
 @dataclass(frozen=True)
 class Name:
     """A specific thing a question names. `exact_case`: an all-capitals acronym ("SPEED", "MACE") must be
-    found in capitals, since its lower-case form is an ordinary word."""
+    found in capitals, since its lower-case form is an ordinary word. `example`: named as an example or a
+    manner ("word2vec-style", "such as GPT-4"), or ordinary words in quotes ("a 'can't tell' label"), so papers
+    on the question's subject need not mention it."""
 
     text: str
     exact_case: bool = False
+    example: bool = False
 
     def pattern(self) -> re.Pattern:
         """Matches the name in a text (folded unless `exact_case`): separators (space, hyphen, none)
@@ -69,20 +81,31 @@ def named_things(question: str) -> list[Name]:
     for m in _QUOTED.finditer(question):
         phrase = m.group(1).strip()
         if len(phrase.split()) <= 8:
-            found.append(Name(phrase))
-    unquoted = _QUOTED.sub(" ", question)
+            # ordinary lower-case words in quotes ("a third 'can't tell' label") paraphrase rather than name:
+            # said when absent, never a reason to refuse
+            found.append(Name(phrase, example=not re.search(r"[A-Z0-9]", phrase)))
+    unquoted = _QUOTED.sub(lambda m: " " * len(m.group(0)), question)
     for m in _TOKEN.finditer(unquoted):
         token = m.group(0).strip(".-/")
+        example = bool(_EXAMPLE_AFTER.match(unquoted[m.end():]) or _EXAMPLE_BEFORE.search(unquoted[:m.start()])
+                       or re.search(r"-(?:style|like|esque|inspired|type)$", token, re.I))
+        if "-" in token and any(p in STOPWORDS for p in token.lower().split("-")[1:-1]):
+            # a hyphenated phrase ("LLM-as-a-judge", "mixture-of-experts"): a concept, not a name; its own
+            # names ("LLM") still count
+            for part in token.split("-"):
+                if _ACRONYM.match(part) and sum(c.isupper() for c in part) >= 2 and part.lower() not in _COMMON:
+                    found.append(Name(part, exact_case=True, example=example))
+            continue
         # "GPT-4-written", "SAE-based": the name without its lower-case suffix word
         token = re.sub(r"(?<=[A-Za-z0-9])-(?:[a-z]+)$", "", token) if re.search(r"[A-Z0-9]", token.split("-")[0]) else token
         if len(token) < 2 or _QUANTITY.fullmatch(token) or token.lower() in _COMMON or token.lower() in STOPWORDS:
             continue
         if _HAS_DIGIT_AND_LETTER.match(token):
-            found.append(Name(token, exact_case=False))
+            found.append(Name(token, exact_case=False, example=example))
         elif _ACRONYM.match(token) and sum(c.isupper() for c in token) >= 2:
-            found.append(Name(token, exact_case=True))
+            found.append(Name(token, exact_case=True, example=example))
         elif _INNER_CAPITAL.match(token) or sum(c.isupper() for c in token) >= 2:  # ImageNet, BERTolino
-            found.append(Name(token, exact_case=False))
+            found.append(Name(token, exact_case=False, example=example))
     seen, out = set(), []
     for name in found:
         key = name.text.casefold()
@@ -105,14 +128,21 @@ class NameCheck:
 
     @property
     def absent(self) -> list[str]:
+        """Names no paper mentions (examples included: "QuantumFlux-style" still names QuantumFlux)."""
         return [n.text for n, ids in zip(self.names, self.mentioned_by) if not ids]
+
+    @property
+    def absent_subjects(self) -> list[str]:
+        """Absent names the question is about (not given as an example or a manner)."""
+        return [n.text for n, ids in zip(self.names, self.mentioned_by) if not ids and not n.example]
 
     def any_mention(self) -> list[str]:
         """Papers mentioning at least one name, first-name papers first."""
         return list(dict.fromkeys(pid for ids in self.mentioned_by for pid in ids))
 
     def to_dict(self) -> dict:
-        return {"names": [n.text for n in self.names], "absent": self.absent,
+        return {"names": [n.text for n in self.names], "examples": [n.text for n in self.names if n.example],
+                "absent": self.absent,
                 "mentioned_by": {n.text: list(ids) for n, ids in zip(self.names, self.mentioned_by)}}
 
 
