@@ -3,7 +3,11 @@
 - claim by claim (ALCE-style): each sentence of the answer is checked against the sources it cites
   (prompts/judge_claims.md): citation recall = sentences their citations support; citation precision =
   citations the judge says are needed for their sentence;
-- holistic: faithfulness and answer relevance, each 0..1 (prompts/judge.md).
+- holistic: faithfulness and answer relevance, each 0..1 (prompts/judge.md);
+- against a reference answer (a dataset line's `reference`), claim by claim (prompts/judge_correctness.md):
+  each claim is correct, wrong or extra, and the reference's points covered are counted; answer correctness
+  = TP / (TP + (FP + FN) / 2) as RAGAS defines it (TP correct claims, FP wrong or extra ones, FN reference
+  points not covered).
 
 The judge's model is configured apart from the answerer's (RAG_JUDGE_BASE_URL, RAG_JUDGE_MODEL,
 RAG_JUDGE_API_KEY; each defaults to the RAG_LLM_* value).
@@ -20,7 +24,10 @@ from rag.eval.metrics import mean
 
 log = logging.getLogger(__name__)
 HOLISTIC = ("faithfulness", "answer_relevance")
-JUDGE_FIELDS = HOLISTIC + ("judge_citation_recall", "judge_citation_precision")
+JUDGE_FIELDS = HOLISTIC + ("judge_citation_recall", "judge_citation_precision", "judge_answer_correctness")
+# The eval's own prompts (rag.prompts.REQUIRED holds the product's); each is checked for its placeholders on load.
+EVAL_PROMPTS = {"judge_correctness": {"question", "reference", "claims"}}
+VERDICTS = ("correct", "wrong", "extra")
 _JSON = re.compile(r"\{.*\}", re.DOTALL)
 
 
@@ -60,6 +67,31 @@ def _parse_claim(text: str) -> dict:
     return {"supported": obj["supported"], "needed": [int(n) for n in needed if isinstance(n, (int, float))]}
 
 
+def parse_correctness(text: str, claims: int) -> dict:
+    """The correctness judge's JSON reply -> counts and answer correctness; a claim without a verdict is
+    counted as extra (unsupported by the reference). Unparseable replies raise ValueError."""
+    match = _JSON.search(text or "")
+    if not match:
+        raise ValueError("no JSON object in the judge reply")
+    obj = json.loads(match.group(0))
+    verdicts = obj.get("verdicts")
+    points, covered = obj.get("reference_points"), obj.get("covered_points")
+    if not isinstance(verdicts, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in (points, covered)):
+        raise ValueError("judge reply lacks 'verdicts' (a list) or integer 'reference_points' / 'covered_points'")
+    by_n: dict[int, str] = {}
+    for v in verdicts:
+        if isinstance(v, dict) and isinstance(v.get("n"), int) and v.get("verdict") in VERDICTS:
+            by_n.setdefault(v["n"], v["verdict"])
+    counts = {k: sum(1 for n in range(1, claims + 1) if by_n.get(n, "extra") == k) for k in VERDICTS}
+    points = max(0, points)
+    covered = min(max(0, covered), points)
+    tp, fp, fn = counts["correct"], counts["wrong"] + counts["extra"], points - covered
+    denominator = tp + (fp + fn) / 2
+    return {"correct_claims": tp, "wrong_claims": counts["wrong"], "extra_claims": counts["extra"],
+            "reference_points": points, "covered_points": covered,
+            "judge_answer_correctness": tp / denominator if denominator else None}
+
+
 class Judge:
     def __init__(self, llm, prompts):
         self.llm = llm
@@ -70,7 +102,7 @@ class Judge:
         """The judge, or None (with a warning) when no LLM is configured."""
         from rag.prompts import load_prompts
 
-        prompts = load_prompts()
+        prompts = load_prompts() | load_prompts(required=EVAL_PROMPTS)
         if llm is None:
             judge = settings.model_copy(update={
                 "llm_base_url": settings.judge_base_url or settings.llm_base_url,
@@ -111,12 +143,24 @@ class Judge:
                 "judge_citation_recall": supported / graded if graded else None,
                 "judge_citation_precision": needed / citations if citations else None}
 
-    def score(self, question: str, answer: str, sources) -> dict:
+    def grade_correctness(self, question: str, answer: str, reference: str) -> dict:
+        """Answer correctness against a reference answer, claim by claim (one call)."""
+        from rag.eval.metrics import answer_sentences
+
+        claims = [text for text, _ in answer_sentences(answer)]
+        numbered = "\n".join(f"{n}. {text}" for n, text in enumerate(claims, start=1)) or "(no claims)"
+        message = self.prompts["judge_correctness"].render(question=question, reference=reference, claims=numbered)
+        return parse_correctness(self.llm.complete([{"role": "user", "content": message}]), len(claims))
+
+    def score(self, question: str, answer: str, sources, reference: str | None = None) -> dict:
         from rag.prompts import judge_message
 
         try:
             reply = self.llm.complete(judge_message(self.prompts, question, answer, sources))
-            return parse_scores(reply) | self.grade_claims(answer, sources)
+            out = parse_scores(reply) | self.grade_claims(answer, sources)
+            if reference:
+                out |= self.grade_correctness(question, answer, reference)
+            return out
         except RagError as exc:
             return {"error": str(exc)}
         except ValueError as exc:
