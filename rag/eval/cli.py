@@ -105,16 +105,10 @@ def add_eval_parser(sub) -> None:
     i.add_argument("--json", action="store_true", help="print the import summary and problems as JSON (on stderr)")
     i.set_defaults(handler=cmd_import)
 
-    g = es.add_parser("generate", help="draft a question set from the corpus with the configured LLM, for review",
-                      description="Ask the configured LLM for questions with their gold papers (single-paper, list and "
-                                  "unanswerable near misses), keep those that pass validation (every gold title exists; "
-                                  "the LLM, shown the gold abstracts, finds each answerable question answerable and each "
-                                  "unanswerable one not), and write them as a draft (split tune, notes DRAFT) for review.")
-    g.add_argument("--n", type=_limit, required=True, help="questions to draft")
-    g.add_argument("--papers", nargs="+", metavar="TITLE", help="draft from these papers (default: a sample of the index)")
-    g.add_argument("--out", type=Path, required=True, help="the draft file to write (never an existing file)")
-    g.add_argument("--seed", type=int, default=0, help="paper sample seed (default 0)")
-    g.set_defaults(handler=cmd_generate)
+    # its own parser (rag/eval/generate.py), dispatched by rag.apps.cli.main as calibrate is: `--n` would be
+    # taken here for an abbreviation of --no-evidence / --no-behaviour
+    es.add_parser("generate", help="draft a question set from the corpus with the configured LLM, for review "
+                                   "(see `rag eval generate --help`)")
 
 
 def cmd_eval(args) -> int:
@@ -286,27 +280,8 @@ def _index_papers(args):
     return index.papers(), f"{Path(settings.data_dir).resolve()} ({index.info()['papers']} papers)"
 
 
-def _write_dataset(lines: list[dict], out: Path, titles: list[str]) -> None:
-    """Write dataset lines atomically, after checking that they load as a dataset."""
-    from rag.eval.dataset import load_dataset
-
-    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        ds = load_dataset(tmp, titles)
-        if ds.skipped():
-            raise ConfigError(f"internal: the written dataset skips a line: {ds.skipped()[0]}")
-        tmp.replace(out)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}: choose another --out") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def cmd_import(args) -> int:
-    from rag.eval.dataset import DatasetError
+    from rag.eval.dataset import DatasetError, write_dataset
     from rag.eval.formats import PaperMatcher, import_dataset
 
     papers, index_name = _index_papers(args)
@@ -319,7 +294,7 @@ def cmd_import(args) -> int:
     if not result.lines:
         raise DatasetError(f"{args.file} holds no question to import")
     if args.out:
-        _write_dataset(result.lines, args.out, [p.title for p in papers])
+        write_dataset(result.lines, args.out, [p.title for p in papers])
     else:
         sys.stdout.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in result.lines))
     if args.json:
@@ -332,9 +307,3 @@ def cmd_import(args) -> int:
         where = f"; wrote {args.out}" if args.out else ""
         print(f"{result.summary()} (index {index_name}){where}", file=sys.stderr)
     return 0
-
-
-def cmd_generate(args) -> int:
-    from rag.eval.generate import generate_draft
-
-    return generate_draft(args)

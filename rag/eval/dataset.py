@@ -329,3 +329,21 @@ def load_dataset(path: Path | str, corpus_titles: Iterable[str] | None = None, s
         first = f": first issue {issues[0]}" if issues else ""
         raise DatasetError(f"dataset {path} holds no usable questions{first}")
     return Dataset(name, hashlib.sha256(raw).hexdigest(), questions, issues, lines)
+
+
+def write_dataset(lines: list[dict], out: Path, corpus_titles: Iterable[str]) -> None:
+    """Write dataset lines to `out` atomically, after checking that every line loads (none skipped)."""
+    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        skipped = load_dataset(tmp, corpus_titles).skipped()
+        if skipped:  # a bug of the writer, not of the user's file
+            raise DatasetError(f"a written line would be skipped ({skipped[0].message}): nothing written to {out}")
+        tmp.replace(out)
+    except OSError as exc:
+        raise DatasetError(f"cannot write {out}: {exc.strerror or exc}: choose another --out") from None
+    finally:
+        tmp.unlink(missing_ok=True)

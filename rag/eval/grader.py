@@ -26,19 +26,28 @@ log = logging.getLogger(__name__)
 HOLISTIC = ("faithfulness", "answer_relevance")
 JUDGE_FIELDS = HOLISTIC + ("judge_citation_recall", "judge_citation_precision", "judge_answer_correctness")
 # The eval's own prompts (rag.prompts.REQUIRED holds the product's); each is checked for its placeholders on load.
-EVAL_PROMPTS = {"judge_correctness": {"question", "reference", "claims"}}
+EVAL_PROMPTS = {"judge_correctness": {"question", "reference", "claims"},
+                "generate_question": {"kind", "papers"}, "generate_check": {"question", "papers"}}
 VERDICTS = ("correct", "wrong", "extra")
 _JSON = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def reply_object(text: str) -> dict:
+    """The JSON object in an LLM's reply (prose or a code fence around it allowed); ValueError if none."""
+    match = _JSON.search(text or "")
+    if not match:
+        raise ValueError("no JSON object in the reply")
+    obj = json.loads(match.group(0))
+    if not isinstance(obj, dict):
+        raise ValueError("the reply's JSON is not an object")
+    return obj
 
 
 def parse_scores(text: str) -> dict:
     """The judge's JSON reply -> {faithfulness, answer_relevance, reason}; scores clamped to 0..1.
 
     A reply on a 1-5 or 0-10 scale is rescaled. Unparseable replies raise ValueError."""
-    match = _JSON.search(text or "")
-    if not match:
-        raise ValueError("no JSON object in the judge reply")
-    obj = json.loads(match.group(0))
+    obj = reply_object(text)
     out: dict = {}
     for key in HOLISTIC:
         value = obj.get(key)
@@ -55,10 +64,7 @@ def parse_scores(text: str) -> dict:
 
 
 def _parse_claim(text: str) -> dict:
-    match = _JSON.search(text or "")
-    if not match:
-        raise ValueError("no JSON object in the judge reply")
-    obj = json.loads(match.group(0))
+    obj = reply_object(text)
     if not isinstance(obj.get("supported"), bool):
         raise ValueError("judge reply lacks a boolean 'supported'")
     needed = obj.get("needed") or []
@@ -70,10 +76,7 @@ def _parse_claim(text: str) -> dict:
 def parse_correctness(text: str, claims: int) -> dict:
     """The correctness judge's JSON reply -> counts and answer correctness; a claim without a verdict is
     counted as extra (unsupported by the reference). Unparseable replies raise ValueError."""
-    match = _JSON.search(text or "")
-    if not match:
-        raise ValueError("no JSON object in the judge reply")
-    obj = json.loads(match.group(0))
+    obj = reply_object(text)
     verdicts = obj.get("verdicts")
     points, covered = obj.get("reference_points"), obj.get("covered_points")
     if not isinstance(verdicts, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in (points, covered)):
