@@ -252,3 +252,41 @@ def test_generate_drafts_a_validated_set_with_the_fake_llm(env, tmp_path, fake_l
     assert again.returncode == 2 and "exists" in again.stderr
     r = run_cli("eval", "--dataset", out, "--split", "test", "--answer", "none", env=llm_env)
     assert r.returncode == 2 and "no questions in split 'test'" in r.stderr
+
+
+def test_ragas_saved_as_csv_or_as_a_json_array_imports(env, tmp_path):
+    """A RAGAS set saved with to_csv (contexts as a list literal) or as one JSON array imports the same way."""
+    out = tmp_path / "a.jsonl"
+    r = run_cli("eval", "import", FIXTURES / "ragas_export.csv", "--format", "csv", "--out", out, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "column 'retrieved_contexts' is not read" in r.stderr and "2 of 2 contexts matched" in r.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["gold_titles"] for x in lines] == [[ROBIN], [MACE]]
+    assert lines[0] == {"question": "How many benchmark training samples does Robin3D use?", "reference":
+                        "165K benchmark training set samples.", "gold_titles": [ROBIN]}
+    array = tmp_path / "set.json"
+    array.write_text(json.dumps([json.loads(x) for x in (FIXTURES / "ragas.jsonl").read_text().splitlines()]))
+    r = run_cli("eval", "import", array, "--format", "ragas", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stderr.strip().splitlines()[-1])
+    assert summary["imported"] == 4 and summary["contexts_unmatched"] == 1 and len(r.stdout.splitlines()) == 4
+
+
+def test_reference_metrics_by_hand():
+    from rag.eval.grader import parse_correctness
+    from rag.eval.metrics import reference_f1, reference_facts
+
+    # content terms: answer {robin3d, build, 344k, sampl}, reference {robin3d, construct, 344k, adversari, sampl}
+    assert reference_f1("Robin3D builds 344K samples [1].", "Robin3D constructs 344K adversarial samples.") == \
+        pytest.approx(2 * (3 / 4) * (3 / 5) / (3 / 4 + 3 / 5))
+    assert reference_f1("Nothing alike.", "Robin3D constructs 344K samples.") == 0.0
+    assert reference_f1("anything", "the of and") is None  # a reference without content words is not scored
+    assert reference_facts("MACE erases up to 100 concepts with LoRA; GPT-4 drops 16% in 2 steps.") == \
+        ["MACE", "100", "LoRA", "GPT-4", "16%"]
+    # RAGAS answer correctness: TP 1, FP 1 wrong + 1 extra (claim 3 has no verdict), FN 3 - 1 = 2
+    got = parse_correctness('{"verdicts": [{"n": 1, "verdict": "correct"}, {"n": 2, "verdict": "wrong"}], '
+                            '"reference_points": 3, "covered_points": 1}', claims=3)
+    assert got["judge_answer_correctness"] == pytest.approx(1 / (1 + (2 + 2) / 2))
+    assert (got["correct_claims"], got["wrong_claims"], got["extra_claims"]) == (1, 1, 1)
+    with pytest.raises(ValueError):
+        parse_correctness('{"verdicts": "all good"}', claims=1)

@@ -2,7 +2,8 @@
 
 - csv: a header row; `question`, `gold_titles` (titles separated by ";"), `reference` (an answer in words;
   `answer`, `ground_truth` and `expected_answer` are read as the reference too), and optionally `key_facts`
-  (";"-separated), `type`, `id`, `split`, `notes`.
+  (";"-separated), `type`, `id`, `split`, `notes`, and `contexts` / `reference_contexts` (one passage, or a
+  list written as JSON or as a Python literal, as a RAGAS dataset saved with `to_csv` has it).
 - ragas: JSONL (or a JSON array) of RAGAS samples, legacy or SingleTurnSample names: `question`/`user_input`,
   `ground_truth`/`reference` (or `ground_truths`), `contexts`/`reference_contexts` (the passages that answer
   it: each is matched to the paper whose text holds it). `answer`/`response` and `retrieved_contexts` are
@@ -15,6 +16,7 @@ counts as never retrieved) and listed. Every unmatched title or context is liste
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -31,7 +33,7 @@ FORMATS = ("csv", "ragas", "jsonl")
 CSV_ALIASES = {"question": "question", "user_input": "question", "gold_titles": "gold_titles", "titles": "gold_titles",
                "reference": "reference", "answer": "reference", "ground_truth": "reference",
                "expected_answer": "reference", "key_facts": "key_facts", "type": "type", "id": "id", "split": "split",
-               "notes": "notes"}
+               "notes": "notes", "contexts": "contexts", "reference_contexts": "contexts"}
 LIST_SEPARATOR = ";"
 PASSED_THROUGH = ("id", "type", "key_facts", "split", "notes", "style", "acceptable_titles")
 IGNORED_RAGAS = ("answer", "response", "retrieved_contexts", "multi_responses", "rubrics")
@@ -158,15 +160,31 @@ def read_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | str]]:
         yield no, rec if isinstance(rec, dict) else "expected a JSON object"
 
 
-def _from_csv(rec: dict, note) -> dict:
+def _passages(value: str) -> list[str]:
+    """A CSV cell of contexts: a list literal (JSON or Python, as pandas writes lists) or one passage."""
+    if value.startswith("["):
+        try:
+            items = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            items = None
+        if isinstance(items, list):
+            return [str(i) for i in items if str(i).strip()]
+    return [value]
+
+
+def _from_csv(rec: dict, note) -> tuple[dict, list[str]]:
     out: dict = {}
+    contexts: list[str] = []
     for key, value in rec.items():
         target = CSV_ALIASES.get(key)
         if target is None:
             note(f"column {key!r} is not read (known: {', '.join(sorted(set(CSV_ALIASES)))})")
+        elif target == "contexts" and value:
+            if key == "reference_contexts" or not rec.get("reference_contexts"):  # reference_contexts wins
+                contexts = _passages(value)
         elif value:
             out[target] = _split_list(value) if target in ("gold_titles", "key_facts") else value
-    return out
+    return out, contexts
 
 
 def _from_ragas(rec: dict, note) -> tuple[dict, list[str]]:
@@ -217,7 +235,7 @@ def import_dataset(path: Path, fmt: str, matcher: PaperMatcher, index_name: str)
             continue
         contexts: list[str] = []
         if fmt == "csv":
-            line = _from_csv(rec, note)
+            line, contexts = _from_csv(rec, note)
         elif fmt == "ragas":
             line, contexts = _from_ragas(rec, note)
         else:
