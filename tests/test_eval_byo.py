@@ -8,12 +8,15 @@ index these tests build with the hash embedder."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import hash_index, run_cli
+from test_eval import tiny  # noqa: F401 (a fixture: three papers, a fixed ranking)
 
 from rag.answer.assistant import is_list_question
 from rag.eval.dataset import load_dataset
@@ -290,3 +293,33 @@ def test_reference_metrics_by_hand():
     assert (got["correct_claims"], got["wrong_claims"], got["extra_claims"]) == (1, 1, 1)
     with pytest.raises(ValueError):
         parse_correctness('{"verdicts": "all good"}', claims=1)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_shows_only_on_runs_longer_than_the_delay(tiny, make_settings, monkeypatch):  # noqa: F811
+    """On a terminal, the bar (counts and rate) appears once a run has lasted PROGRESS_DELAY_S, never before."""
+    import time
+
+    from test_eval import FakeAssistant
+
+    from rag.eval import runner
+
+    ds, retriever = tiny
+
+    class Slow(FakeAssistant):
+        def ask(self, *args, **kwargs):
+            time.sleep(0.1)
+            return super().ask(*args, **kwargs)
+
+    for delay, shown in ((60.0, False), (0.05, True)):
+        monkeypatch.setattr(runner, "PROGRESS_DELAY_S", delay)
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        runner.run_eval(make_settings(), ds, modes=["hybrid"], answer="extractive", retriever=retriever,
+                        assistant=Slow(retriever), progress=True)
+        monkeypatch.undo()
+        assert ("rag eval" in terminal.getvalue() and "3/3" in terminal.getvalue()) is shown, terminal.getvalue()
