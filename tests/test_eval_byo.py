@@ -323,3 +323,16 @@ def test_progress_bar_shows_only_on_runs_longer_than_the_delay(tiny, make_settin
                         assistant=Slow(retriever), progress=True)
         monkeypatch.undo()
         assert ("rag eval" in terminal.getvalue() and "3/3" in terminal.getvalue()) is shown, terminal.getvalue()
+
+
+def test_a_failed_correctness_grade_leaves_the_other_grades(make_settings):
+    from test_eval import ScriptedLLM, _sources
+
+    from rag.eval.grader import Judge
+
+    llm = ScriptedLLM(['{"faithfulness": 1, "answer_relevance": 1}', '{"supported": true, "needed": [1]}', "no JSON"])
+    got = Judge.from_settings(make_settings(), llm=llm).score("What does ESD do?", "ESD erases concepts [1].", _sources(),
+                                                              reference="ESD fine-tunes the weights.")
+    assert got["faithfulness"] == 1.0 and got["judge_citation_recall"] == 1.0
+    assert "no JSON object" in got["correctness_error"] and "judge_answer_correctness" not in got
+    assert "ESD fine-tunes the weights." in llm.messages[2][0]["content"]

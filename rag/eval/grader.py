@@ -161,13 +161,16 @@ class Judge:
         try:
             reply = self.llm.complete(judge_message(self.prompts, question, answer, sources))
             out = parse_scores(reply) | self.grade_claims(answer, sources)
-            if reference:
-                out |= self.grade_correctness(question, answer, reference)
-            return out
         except RagError as exc:
             return {"error": str(exc)}
         except ValueError as exc:
             return {"error": f"unparseable judge reply: {exc}"}
+        if reference:  # a failure here leaves the other grades standing
+            try:
+                out |= self.grade_correctness(question, answer, reference)
+            except (RagError, ValueError) as exc:
+                out["correctness_error"] = str(exc)[:300]
+        return out
 
     @staticmethod
     def summarise(results: list[dict | None]) -> dict:
