@@ -161,12 +161,14 @@ def test_loader_minimal_rules(tmp_path):
         json.dumps({"question": "x", "type": "unanswerable", "reference": "y"}),
         json.dumps({"question": "z", "type": "specific", "gold_titles": []}),  # says it has gold, gives none
         json.dumps({"question": "w", "type": "specific", "reference": "an answer"}),
+        json.dumps({"question": None, "gold_titles": ["A"]}),
     ]) + "\n")
     ds = load_dataset(path)
-    assert [i.line for i in ds.skipped()] == [2, 3, 4]
+    assert [i.line for i in ds.skipped()] == [2, 3, 4, 6]
+    assert "question must be str" in ds.skipped()[-1].message
     assert "duplicate question (first on line 1)" in ds.skipped()[0].message
     assert [(q.type, q.type_inferred, q.graded) for q in ds.questions] == [("specific", True, False), ("specific", False, True)]
-    assert ds.skip_message() == f"skipped 3 of 5 lines (first: {ds.skipped()[0]})"
+    assert ds.skip_message() == f"skipped 4 of 6 lines (first: {ds.skipped()[0]})"
 
 
 # ---------------------------------------------------------------- with the fake OpenAI server

@@ -223,7 +223,7 @@ def load_dataset(path: Path | str, corpus_titles: Iterable[str] | None = None, s
             issue(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}", qid, skipped=True)
             continue
         wrong = [f"{k} must be {t.__name__}" for k, t in (REQUIRED | OPTIONAL).items()
-                 if k in rec and rec[k] is not None and not isinstance(rec[k], t)]
+                 if k in rec and (rec[k] is not None or k in REQUIRED) and not isinstance(rec[k], t)]
         if wrong:
             issue("wrong field type: " + "; ".join(wrong), qid, skipped=True)
             continue
