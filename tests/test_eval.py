@@ -283,7 +283,7 @@ def test_loader_reports_each_problem_with_its_line(tmp_path):
     path.write_text("\n".join([
         _line(id="ok-1"),
         '{"id": "broken", "type": ',  # line 2: bad JSON
-        _line(id="no-gold-field", gold_titles=...),  # line 3: missing field
+        _line(id="no-question", question=...),  # line 3: missing field
         _line(id="bad-type", type="trivia"),  # line 4: unknown type
         _line(id="typo", gold_titles=["Erasing Concept from Diffusion Models"]),  # line 5: not in corpus
         "",
@@ -295,7 +295,7 @@ def test_loader_reports_each_problem_with_its_line(tmp_path):
     msgs = {i.line: i.message for i in ds.issues}
     assert set(msgs) == {2, 3, 4, 5, 8}
     assert "invalid JSON" in msgs[2]
-    assert "missing field gold_titles" in msgs[3]
+    assert "missing field question" in msgs[3]
     assert "unknown type 'trivia'" in msgs[4]
     assert "not in the corpus" in msgs[5] and "Erasing Concepts from Diffusion Models" in msgs[5]  # closest title
     assert "duplicate id 'ok-1'" in msgs[8]
@@ -441,7 +441,7 @@ def test_run_eval_report_shape_and_files(tiny, make_settings, tmp_path):
 
     files = write_report(report, tmp_path / "out")
     names = {f.name for f in files}
-    assert names == {"report.json", "report.md", "metrics_by_mode.png", "metrics_by_type.png", "latency.png"}
+    assert names == {"report.json", "report.md", "report.csv", "metrics_by_mode.png", "metrics_by_type.png", "latency.png"}
     for f in files:
         assert f.stat().st_size > 0
     assert (tmp_path / "out" / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -538,7 +538,8 @@ def test_judge_scores_and_summary(make_settings):
     assert first["citations"] == 2 and first["judge_citation_precision"] == 0.5
     assert Judge.summarise([first, second, None]) == {"faithfulness": 0.8, "answer_relevance": 0.6,
                                                       "judge_citation_recall": round(1 / 3, 6),
-                                                      "judge_citation_precision": 0.5, "judged": 1, "failed": 1}
+                                                      "judge_citation_precision": 0.5, "judge_answer_correctness": None,
+                                                      "judged": 1, "failed": 1}  # no reference answers: not rated
     assert Judge.from_settings(make_settings()) is None  # no LLM configured: judge off
 
 
@@ -574,8 +575,9 @@ def _env(settings):
 def eval_runs(real_index, small_dataset, tmp_path_factory):
     """Two retrieval-only runs of the small set (all modes; hybrid only) for the report/compare tests."""
     out = tmp_path_factory.mktemp("evalruns")
-    a = run_cli("eval", "--dataset", str(small_dataset), "--answer", "none", "--out", str(out / "a"), env=_env(real_index))
-    b = run_cli("eval", "--dataset", str(small_dataset), "--answer", "none", "--modes", "hybrid", "--top-k", "5",
+    a = run_cli("eval", "--dataset", str(small_dataset), "--answer", "none", "--out", str(out / "a"), "--allow-skips",
+                env=_env(real_index))
+    b = run_cli("eval", "--dataset", str(small_dataset), "--answer", "none", "--modes", "hybrid", "--top-k", "5", "--allow-skips",
                 "--out", str(out / "b"), "--json", env=_env(real_index))
     return out, a, b
 
@@ -611,7 +613,7 @@ def test_rag_eval_end_to_end_writes_report(eval_runs):
 @pytest.mark.slow
 def test_rag_eval_fail_under_gate_exits_non_zero(real_index, small_dataset, tmp_path):
     r = run_cli("eval", "--dataset", str(small_dataset), "--answer", "none", "--modes", "bm25", "--out", str(tmp_path),
-                "--fail-under", "recall@10=0.99", "mrr=0.01", env=_env(real_index))
+                "--allow-skips", "--fail-under", "recall@10=0.99", "mrr=0.01", env=_env(real_index))
     assert r.returncode == 1, r.stderr
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith("error: gate failed"))
     assert "bm25 recall@10 = 0." in line and "below the floor 0.99" in line
@@ -649,7 +651,7 @@ def test_rag_eval_answers_extractive_and_llm_with_judge(real_index, small_datase
     os.environ.update(env)
     try:
         assert main(["eval", "--dataset", str(small_dataset), "--modes", "hybrid", "--answer", "extractive",
-                     "--out", str(tmp_path / "x")]) == 0
+                     "--out", str(tmp_path / "x"), "--allow-skips"]) == 0
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -663,7 +665,7 @@ def test_rag_eval_answers_extractive_and_llm_with_judge(real_index, small_datase
 
     # one reply for answers and judge alike: JSON the judge reads, with a citation the answer check accepts
     fake_llm.default_reply = '{"faithfulness": 0.5, "answer_relevance": 1.0, "reason": "fake [1]"}'
-    r = run_cli("eval", "--dataset", str(small_dataset), "--modes", "hybrid", "--answer", "llm", "--judge",
+    r = run_cli("eval", "--dataset", str(small_dataset), "--modes", "hybrid", "--answer", "llm", "--judge", "--allow-skips",
                 "--out", str(tmp_path / "llm"), env=env | {"RAG_LLM_BASE_URL": fake_llm.base_url, "RAG_LLM_API_KEY": "sk-test",
                                                        "RAG_EVIDENCE": "off"})
     assert r.returncode == 0, r.stderr

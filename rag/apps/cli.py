@@ -365,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         from rag.eval.calibrate import main as calibrate_main
 
         return calibrate_main(argv[2:])
+    if argv[:2] == ["eval", "generate"]:
+        from rag.eval.generate import main as generate_main
+
+        return generate_main(argv[2:])
     args = build_parser().parse_args(argv)
     with _logging(args.verbose):
         code = _run(args)

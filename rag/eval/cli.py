@@ -1,5 +1,6 @@
-"""`rag eval` (run a dataset, write report.json / report.md / plots, check gates) and
-`rag eval compare A B` (metric deltas between two reports)."""
+"""`rag eval` (run a dataset, write report.json / report.md / report.csv / plots, check gates),
+`rag eval compare A B` (metric deltas between two reports), `rag eval import FILE` (a CSV or RAGAS set
+-> a dataset) and `rag eval generate` (a draft set from the corpus, by the configured LLM)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from rag.eval import ANSWER_CHOICES
 
 EXAMPLES = """examples:
   rag eval --dataset eval/datasets/dev.jsonl --answer none --out /tmp/evalrun
+  rag eval --dataset my_questions.jsonl        # lines of {"question": ..., "gold_titles": [...]} or {"question", "reference"}
+  rag eval import questions.csv --format csv --out my_questions.jsonl
+  rag eval generate --n 20 --out draft.jsonl
   rag eval --dataset eval/datasets/dev.jsonl --modes hybrid --fail-under recall@10=0.6 hybrid:mrr=0.5
   rag eval compare eval/runs/A/report.json eval/runs/B/report.json
 """
@@ -71,12 +75,14 @@ def add_eval_parser(sub) -> None:
                         "gold papers; rag/eval/oracle.py): measures the plumbing, not an LLM")
     p.add_argument("--json", action="store_true", help="print the summary, per-type metrics, gates and files as JSON")
     p.add_argument("--strict", action="store_true", help="any dataset issue (bad line, unknown gold title) is fatal")
+    p.add_argument("--allow-skips", action="store_true",
+                   help="evaluate what remains when dataset lines are skipped (default: a skipped line fails the run)")
     p.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the behaviour sets beside the dataset (dialogues, comparisons, absent_names .jsonl): "
                         "follow-up containment, ordinal accuracy, comparison coverage, absent names (default on)")
     p.set_defaults(handler=cmd_eval)
 
-    es = p.add_subparsers(dest="eval_command", metavar="{compare,calibrate}", parser_class=type(p))
+    es = p.add_subparsers(dest="eval_command", metavar="{compare,calibrate,import,generate}", parser_class=type(p))
     es.add_parser("calibrate", help="fit the offline judgement on the tune split (see `rag eval calibrate --help`)")
     c = es.add_parser("compare", help="print metric deltas between two reports (B minus A)",
                       description="Print per-mode metric deltas (B minus A) between two `rag eval` reports.")
@@ -85,9 +91,28 @@ def add_eval_parser(sub) -> None:
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.set_defaults(handler=cmd_compare)
 
+    from rag.eval.formats import FORMATS
+
+    i = es.add_parser("import", help="convert a CSV or RAGAS question set into a dataset `rag eval` runs",
+                      description="Convert a question set (CSV with a header; RAGAS samples; this project's JSONL) into "
+                                  "dataset lines: titles matched to the index exactly, then by normalised title; RAGAS "
+                                  "contexts matched to the paper whose text holds them; every unmatched one listed.")
+    i.add_argument("file", type=Path, metavar="FILE", help="the question set")
+    i.add_argument("--format", choices=FORMATS, required=True, help="csv (question, gold_titles separated by ';', "
+                   "reference), ragas (question/user_input, ground_truth/reference, contexts/reference_contexts) or jsonl")
+    i.add_argument("--out", type=Path, help="write the dataset here (default: standard output)")
+    i.add_argument("--allow-skips", action="store_true", help="write what remains when rows cannot be read")
+    i.add_argument("--json", action="store_true", help="print the import summary and problems as JSON (on stderr)")
+    i.set_defaults(handler=cmd_import)
+
+    # its own parser (rag/eval/generate.py), dispatched by rag.apps.cli.main as calibrate is: `--n` would be
+    # taken here for an abbreviation of --no-evidence / --no-behaviour
+    es.add_parser("generate", help="draft a question set from the corpus with the configured LLM, for review "
+                                   "(see `rag eval generate --help`)")
+
 
 def cmd_eval(args) -> int:
-    from rag.eval.dataset import load_dataset
+    from rag.eval.dataset import DatasetError, load_dataset
     from rag.eval.report import (
         by_type_table,
         check_gates,
@@ -111,11 +136,21 @@ def cmd_eval(args) -> int:
 
     retriever = Retriever.from_settings(settings, check_stale=False)  # a missing index fails here, saying how to build it
     titles = [p.title for p in retriever.index.papers()]
-    dataset = load_dataset(args.dataset, titles, strict=args.strict)
+    dataset = load_dataset(args.dataset, titles, strict=args.strict, index_name=str(Path(settings.data_dir).resolve()))
     for issue in dataset.issues[:20]:
         print(f"warning: {issue}", file=sys.stderr)
     if len(dataset.issues) > 20:
         print(f"warning: ... and {len(dataset.issues) - 20} more dataset issues (all listed in report.json)", file=sys.stderr)
+    skipped = dataset.skip_message()
+    if skipped and not args.allow_skips:
+        raise DatasetError(f"{skipped}: fix those lines, or pass --allow-skips to evaluate the other "
+                           f"{len(dataset.questions)}")
+    if skipped:
+        print(f"warning: {skipped}; evaluating the other {len(dataset.questions)} (--allow-skips)", file=sys.stderr)
+    inferred = dataset.inferred()
+    if inferred:
+        print(f"note: {sum(inferred.values())} question(s) without a type: inferred as the answerer decides ("
+              + ", ".join(f"{t} {n}" for t, n in inferred.items()) + ")", file=sys.stderr)
     if args.split != "all":
         dataset.questions = [q for q in dataset.questions if q.split == args.split]
         if not dataset.questions:
@@ -209,7 +244,9 @@ def cmd_eval(args) -> int:
             for mode, j in report["judge"].items():
                 print(f"judge {mode}: citation recall {j.get('judge_citation_recall')}, citation precision "
                       f"{j.get('judge_citation_precision')} (claim by claim); faithfulness {j['faithfulness']}, "
-                      f"answer_relevance {j['answer_relevance']} ({j['judged']} judged, {j['failed']} failed)")
+                      f"answer_relevance {j['answer_relevance']} ({j['judged']} judged, {j['failed']} failed)"
+                      + (f"; answer correctness against the references {j['judge_answer_correctness']}"
+                         if j.get("judge_answer_correctness") is not None else ""))
         print()
         print(f"wrote {', '.join(str(f) for f in files)}")
         for g in results:
@@ -230,4 +267,43 @@ def cmd_compare(args) -> int:
     if not cmp["modes"]:
         raise ConfigError(f"the reports share no retrieval mode ({args.a} vs {args.b})")
     print(json.dumps(cmp) if args.json else compare_text(cmp))
+    return 0
+
+
+def _index_papers(args):
+    """(papers, index name) of the configured index, read without loading the embedding model."""
+    from rag.index.reader import Index
+    from rag.settings import load_settings
+
+    settings = load_settings(data_dir=getattr(args, "data_dir", None))
+    index = Index.open(settings, check_stale=False)
+    return index.papers(), f"{Path(settings.data_dir).resolve()} ({index.info()['papers']} papers)"
+
+
+def cmd_import(args) -> int:
+    from rag.eval.dataset import DatasetError, write_dataset
+    from rag.eval.formats import PaperMatcher, import_dataset
+
+    papers, index_name = _index_papers(args)
+    result = import_dataset(args.file, args.format, PaperMatcher(papers), index_name)
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if result.skipped and not args.allow_skips:
+        raise DatasetError(f"skipped {result.skipped} of {result.rows} rows (first: {result.first_skip}): fix those rows, "
+                           "or pass --allow-skips to import the others")
+    if not result.lines:
+        raise DatasetError(f"{args.file} holds no question to import")
+    if args.out:
+        write_dataset(result.lines, args.out, [p.title for p in papers])
+    else:
+        sys.stdout.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in result.lines))
+    if args.json:
+        print(json.dumps({"rows": result.rows, "imported": len(result.lines), "skipped": result.skipped,
+                          "titles": result.titles, "titles_normalised": result.titles_normalised,
+                          "titles_unmatched": result.titles_unmatched, "contexts": result.contexts,
+                          "contexts_unmatched": result.contexts_unmatched, "problems": result.problems,
+                          "index": index_name, "out": str(args.out) if args.out else None}), file=sys.stderr)
+    else:
+        where = f"; wrote {args.out}" if args.out else ""
+        print(f"{result.summary()} (index {index_name}){where}", file=sys.stderr)
     return 0

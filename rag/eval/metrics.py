@@ -8,7 +8,9 @@ question, grounding metrics for an abstained answer) and is left out of every me
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -28,10 +30,12 @@ GROUNDING_METRICS = (
     "tiers_recall",  # a list answer's first tier and "also possibly relevant" together, against the gold papers
 )
 ABSTENTION_METRICS = ("abstention_accuracy", "false_abstention_rate")
+# Against a reference answer in words (a dataset line's `reference`), offline.
+REFERENCE_METRICS = ("reference_f1", "reference_fact_recall")
 LATENCY_METRICS = ("latency_ms_p50", "latency_ms_p95")
 TOKEN_METRICS = ("prompt_tokens_mean", "answer_tokens_mean")
-METRICS = RETRIEVAL_METRICS + GROUNDING_METRICS + ABSTENTION_METRICS + LATENCY_METRICS + TOKEN_METRICS
-ANSWER_METRICS = GROUNDING_METRICS + ABSTENTION_METRICS + TOKEN_METRICS
+METRICS = RETRIEVAL_METRICS + GROUNDING_METRICS + ABSTENTION_METRICS + LATENCY_METRICS + TOKEN_METRICS + REFERENCE_METRICS
+ANSWER_METRICS = GROUNDING_METRICS + ABSTENTION_METRICS + TOKEN_METRICS + REFERENCE_METRICS
 # For these, smaller is better (compare and gates need to know which way is "worse").
 LOWER_IS_BETTER = {"unsupported_sentence_rate", "false_abstention_rate", "latency_ms_p50", "latency_ms_p95",
                    "prompt_tokens_mean", "answer_tokens_mean"}
@@ -149,6 +153,35 @@ def key_fact_recall(answer: str, key_facts: Sequence[str]) -> float | None:
     return found / len(key_facts)
 
 
+# A reference's facts: numbers (with a unit or %), and names (a capital or a digit after the first letter:
+# "ESD", "GPT-4", "LoRA", "344K"); the words around them vary between phrasings, these do not.
+_FACT = re.compile(r"\d[\d.,]*\s?(?:%|[KMB]\b)?|\b[A-Za-z][\w-]*(?:[A-Z0-9])[\w-]*")
+
+
+def answer_text(answer: str) -> str:
+    """The answer's claims as plain text (markup, citation markers and framing lines left out)."""
+    return " ".join(text for text, _ in answer_sentences(answer))
+
+
+def reference_f1(answer: str, reference: str) -> float | None:
+    """Token F1 (SQuAD-style, over stemmed content terms with repeats) between answer and reference."""
+    ref = Counter(content_terms(reference))
+    if not ref:
+        return None
+    got = Counter(content_terms(answer_text(answer)))
+    common = sum((ref & got).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(got.values()), common / sum(ref.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def reference_facts(reference: str) -> list[str]:
+    """The key facts of a reference answer: its numbers and names (see _FACT), in order, once each."""
+    found = (m.group(0).strip().rstrip(".,") for m in _FACT.finditer(reference))
+    return list(dict.fromkeys(f for f in found if f and (not f.isdigit() or len(f) > 1)))  # not a lone digit
+
+
 def lexical_support(sentence: str, evidence: str) -> float:
     """Share of the sentence's stemmed content words that occur in the evidence."""
     words = content_tokens(sentence)
@@ -231,7 +264,7 @@ def mean(values: Iterable[float | None]) -> float | None:
 def summarise(rows: Sequence[dict]) -> dict:
     """Means of the per-question metrics over the rows where they apply, latency percentiles, counts."""
     out: dict = {}
-    for key in RETRIEVAL_METRICS + GROUNDING_METRICS + ABSTENTION_METRICS:
+    for key in RETRIEVAL_METRICS + GROUNDING_METRICS + ABSTENTION_METRICS + REFERENCE_METRICS:
         out[key] = mean(r["metrics"].get(key) for r in rows)
     lat = [r["latency_ms"] for r in rows if r.get("latency_ms") is not None and not r.get("error")]
     out["latency_ms_p50"] = percentile(lat, 50)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from rag.eval.metrics import (
     LATENCY_METRICS,
     LOWER_IS_BETTER,
     METRICS,
+    REFERENCE_METRICS,
     RETRIEVAL_METRICS,
     TOKEN_METRICS,
 )
@@ -49,9 +51,11 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool = False) -> 
 
 
 def shown_metrics(report: dict) -> list[str]:
-    """Stable metric keys, minus answer metrics when no answers were produced."""
+    """Stable metric keys, minus answer metrics when no answers were produced and reference metrics when no
+    question has a reference answer."""
     answered = report.get("config", {}).get("answer", "none") != "none"
-    return [m for m in METRICS if answered or m not in ANSWER_METRICS]
+    referenced = any(r.get("reference") for r in report.get("questions", []))
+    return [m for m in METRICS if (answered or m not in ANSWER_METRICS) and (referenced or m not in REFERENCE_METRICS)]
 
 
 def summary_table(report: dict, markdown: bool = False) -> str:
@@ -119,12 +123,36 @@ def _type_metrics(report: dict) -> list[str]:
 # ---------------------------------------------------------------- files
 
 
+CSV_COLUMNS = ("id", "mode", "type", "question", "answer", "cited_titles", "level", "abstained", "latency_ms", "error")
+
+
+def write_csv(report: dict, path: Path) -> Path:
+    """report.csv: one row per question and mode (question, answer, cited titles, level, each metric), for a
+    spreadsheet. Lists are joined with "; "; a metric that does not apply is an empty cell."""
+    rows = report["questions"]
+    present = {k for r in rows for k in r["metrics"]}
+    metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+    judged = [k for k in ("faithfulness", "answer_relevance", "judge_citation_recall", "judge_citation_precision",
+                          "judge_answer_correctness") if any(k in (r.get("judge") or {}) for r in rows)]
+    # utf-8-sig: spreadsheet programs then read the titles' accents and dashes right
+    with open(path, "w", encoding="utf-8-sig", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow([*CSV_COLUMNS, *metrics, *judged])
+        for r in rows:
+            cells = [r.get(c) for c in CSV_COLUMNS]
+            cells[CSV_COLUMNS.index("cited_titles")] = "; ".join(r.get("cited_titles") or [])
+            cells += [r["metrics"].get(m) for m in metrics] + [(r.get("judge") or {}).get(k) for k in judged]
+            out.writerow(["" if c is None else c for c in cells])
+    return path
+
+
 def write_report(report: dict, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        paths = [out_dir / "report.json", out_dir / "report.md"]
+        paths = [out_dir / "report.json", out_dir / "report.md", out_dir / "report.csv"]
         paths[0].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_csv(report, paths[2])
         plots = write_plots(report, out_dir)
         paths[1].write_text(markdown_report(report, plots), encoding="utf-8")
     except OSError as exc:
@@ -167,7 +195,8 @@ def markdown_report(report: dict, plots: list[Path] | None = None) -> str:
     if report.get("judge"):
         lines += ["## LLM judge (separate from the offline metrics)", ""]
         modes = list(report["judge"])
-        keys = ["judge_citation_recall", "judge_citation_precision", "faithfulness", "answer_relevance", "judged", "failed"]
+        keys = ["judge_citation_recall", "judge_citation_precision", "faithfulness", "answer_relevance",
+                "judge_answer_correctness", "judged", "failed"]
         lines += [_table(["judge", *modes], [[k] + [fmt(report["judge"][m].get(k), k) for m in modes] for k in keys], True), ""]
     if any(report["summary"][m].get("stages") for m in cfg["modes"]):
         lines += ["## LLM cost per stage", "", stage_table(report, markdown=True), ""]
@@ -214,7 +243,7 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     paths = []
 
     # 1. metrics by mode (grouped bars; 0..1 metrics only)
-    metrics = [m for m in RETRIEVAL_METRICS + GROUNDING_METRICS + ABSTENTION_METRICS
+    metrics = [m for m in RETRIEVAL_METRICS + GROUNDING_METRICS + ABSTENTION_METRICS + REFERENCE_METRICS
                if any(report["summary"][mode].get(m) is not None for mode in modes)]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(metrics) + 2), 4))
     width = 0.8 / max(1, len(modes))

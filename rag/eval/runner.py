@@ -23,6 +23,8 @@ from rag.eval.metrics import (
     citation_metrics,
     cited_numbers,
     key_fact_recall,
+    reference_f1,
+    reference_facts,
     retrieval_metrics,
     summarise,
     unsupported_sentence_rate,
@@ -33,6 +35,7 @@ from rag.retrieve.hybrid import MODES
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
+PROGRESS_DELAY_S = 3.0
 
 
 def check_modes(text: str | list[str]) -> list[str]:
@@ -89,24 +92,31 @@ def score_answer(q: Question, ans, checker: SupportChecker, count=None, prompts=
     unknown_markers = sum(1 for n in text_refs if n not in by_n)
     invalid = max(unknown_markers, int(getattr(ans, "invalid_citations", 0) or 0))
     metrics: dict = {}
-    if q.answerable:
+    gold = q.gold_titles if q.answerable and q.gold_titles else None  # None: citation precision / recall not scored
+    if q.answerable and q.graded:
         metrics["false_abstention_rate"] = 1.0 if abstained else 0.0
         if abstained:  # a refused answerable question delivered none of its facts or papers: 0, not "not scored"
-            metrics["citation_recall"] = 0.0
-            if q.type == "list":
-                metrics["tiers_recall"] = 0.0
+            if gold:
+                metrics["citation_recall"] = 0.0
+                if q.type == "list":
+                    metrics["tiers_recall"] = 0.0
             metrics["key_fact_recall"] = 0.0 if q.key_facts else None
-    else:
+            if q.reference:
+                metrics["reference_f1"] = 0.0
+                metrics["reference_fact_recall"] = 0.0 if reference_facts(q.reference) else None
+    elif not q.answerable:
         metrics["abstention_accuracy"] = 1.0 if abstained else 0.0
     if not abstained:
         metrics.update(
-            citation_metrics(cited_titles, [s.title for s in sources], q.gold_titles if q.answerable else None, invalid,
-                             q.acceptable_titles)
+            citation_metrics(cited_titles, [s.title for s in sources], gold, invalid, q.acceptable_titles)
         )
         metrics["key_fact_recall"] = key_fact_recall(ans.answer or "", q.key_facts) if q.answerable else None
-        if q.answerable and q.type == "list":
+        if q.answerable and q.reference:
+            metrics["reference_f1"] = reference_f1(ans.answer or "", q.reference)
+            metrics["reference_fact_recall"] = key_fact_recall(ans.answer or "", reference_facts(q.reference))
+        if gold and q.type == "list":
             both = cited_titles + [a.get("title") or "" for a in getattr(ans, "also_relevant", None) or []]
-            metrics["tiers_recall"] = citation_metrics(both, [s.title for s in sources], q.gold_titles, 0,
+            metrics["tiers_recall"] = citation_metrics(both, [s.title for s in sources], gold, 0,
                                                        q.acceptable_titles)["citation_recall"]
         cited_ns = [c["n"] for c in ans.citations or [] if c.get("n") in by_n] or [n for n in text_refs if n in by_n]
         evidence = {n: _evidence(s) for n, s in by_n.items()}
@@ -135,11 +145,14 @@ def _empty_row(q: Question, mode: str) -> dict:
     return {
         "id": q.id,
         "type": q.type,
+        "type_inferred": q.type_inferred,
+        "graded": q.graded,
         "split": q.split,
         "style": q.style,
         "mode": mode,
         "question": q.question,
         "gold_titles": q.gold_titles,
+        "reference": q.reference,
         "retrieved_titles": [],
         "answer": None,
         "cited_titles": [],
@@ -182,8 +195,9 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
 
     rows: list[dict] = []
     started = time.perf_counter()
+    # the bar appears once a run has taken a few seconds (on a terminal; never in a pipe or a log file)
     bar = tqdm(total=len(dataset.questions) * len(modes), desc="rag eval", unit="q", disable=None if progress else True,
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True, delay=PROGRESS_DELAY_S)
     try:
         for q in dataset.questions:
             for mode in modes:
@@ -206,7 +220,7 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
                         row.update(score_answer(q, ans, checker, count, prompts))
                         row["stages"] = [st.to_dict() for st in getattr(ans, "stages", None) or []]
                         if judge is not None and not ans.abstained:
-                            row["judge"] = judge.score(q.question, ans.answer, ans.sources)
+                            row["judge"] = judge.score(q.question, ans.answer, ans.sources, reference=q.reference)
                 except RagError as exc:  # one failing question must not stop the run
                     row["error"] = str(exc)
                     log.warning("%s (%s): %s", q.id, mode, exc)
@@ -216,7 +230,7 @@ def run_eval(settings, dataset: Dataset, *, modes: list[str], answer: str = "non
         bar.close()
     elapsed = time.perf_counter() - started
 
-    gold = {q.id: q.gold_titles for q in dataset.questions if q.answerable}
+    gold = {q.id: q.gold_titles for q in dataset.questions if q.answerable and q.gold_titles}
     for mode in modes:
         mode_rows = [r for r in rows if r["mode"] == mode]
         scored = retrieval_metrics({r["id"]: r["retrieved_titles"] for r in mode_rows if not r["error"]}, gold)
@@ -289,7 +303,7 @@ def abstention_tradeoff(rows: list[dict], modes: list[str], splits: list[str]) -
     out: dict = {}
     for mode in modes:
         for split in splits or [None]:
-            judged = [r for r in rows if r["mode"] == mode and r.get("confidence") is not None
+            judged = [r for r in rows if r["mode"] == mode and r.get("confidence") is not None and r.get("graded", True)
                       and (split is None or r["split"] == split)]
             if not judged:
                 continue
