@@ -104,3 +104,75 @@ def test_key_and_url_password_absent_from_ui_page_config_and_api(tiny_index, fak
         assert SENTINEL not in json.dumps(result) and password not in json.dumps(result)
     finally:
         app.close()
+
+
+# ------------------------------------------------------------------ the UI login: no bypass (issue 26)
+
+
+def _tiny_assistant(settings):
+    from rag.answer.assistant import Assistant
+    from rag.retrieve.hybrid import Retriever
+
+    return Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm=None)
+
+
+@pytest.fixture
+def login_app(tiny_index, tmp_path):
+    """`launch(settings)` as `rag ui` runs it, with a login file and 3 failures allowed; yields (url, launch)."""
+    from rag.apps.ui.app import launch
+
+    login = tmp_path / "login"
+    login.write_text("alice:s3cret\n")
+    apps = []
+
+    def start(**update):
+        settings = tiny_index.model_copy(update={"ui_port": free_port(), "ui_auth_file": login, "ui_login_attempts": 3,
+                                                 "ui_login_window": 60.0, **update})
+        apps.append(launch(settings, _tiny_assistant(settings), prevent_thread_lock=True))
+        return f"http://127.0.0.1:{settings.ui_port}/"
+
+    yield start
+    for app in apps:
+        app.close()
+
+
+def _login(url: str, user: str, password: str, forwarded_for: str | None = None) -> int:
+    import urllib.error
+    import urllib.parse
+
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
+    req = urllib.request.Request(url + "login", data=urllib.parse.urlencode({"username": user, "password": password}).encode(),
+                                 method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_a_fresh_x_forwarded_for_per_guess_does_not_bypass_the_login_throttle(login_app):
+    url = login_app()  # default: no proxy is trusted
+    guesses = [_login(url, "alice", f"wrong{i}", forwarded_for=f"203.0.113.{i}") for i in range(10)]
+    assert guesses == [400] * 3 + [429] * 7, guesses  # locked after 3, whatever address each guess claims
+    assert _login(url, "alice", "s3cret", forwarded_for="198.51.100.7") == 429  # the right one waits too
+
+
+@pytest.mark.slow
+def test_behind_a_configured_proxy_the_throttle_counts_per_address_and_per_user_name(login_app):
+    url = login_app(ui_forwarded_allow_ips="127.0.0.1")  # a reverse proxy on this machine forwards every client
+    # per address: the forwarded address is the client
+    assert [_login(url, f"user{i}", "x", forwarded_for="203.0.113.1") for i in range(4)] == [400, 400, 400, 429]
+    assert _login(url, "carol", "x", forwarded_for="203.0.113.2") == 400  # another client is not affected
+    # per user name: guesses for alice from ever new addresses stop after 3
+    assert [_login(url, "alice", f"wrong{i}", forwarded_for=f"198.51.100.{i}") for i in range(5)] == [400] * 3 + [429] * 2
+    assert _login(url, "alice", "s3cret", forwarded_for="192.0.2.9") == 429
+    assert _login(url, "bob", "x", forwarded_for="192.0.2.10") == 400  # another name is not affected
+
+
+def test_forwarded_allow_ips_must_be_addresses(tmp_path):
+    r = run_cli("ui", "--forwarded-allow-ips", "proxy.example.org", env={"RAG_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 2 and "RAG_UI_FORWARDED_ALLOW_IPS" in r.stderr and "proxy.example.org" in r.stderr
+    assert "127.0.0.1" in r.stderr  # an example of what to give

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--auth", help="not a password: use RAG_UI_AUTH=user:password or --auth-file (a password in argv is "
                                   "visible to every user of the machine through ps)")
     s.add_argument("--auth-file", type=Path, help="file holding 'user:password' for the login form (env RAG_UI_AUTH_FILE)")
+    s.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="reverse proxies (IPs or networks, comma-separated) whose X-Forwarded-For names the client; "
+                        "default: none, every forwarded header is ignored (env RAG_UI_FORWARDED_ALLOW_IPS)")
 
     sub.add_parser("mcp", help="serve the index as MCP tools over stdio (search_papers, ask, get_paper)")
     s = sub.add_parser("doctor", help="check every part of the index and say what `rag ingest` would repair")
@@ -303,7 +306,8 @@ def cmd_ui(args) -> int:
     if args.auth:
         raise ConfigError("--auth would put the password in the process list (ps): use RAG_UI_AUTH=user:password "
                           "or --auth-file FILE")
-    settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth_file=args.auth_file)
+    settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth_file=args.auth_file,
+                         ui_forwarded_allow_ips=args.forwarded_allow_ips)
     launch(settings)
     return 0
 

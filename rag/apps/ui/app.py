@@ -226,13 +226,21 @@ def launch(settings, assistant=None, *, prevent_thread_lock: bool = False) -> gr
     except Exception as exc:  # noqa: BLE001 - not fatal: the first question will report any real problem
         log.warning("warm-up search failed: %s", exc)
     try:
-        app.launch(
-            server_name=host, server_port=settings.ui_port, auth=auth,
-            auth_message="Paper RAG: sign in with the user and password the server was started with." if auth else None,
-            app_kwargs={"middleware": security.middleware(settings.ui_login_attempts, settings.ui_login_window)},
-            prevent_thread_lock=True, share=False, quiet=True, show_error=False, ssr_mode=False, mcp_server=False,
-            theme=app.rag_theme, css=app.rag_css,
-        )
+        trust = settings.ui_forwarded_allow_ips or ""
+        with security.trusted_proxies(trust):
+            app.launch(
+                server_name=host, server_port=settings.ui_port, auth=auth,
+                auth_message="Paper RAG: sign in with the user and password the server was started with." if auth else None,
+                app_kwargs={"middleware": security.middleware(settings.ui_login_attempts, settings.ui_login_window)},
+                prevent_thread_lock=True, share=False, quiet=True, show_error=False, ssr_mode=False, mcp_server=False,
+                theme=app.rag_theme, css=app.rag_css,
+            )
+        trusted = getattr(getattr(getattr(app, "server", None), "config", None), "forwarded_allow_ips", None)
+        if trusted != trust:  # a Gradio that builds uvicorn's Config another way
+            app.close()
+            raise ConfigError(f"the UI server trusts X-Forwarded-For from {trusted!r}, not from "
+                              f"{trust!r} as configured: this Gradio version starts uvicorn "
+                              "differently; pin the Gradio version of pyproject.toml")
     except OSError:
         raise ConfigError(
             f"cannot serve the UI on {host}:{settings.ui_port}: the port is in use or the address is not available "
