@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
+from rag.redaction import MASK, mask_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ def _check_url(value: str | None, name: str) -> str | None:
         return None
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
+        # shown without its userinfo: a password in a mistyped URL ("user:secret@host/v1") is still a password
+        shown = re.sub(r"^[^/\s?#]*@", f"{MASK}@", mask_userinfo(value))
+        raise ValueError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000, got {shown!r}")
     return value.rstrip("/")
 
 

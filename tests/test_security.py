@@ -176,3 +176,57 @@ def test_forwarded_allow_ips_must_be_addresses(tmp_path):
     r = run_cli("ui", "--forwarded-allow-ips", "proxy.example.org", env={"RAG_DATA_DIR": str(tmp_path)})
     assert r.returncode == 2 and "RAG_UI_FORWARDED_ALLOW_IPS" in r.stderr and "proxy.example.org" in r.stderr
     assert "127.0.0.1" in r.stderr  # an example of what to give
+
+
+# ------------------------------------------------------------------ no leak: settings, logs, reports (issue 26)
+
+PASSWORD = "pw-SENTINEL-77"
+
+
+@pytest.mark.parametrize("var", ["RAG_LLM_BASE_URL", "RAG_JUDGE_BASE_URL", "RAG_EMBED_URL", "RAG_CHROMA_URL"])
+@pytest.mark.parametrize("value", [f"ftp://alice:{PASSWORD}@llm.example.org/v1", f"alice:{PASSWORD}@llm.example.org/v1"])
+def test_an_invalid_url_is_named_without_its_password(tmp_path, var, value):
+    r = run_cli("search", "concept erasure", env={"RAG_DATA_DIR": str(tmp_path), var: value})
+    assert r.returncode == 2 and var in r.stderr and "http(s) URL" in r.stderr, r.stderr
+    assert PASSWORD not in r.stderr and "llm.example.org/v1" in r.stderr  # which URL, without its userinfo
+
+
+def test_log_lines_carry_no_secret_and_no_terminal_escapes(tiny_index, fake_llm, monkeypatch):
+    """Every log line of a command is redacted of the configured key and URL passwords and shows control and bidi
+    characters as escapes, whatever module wrote it: the LLM client's retry warnings for a server whose error
+    text is hostile, and a library logging a raw URL and the key."""
+    import logging as logging_
+
+    from rag.apps import cli
+
+    url = fake_llm.base_url.replace("http://", f"http://alice:{PASSWORD}@")
+    for _ in range(2):
+        fake_llm.queue_error(500, body=json.dumps({"error": {"message": "down \x1b]0;owned\x07 \u202egnp.exe \x9b2J"}}))
+    ask = cli.COMMANDS["ask"]
+
+    def ask_then_log(args):  # a library that logs what it was given, the key and a raw URL included
+        logging_.getLogger("somelib").warning("request to %s with key %s: %s", url, SENTINEL, "\x1b[2Jcleared \u202eexe")
+        return ask(args)
+
+    monkeypatch.setitem(cli.COMMANDS, "ask", ask_then_log)
+    r = run_cli("-v", "ask", "which papers erase concepts in diffusion models?",
+                env=_env(tiny_index, fake_llm, RAG_LLM_BASE_URL=url))
+    assert r.returncode == 0, r.stderr
+    assert "request to http://***@127.0.0.1" in r.stderr and "with key ***" in r.stderr, r.stderr
+    assert "kept failing (HTTP 500)" in r.stderr and "down" in r.stderr  # the server's words are still there
+    assert SENTINEL not in r.stderr and PASSWORD not in r.stderr
+    for raw in ("\x1b", "\x07", "\u202e", "\x9b"):
+        assert raw not in r.stderr, repr(raw)
+    assert "\\x1b[2Jcleared \\u202eexe" in r.stderr  # shown as escapes, not acted on
+
+
+def test_unexpected_errors_are_redacted(tiny_index, monkeypatch):
+    from rag.apps import cli
+
+    def boom(args):
+        raise RuntimeError(f"cannot reach http://alice:{PASSWORD}@10.0.0.1/v1 with {SENTINEL}\x1b[2J")
+
+    monkeypatch.setitem(cli.COMMANDS, "doctor", boom)
+    r = run_cli("doctor", env={"RAG_DATA_DIR": str(tiny_index.data_dir), "RAG_LLM_API_KEY": SENTINEL})
+    assert r.returncode == 1 and "unexpected RuntimeError" in r.stderr and "http://***@10.0.0.1/v1" in r.stderr
+    assert SENTINEL not in r.stderr and PASSWORD not in r.stderr and "\x1b" not in r.stderr

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rag.errors import ConfigError, RagError
+from rag.redaction import RedactingFilter, configured_secrets, scrub
 from rag.text import terminal_safe
 
 log = logging.getLogger("rag")
@@ -393,6 +394,7 @@ def _logging(verbose: bool):
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(RedactingFilter(configured_secrets()))  # no key or password, no terminal escapes in a log line
     saved = (root.level, {name: logging.getLogger(name).level for name in _NOISY})
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -412,7 +414,7 @@ def _run(args) -> int:
     try:
         return handler(args) or 0
     except RagError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc), configured_secrets())}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `rag search ... | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -423,7 +425,8 @@ def _run(args) -> int:
     except Exception as exc:  # the edge: never a traceback for the user
         if _debug():
             raise
-        print(f"error: unexpected {exc.__class__.__name__}: {exc} (set RAG_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"error: unexpected {exc.__class__.__name__}: {scrub(str(exc), configured_secrets())} (set RAG_DEBUG=1 "
+              "for a traceback)", file=sys.stderr)
         return 1
 
 
