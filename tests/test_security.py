@@ -230,3 +230,119 @@ def test_unexpected_errors_are_redacted(tiny_index, monkeypatch):
     r = run_cli("doctor", env={"RAG_DATA_DIR": str(tiny_index.data_dir), "RAG_LLM_API_KEY": SENTINEL})
     assert r.returncode == 1 and "unexpected RuntimeError" in r.stderr and "http://***@10.0.0.1/v1" in r.stderr
     assert SENTINEL not in r.stderr and PASSWORD not in r.stderr and "\x1b" not in r.stderr
+
+
+# ------------------------------------------------------------------ exports: inert, and private (issue 26)
+
+HOSTILE_URL = 'https://example.org/x"><script>alert(1)</script>'
+HOSTILE_PAPERS = [
+    {"title": "Zebra camouflage in quantum llamas", "url": HOSTILE_URL,
+     "abstract": "Zebra stripe camouflage confuses quantum llamas ![pixel](http://tracker.example/p.png) on the savanna. "
+                 "Zebra stripes are a [click here](javascript:alert(2)) camouflage for quantum llamas."},
+    {"title": "Protein folding with transformers", "abstract": "Protein folding is predicted with transformers."},
+    {"title": "Graph networks for traffic", "abstract": "Traffic forecasting uses graph neural networks."},
+]
+LLM_REPLY = ("**Zebra camouflage in quantum llamas** shows that stripes confuse quantum llamas [1]. "
+             "![seen](http://tracker.example/q.png) [more](javascript:alert(3)) <img src=x onerror=alert(4)>\n\n"
+             "[1]: javascript:alert(5)")
+
+
+def _assert_inert(markdown: str) -> None:
+    """Rendered by a Markdown renderer that allows raw HTML (the most permissive reading), the export has no
+    HTML of its own, no image and no link but http(s) ones."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark", {"html": True}).render(markdown)
+    assert "<script" not in html and "<img" not in html and "onerror" not in html.replace("onerror=alert", ""), html
+    assert all(href.startswith(("http://", "https://")) for href in re.findall(r'href="([^"]*)"', html)), html
+    assert "javascript:" not in "".join(re.findall(r'href="([^"]*)"', html))
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_exported_conversation_is_inert_and_served_from_a_private_dir(tmp_path, fake_llm):
+    """Through the real page: an extractive answer quoting an abstract with an image and a javascript: link, a
+    paper whose URL carries `"><script>`, and an LLM answer with an image, a link, raw HTML and a link definition;
+    the Markdown export is inert, and the file lies in a directory only this user can read, not in the
+    /tmp/gradio that every Gradio app on the host shares."""
+    import os
+    import stat
+    from pathlib import Path
+    from urllib.parse import unquote
+
+    from conftest import hash_index
+
+    from rag.answer.assistant import Assistant
+    from rag.apps.ui.app import build_app
+    from rag.clients.chat import OpenAIChatLLM
+    from rag.retrieve.hybrid import Retriever
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} is missing: run `make browser`")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    settings = hash_index(tmp_path / "hostile", HOSTILE_PAPERS).model_copy(update={"evidence": False})
+    llm = OpenAIChatLLM(fake_llm.base_url, SENTINEL, "fake-model", timeout=5, max_attempts=1, max_wait=1)
+    app = build_app(settings, Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm))
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    fake_llm.queue_reply(LLM_REPLY)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_context(accept_downloads=True).new_page()
+            page.set_default_timeout(90_000)
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")  # never networkidle (Gradio)
+            for n, (question, answer_mode) in enumerate([("why do zebra stripes confuse quantum llamas?", "llm"),
+                                                         ("zebra stripe camouflage in quantum llamas", "extractive")], 1):
+                if answer_mode == "extractive":  # the LLM is the default
+                    page.get_by_text("Answer settings").click()
+                    page.get_by_label("Extractive (quoted sentences)").check()
+                page.wait_for_selector("#rag-send", state="visible")
+                page.fill("#rag-question textarea", question)
+                page.click("#rag-send")
+                page.wait_for_selector(f"#rag-conv .rag-conv[data-turns='{n}'][data-busy='0']")
+            page.wait_for_selector("#rag-export:not([disabled])")
+            with page.expect_download() as dl:
+                page.click("#rag-export")
+            text = Path(dl.value.path()).read_text(encoding="utf-8")
+            served = unquote(dl.value.url.split("file=", 1)[1])
+            browser.close()
+    finally:
+        app.close()
+    assert text.count("## ") == 2 and "stripes confuse quantum llamas [1]" in text, text  # both answers, cited
+    assert "example.org/x" in text and "tracker.example/p.png" in text  # shown as text, not acted on
+    _assert_inert(text)
+    folder = Path(served).parent
+    while folder.name != "gradio" and folder != folder.parent:  # Gradio's cache dir, GRADIO_TEMP_DIR
+        folder = folder.parent
+    assert not Path(served).is_relative_to("/tmp/gradio"), served
+    assert Path(served).is_relative_to(os.environ.get("GRADIO_TEMP_DIR", "/nonexistent")), served
+    for d in (folder, folder.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700 and d.stat().st_uid == os.getuid(), d
+
+
+# ------------------------------------------------------------------ feedback export: terminal-safe (issue 26)
+
+HOSTILE_TEXT = "erase \x1b[2J\x9b2J\x85 concepts \u202egnp.exe\u2066 \u200f?"
+RAW_UNSAFE = ("\x1b", "\x9b", "\x85", "\u202e", "\u2066", "\u200f")
+
+
+def test_feedback_export_writes_controls_and_bidi_as_escapes(tmp_path):
+    from rag.apps import feedback
+
+    turn = {"question": "which papers " + HOSTILE_TEXT, "answer": "They do [1].", "answered_at": "2026-12-01T00:00:00+00:00",
+            "citations": [{"n": 1, "paper_id": "p1", "title": "Erasing \u202eConcepts\x9b"}], "sources": [], "abstained": False}
+    feedback.record(tmp_path / "feedback.jsonl", turn, "up", comment="see \x1b]0;title\x07 \u202eevil")
+    env = {"RAG_DATA_DIR": str(tmp_path)}
+    r = run_cli("feedback", "export", env=env)
+    out = tmp_path / "drafts.jsonl"
+    r2 = run_cli("feedback", "export", "--out", out, env=env)
+    assert r.returncode == 0 and r2.returncode == 0, r.stderr + r2.stderr
+    for text in (r.stdout, out.read_text(encoding="utf-8"), (tmp_path / "feedback.jsonl").read_text(encoding="utf-8")):
+        assert not [c for c in RAW_UNSAFE + ("\x07",) if c in text], text
+    line = json.loads(r.stdout)
+    assert line["question"] == turn["question"] and line["gold_titles"] == ["Erasing \u202eConcepts\x9b"]  # same text
+    assert "\\u202e" in r.stdout and "\\u009b" in r.stdout  # shown as escapes

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rag.errors import ConfigError, RagError
 from rag.redaction import RedactingFilter, configured_secrets, scrub
-from rag.text import terminal_safe
+from rag.text import escape_controls, terminal_safe
 
 log = logging.getLogger("rag")
 
@@ -327,12 +327,12 @@ def cmd_feedback(args) -> int:
     path = args.feedback_file or feedback.feedback_path(_settings(args))
     entries, problems = feedback.load(path)
     for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {escape_controls(problem)}", file=sys.stderr)
     ratings = feedback.RATINGS if args.rating == "all" else (args.rating,)
     lines = feedback.draft_dataset(entries, ratings)
     if not lines:
         raise ConfigError(f"nothing to export: {len(entries)} rated answers in {path}, none usable with --rating {args.rating}")
-    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    text = "".join(feedback.json_line(line) for line in lines)  # terminal-safe: controls and bidi as \\u escapes
     if args.out:
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -12,13 +12,17 @@ and `launch`.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import ipaddress
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -176,14 +180,29 @@ def _state_secret(settings) -> str:
         return secrets.token_hex(32)
 
 
+@functools.cache
+def private_temp_dir() -> Path:
+    """This process's own temp dir (mode 0700, removed at exit) for the conversation exports and Gradio's file
+    cache. Gradio's default cache, /tmp/gradio, is shared by every Gradio app on the host, readable by other
+    users and served by any of those apps; GRADIO_TEMP_DIR points Gradio here instead (its components read it
+    when they are created, so before the first Blocks is built)."""
+    root = Path(tempfile.mkdtemp(prefix="paper-rag-ui-"))  # mkdtemp: mode 0700, a fresh name
+    (root / "gradio").mkdir(mode=0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> gr.Blocks:
     """The whole UI as a gr.Blocks with its queue configured (launch it, or use `launch`): the page's
-    assets, then its layout, then the events wiring the layout to a ChatController."""
+    assets, then its layout, then the events wiring the layout to a ChatController. Exports and Gradio's
+    file cache live in `private_temp_dir()`."""
     if assistant is None:
         from rag.answer.assistant import Assistant
 
         assistant = Assistant.from_settings(settings)
-    ctl = ChatController(settings, assistant)
+    exports = Path(tempfile.mkdtemp(prefix="exports-", dir=private_temp_dir()))
+    ctl = ChatController(settings, assistant, export_dir=exports)
     eval_path = eval_dir_for(settings, eval_dir)
     assets = load_assets()
     app = page_blocks(assets)
