@@ -262,11 +262,12 @@ def _assert_inert(markdown: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_the_exported_conversation_is_inert_and_served_from_a_private_dir(tmp_path, fake_llm):
-    """Through the real page: an extractive answer quoting an abstract with an image and a javascript: link, a
-    paper whose URL carries `"><script>`, and an LLM answer with an image, a link, raw HTML and a link definition;
-    the Markdown export is inert, and the file lies in a directory only this user can read, not in the
-    /tmp/gradio that every Gradio app on the host shares."""
+def test_the_page_and_its_export_are_inert_leak_nothing_and_stay_private(tmp_path, fake_llm):
+    """Through the real page: an LLM answer with an image, a link, raw HTML and a link definition; an extractive
+    answer quoting an abstract with an image and a javascript: link, from a paper whose URL carries `"><script>`;
+    then an LLM failure whose error text echoes the key and the password of RAG_LLM_BASE_URL. The page and the
+    Markdown export show neither secret, the export is inert, and its file lies in a directory only this user can
+    read, not in the /tmp/gradio that every Gradio app on the host shares."""
     import os
     import stat
     from pathlib import Path
@@ -283,23 +284,26 @@ def test_the_exported_conversation_is_inert_and_served_from_a_private_dir(tmp_pa
     if not chromium.exists():
         pytest.skip(f"{chromium} is missing: run `make browser`")
     sync_api = pytest.importorskip("playwright.sync_api")
-    settings = hash_index(tmp_path / "hostile", HOSTILE_PAPERS).model_copy(update={"evidence": False})
-    llm = OpenAIChatLLM(fake_llm.base_url, SENTINEL, "fake-model", timeout=5, max_attempts=1, max_wait=1)
+    url = fake_llm.base_url.replace("http://", f"http://alice:{PASSWORD}@")
+    settings = hash_index(tmp_path / "hostile", HOSTILE_PAPERS).model_copy(update={"evidence": False, "llm_base_url": url})
+    llm = OpenAIChatLLM(url, SENTINEL, "fake-model", timeout=5, max_attempts=1, max_wait=1)
     app = build_app(settings, Assistant(settings, Retriever.from_settings(settings, embedder=HashEmbedder()), llm))
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     fake_llm.queue_reply(LLM_REPLY)
+    fake_llm.queue_error(401, body=json.dumps({"error": {"message": f"bad key {SENTINEL} for {url} ({PASSWORD})"}}))
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_context(accept_downloads=True).new_page()
             page.set_default_timeout(90_000)
             page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")  # never networkidle (Gradio)
-            for n, (question, answer_mode) in enumerate([("why do zebra stripes confuse quantum llamas?", "llm"),
-                                                         ("zebra stripe camouflage in quantum llamas", "extractive")], 1):
-                if answer_mode == "extractive":  # the LLM is the default
-                    page.get_by_text("Answer settings").click()
-                    page.get_by_label("Extractive (quoted sentences)").check()
+            turns = [("why do zebra stripes confuse quantum llamas?", "llm"),
+                     ("zebra stripe camouflage in quantum llamas", "extractive"), ("what is a quantum llama?", "llm")]
+            page.get_by_text("Answer settings").click()
+            for n, (question, answer_mode) in enumerate(turns, 1):
+                page.get_by_label("Extractive (quoted sentences)" if answer_mode == "extractive"
+                                  else "LLM (generated, cited)").check()
                 page.wait_for_selector("#rag-send", state="visible")
                 page.fill("#rag-question textarea", question)
                 page.click("#rag-send")
@@ -309,10 +313,14 @@ def test_the_exported_conversation_is_inert_and_served_from_a_private_dir(tmp_pa
                 page.click("#rag-export")
             text = Path(dl.value.path()).read_text(encoding="utf-8")
             served = unquote(dl.value.url.split("file=", 1)[1])
+            notice = page.inner_text("#turn-3 .rag-notice")
+            shown = page.content() + page.inner_text("body")
             browser.close()
     finally:
         app.close()
-    assert text.count("## ") == 2 and "stripes confuse quantum llamas [1]" in text, text  # both answers, cited
+    assert "rejected the API key" in notice and "http://***@127.0.0.1" in notice, notice
+    assert SENTINEL not in shown + text and PASSWORD not in shown + text
+    assert text.count("## ") == 3 and "stripes confuse quantum llamas [1]" in text, text  # both answers, cited
     assert "example.org/x" in text and "tracker.example/p.png" in text  # shown as text, not acted on
     _assert_inert(text)
     folder = Path(served).parent
@@ -346,3 +354,28 @@ def test_feedback_export_writes_controls_and_bidi_as_escapes(tmp_path):
     line = json.loads(r.stdout)
     assert line["question"] == turn["question"] and line["gold_titles"] == ["Erasing \u202eConcepts\x9b"]  # same text
     assert "\\u202e" in r.stdout and "\\u009b" in r.stdout  # shown as escapes
+
+
+def test_an_endpoint_echoing_the_key_and_password_leaves_them_out_of_answers_and_reports(tiny_index, fake_llm, tmp_path):
+    """The answer LLM, the evidence step and the judge all talk to an endpoint that puts the key and the URL's
+    password in every reply: neither reaches `rag ask --json`, report.json, report.md or the per-question files."""
+    url = fake_llm.base_url.replace("http://", f"http://alice:{PASSWORD}@")
+    fake_llm.default_reply = (f"**{PAPERS[0]['title']}** erases concepts [1]. Authorization: Bearer {SENTINEL}; "
+                              f"url {url}; password {PASSWORD}")
+    env = _env(tiny_index, fake_llm, RAG_LLM_BASE_URL=url, RAG_EVIDENCE="on")
+    r = run_cli("ask", "which papers erase concepts in diffusion models?", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert fake_llm.requests and SENTINEL not in r.stdout + r.stderr and PASSWORD not in r.stdout + r.stderr
+    dataset = tmp_path / "ds.jsonl"
+    dataset.write_text(json.dumps({"id": "q1", "type": "list", "question": "which papers erase concepts?",
+                                   "gold_titles": [PAPERS[0]["title"]], "key_facts": ["negative guidance"], "notes": ""}) + "\n")
+    out = tmp_path / "report"
+    r = run_cli("eval", "--dataset", str(dataset), "--answer", "llm", "--judge", "--modes", "hybrid", "--out", str(out),
+                env=env)
+    assert r.returncode == 0, r.stderr
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".md")]
+    assert any(p.name == "report.json" for p in written)
+    for path in written:
+        text = path.read_text(encoding="utf-8")
+        assert SENTINEL not in text and PASSWORD not in text, path.name
+    assert SENTINEL not in r.stdout + r.stderr and PASSWORD not in r.stdout + r.stderr

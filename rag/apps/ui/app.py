@@ -35,6 +35,7 @@ from rag.apps.ui.controller import ChatController
 from rag.apps.ui.layout import build_layout
 from rag.apps.ui.wiring import Handlers, ask_endpoint, wire
 from rag.errors import ConfigError
+from rag.redaction import RedactingFilter, configured_secrets
 from rag.settings import repo_root
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,10 @@ def launch(settings, assistant=None, *, prevent_thread_lock: bool = False) -> gr
                 prevent_thread_lock=True, share=False, quiet=True, show_error=False, ssr_mode=False, mcp_server=False,
                 theme=app.rag_theme, css=app.rag_css,
             )
+        # uvicorn's loggers print through handlers of their own (not the CLI's): redacted and escaped the same way
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(RedactingFilter(configured_secrets()))
         trusted = getattr(getattr(getattr(app, "server", None), "config", None), "forwarded_allow_ips", None)
         if trusted != trust:  # a Gradio that builds uvicorn's Config another way
             app.close()
