@@ -228,7 +228,7 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or network: give the reverse proxy's addresses "
-                                 "(e.g. 127.0.0.1 or 10.0.0.0/8, comma-separated), or leave it unset to trust no "
+                                 "(--forwarded-allow-ips 127.0.0.1, or networks such as 10.0.0.0/8, comma-separated), or leave it unset to trust no "
                                  "X-Forwarded-For header") from None
         return ",".join(items) or None
 
