@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.errors import ConfigError
+from rag.redaction import MASK, mask_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ def _check_url(value: str | None, name: str) -> str | None:
         return None
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000, got {value!r}")
+        # shown without its userinfo: a password in a mistyped URL ("user:secret@host/v1") is still a password
+        shown = re.sub(r"^[^/\s?#]*@", f"{MASK}@", mask_userinfo(value))
+        raise ValueError(f"{name} must be an http(s) URL such as http://127.0.0.1:8000, got {shown!r}")
     return value.rstrip("/")
 
 
@@ -183,8 +187,11 @@ class Settings(BaseSettings):
     ui_port: int = Field(7860, ge=0, le=65535, description="Port of the UI.")
     ui_auth: SecretStr | None = Field(None, description="'user:password' turns on the UI's login form.")
     ui_auth_file: Path | None = Field(None, description="A file holding 'user:password' for the UI's login (wins over RAG_UI_AUTH).")
-    ui_login_attempts: int = Field(5, ge=1, le=1000, description="Failed logins allowed per client address per window.")
+    ui_login_attempts: int = Field(5, ge=1, le=1000, description="Failed logins allowed per client address, and per user name, per window.")
     ui_login_window: float = Field(300.0, gt=0, description="Seconds over which failed logins are counted.")
+    ui_forwarded_allow_ips: str | None = Field(
+        None, description="Reverse proxies (IP addresses or networks, comma-separated; '*' = any) whose X-Forwarded-For "
+        "header gives the client address; unset = trust no forwarded header (the TCP peer is the client).")
     ui_concurrency: int = Field(4, ge=1, le=64, description="Answers computed at once by the UI.")
     ui_eval_dir: Path | None = Field(
         None, description="Report folder the UI's Evaluation tab shows; unset = eval/reports/latest of the checkout."
@@ -209,6 +216,21 @@ class Settings(BaseSettings):
     @classmethod
     def _url(cls, v, info):
         return _check_url(v, "RAG_" + info.field_name.upper())
+
+    @field_validator("ui_forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, v):
+        items = [item.strip() for item in (v or "").split(",") if item.strip()]
+        if items == ["*"]:
+            return "*"
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network: give the reverse proxy's addresses "
+                                 "(--forwarded-allow-ips 127.0.0.1, or networks such as 10.0.0.0/8, comma-separated), or leave it unset to trust no "
+                                 "X-Forwarded-For header") from None
+        return ",".join(items) or None
 
     @model_validator(mode="after")
     def _fallbacks(self):

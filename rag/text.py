@@ -135,6 +135,13 @@ def terminal_safe(text: str) -> str:
     return _UNSAFE.sub("", _ANSI.sub("", text))
 
 
+def escape_controls(text: str) -> str:
+    """`text` with escape sequences, control characters (C0 but tab and newline, DEL, C1) and bidi overrides shown
+    as escapes (`\\x1b`, `\\u202e`): for log lines and files read in a terminal, where the text itself must stay
+    visible but must not act."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def strip_bidi(text: str) -> str:
     """`text` without bidi override/isolate characters (for HTML, which escapes the rest)."""
     return re.sub(r"[\u202a-\u202e\u2066-\u2069]", "", text)

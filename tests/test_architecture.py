@@ -12,7 +12,7 @@ PACKAGE = Path(rag.__file__).parent
 
 # Lower layers never import higher ones. Within a layer, imports are allowed but may not form a cycle.
 LAYERS = [
-    ("rag", "rag.errors", "rag.records", "rag.settings", "rag.text", "rag.env", "rag.files",
+    ("rag", "rag.errors", "rag.records", "rag.settings", "rag.text", "rag.redaction", "rag.env", "rag.files",
      "rag.token_counts", "rag.prompts"),
     ("rag.clients",),
     ("rag.corpus",),

@@ -649,10 +649,14 @@ def test_login_throttle_counts_per_client_and_forgets_after_the_window():
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "method": "POST", "path": "/login", "client": (client, 1), "password": password}
+        async def receive():
+            return {"type": "http.request", "body": f"username={client}-user&password={password}".encode()}
+
+        scope = {"type": "http", "method": "POST", "path": "/login", "client": (client, 1), "password": password,
+                 "headers": [(b"content-type", b"application/x-www-form-urlencoded")]}
         # a thread of its own: a browser test on this worker may have left an event loop running here
         with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, throttle(scope, None, send)).result()
+            pool.submit(asyncio.run, throttle(scope, receive, send)).result()
         return sent[0]["status"]
 
     assert [attempt("1.1.1.1") for _ in range(3)] == [400, 400, 429]

@@ -132,8 +132,8 @@ def test_copy_markdown_has_references_and_no_html():
     turn = _turn("- **Erasing Concepts** — We propose a method. [1]", title=EVIL)
     turn["sources"][0]["url"] = "https://arxiv.org/abs/2303.07345"
     md = render.turn_markdown(turn)
-    assert "**References**" in md and "- [1] \\<script>" in md and md.rstrip().endswith("https://arxiv.org/abs/2303.07345")
-    assert not re.search(r"<[a-zA-Z/]", md.replace("\\<", ""))  # no tag can form
+    assert "**References**" in md and "- [1] &lt;script&gt;" in md and md.rstrip().endswith("<https://arxiv.org/abs/2303.07345>")
+    assert not re.search(r"<[a-zA-Z/]", md.replace("<https://", ""))  # no tag can form: only the URL's autolink
     rendered = render.turn_html(turn, 1, {})
     copy = re.search(r'data-action="copy" data-turn="1"[^>]*data-md="([^"]*)"', rendered)
     assert html.unescape(copy.group(1)) == md

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rag.errors import ConfigError, RagError
-from rag.text import terminal_safe
+from rag.redaction import RedactingFilter, configured_secrets, scrub
+from rag.text import escape_controls, terminal_safe
 
 log = logging.getLogger("rag")
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--auth", help="not a password: use RAG_UI_AUTH=user:password or --auth-file (a password in argv is "
                                   "visible to every user of the machine through ps)")
     s.add_argument("--auth-file", type=Path, help="file holding 'user:password' for the login form (env RAG_UI_AUTH_FILE)")
+    s.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="reverse proxies (IPs or networks, comma-separated) whose X-Forwarded-For names the client; "
+                        "default: none, every forwarded header is ignored (env RAG_UI_FORWARDED_ALLOW_IPS)")
 
     sub.add_parser("mcp", help="serve the index as MCP tools over stdio (search_papers, ask, get_paper)")
     s = sub.add_parser("doctor", help="check every part of the index and say what `rag ingest` would repair")
@@ -303,7 +307,8 @@ def cmd_ui(args) -> int:
     if args.auth:
         raise ConfigError("--auth would put the password in the process list (ps): use RAG_UI_AUTH=user:password "
                           "or --auth-file FILE")
-    settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth_file=args.auth_file)
+    settings = _settings(args, ui_host=args.host, ui_port=args.port, ui_auth_file=args.auth_file,
+                         ui_forwarded_allow_ips=args.forwarded_allow_ips)
     launch(settings)
     return 0
 
@@ -322,12 +327,12 @@ def cmd_feedback(args) -> int:
     path = args.feedback_file or feedback.feedback_path(_settings(args))
     entries, problems = feedback.load(path)
     for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {escape_controls(problem)}", file=sys.stderr)
     ratings = feedback.RATINGS if args.rating == "all" else (args.rating,)
     lines = feedback.draft_dataset(entries, ratings)
     if not lines:
         raise ConfigError(f"nothing to export: {len(entries)} rated answers in {path}, none usable with --rating {args.rating}")
-    text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    text = "".join(feedback.json_line(line) for line in lines)  # terminal-safe: controls and bidi as \\u escapes
     if args.out:
         tmp = args.out.with_name(args.out.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
@@ -393,6 +398,7 @@ def _logging(verbose: bool):
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(RedactingFilter(configured_secrets()))  # no key or password, no terminal escapes in a log line
     saved = (root.level, {name: logging.getLogger(name).level for name in _NOISY})
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -412,7 +418,7 @@ def _run(args) -> int:
     try:
         return handler(args) or 0
     except RagError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc), configured_secrets())}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # `rag search ... | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -423,7 +429,8 @@ def _run(args) -> int:
     except Exception as exc:  # the edge: never a traceback for the user
         if _debug():
             raise
-        print(f"error: unexpected {exc.__class__.__name__}: {exc} (set RAG_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"error: unexpected {exc.__class__.__name__}: {scrub(str(exc), configured_secrets())} (set RAG_DEBUG=1 "
+              "for a traceback)", file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 FEEDBACK_FILE = "feedback.jsonl"
 RATINGS = ("up", "down")
 MAX_COMMENT = 2000
+
+
+# Characters json.dumps(ensure_ascii=False) writes raw that a terminal acts on: DEL, C1 controls (U+0080-U+009F,
+# e.g. the one-byte CSI U+009B), line and paragraph separators, and bidi marks, overrides and isolates.
+_RAW_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_line(obj) -> str:
+    """One JSON line, readable (non-ASCII text as is) but terminal-safe: characters a terminal would act on are
+    written as \\uXXXX escapes (C0 controls already are), so `cat` or `head` of the file shows them, never obeys
+    them; json.loads gives the same value back."""
+    return _RAW_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False)) + "\n"
 
 
 def feedback_path(settings) -> Path:
@@ -58,7 +71,7 @@ def record(path: Path, turn: dict, rating: str, comment: str | None = None, cont
         "judgement": turn.get("judgement"),
         "notice": turn.get("notice"),
     } | (context or {})
-    line = json.dumps(entry, ensure_ascii=False) + "\n"
+    line = json_line(entry)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

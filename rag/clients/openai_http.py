@@ -9,8 +9,8 @@
   retry-after-ms) or else an exponential backoff with jitter, never past a cap.
 - `describe_failure`: one mapping from an exception to a message saying what to check (401, 403, 404, other 4xx,
   429, 5xx, connection, timeout, a reply that is not the protocol's), worded per endpoint by its `Endpoint`.
-- `redact`: the one redaction. Every message, log line and notice built here goes through it: no API key, no URL
-  userinfo, no password, and the server's own words made terminal-safe.
+- Every message, log line and notice built here goes through `rag.redaction.redact` (the endpoint's `redact`): no
+  API key, no URL userinfo, no password, and the server's own words made terminal-safe.
 """
 
 from __future__ import annotations
@@ -30,52 +30,8 @@ import httpx
 import openai
 from tenacity import RetryCallState, wait_random_exponential
 
+from rag.redaction import redact, redact_stream
 from rag.text import terminal_safe
-
-# The userinfo of any URL in a text: everything between "scheme://" and the host's last "@".
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s?#]*@")
-MIN_SECRET_CHARS = 4  # shorter secrets are removed from URLs only: replacing them everywhere would garble any text
-MASK = "***"
-
-
-# ---------------------------------------------------------------- redaction
-
-
-def secrets_of(key: str | None = None, url: str | None = None) -> list[str]:
-    """What must never be shown: the API key, and the password (or the lone token) of `url`'s userinfo, both as
-    written and percent-decoded. Longest first, so a secret containing another is removed whole."""
-    found = [key or ""]
-    if url:
-        parts = urlsplit(url)
-        if "@" in parts.netloc:
-            user, _, password = parts.netloc.rpartition("@")[0].partition(":")
-            found += [password, unquote(password)] if password else [user, unquote(user)]
-    return sorted({s for s in found if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
-
-
-def redact(text: str, key: str | None = None, url: str | None = None) -> str:
-    """`text` without the API key `key`, without the userinfo of any URL in it (`http://user:secret@host/v1` ->
-    `http://***@host/v1`), and without the password of `url` wherever it appears."""
-    text = _USERINFO.sub(rf"\1{MASK}@", text)
-    for secret in secrets_of(key, url):
-        text = text.replace(secret, MASK)
-    return text
-
-
-def redact_stream(pieces: Iterable[str], key: str | None = None, url: str | None = None) -> Iterator[str]:
-    """`redact` over text arriving in pieces (a streamed reply): a secret split across pieces is still removed.
-    Text is held back only while the end of what came so far could be the start of a secret."""
-    secrets = secrets_of(key, url)
-    held = ""
-    for piece in pieces:
-        text = redact(held + piece, key, url)
-        keep = max((n for s in secrets for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
-                   default=0)
-        held = text[len(text) - keep:] if keep else ""
-        if len(text) > keep:
-            yield text[: len(text) - keep]
-    if held:  # the reply ended inside what may be a secret: most of a key is not shown either
-        yield MASK if len(held) >= MIN_SECRET_CHARS else held
 
 
 def _without_userinfo(url: str) -> tuple[str, httpx.BasicAuth | None]:

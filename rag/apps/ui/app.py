@@ -12,13 +12,17 @@ and `launch`.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import ipaddress
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +35,7 @@ from rag.apps.ui.controller import ChatController
 from rag.apps.ui.layout import build_layout
 from rag.apps.ui.wiring import Handlers, ask_endpoint, wire
 from rag.errors import ConfigError
+from rag.redaction import RedactingFilter, configured_secrets
 from rag.settings import repo_root
 
 log = logging.getLogger(__name__)
@@ -176,14 +181,29 @@ def _state_secret(settings) -> str:
         return secrets.token_hex(32)
 
 
+@functools.cache
+def private_temp_dir() -> Path:
+    """This process's own temp dir (mode 0700, removed at exit) for the conversation exports and Gradio's file
+    cache. Gradio's default cache, /tmp/gradio, is shared by every Gradio app on the host, readable by other
+    users and served by any of those apps; GRADIO_TEMP_DIR points Gradio here instead (its components read it
+    when they are created, so before the first Blocks is built)."""
+    root = Path(tempfile.mkdtemp(prefix="paper-rag-ui-"))  # mkdtemp: mode 0700, a fresh name
+    (root / "gradio").mkdir(mode=0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 def build_app(settings, assistant=None, eval_dir: str | Path | None = None) -> gr.Blocks:
     """The whole UI as a gr.Blocks with its queue configured (launch it, or use `launch`): the page's
-    assets, then its layout, then the events wiring the layout to a ChatController."""
+    assets, then its layout, then the events wiring the layout to a ChatController. Exports and Gradio's
+    file cache live in `private_temp_dir()`."""
     if assistant is None:
         from rag.answer.assistant import Assistant
 
         assistant = Assistant.from_settings(settings)
-    ctl = ChatController(settings, assistant)
+    exports = Path(tempfile.mkdtemp(prefix="exports-", dir=private_temp_dir()))
+    ctl = ChatController(settings, assistant, export_dir=exports)
     eval_path = eval_dir_for(settings, eval_dir)
     assets = load_assets()
     app = page_blocks(assets)
@@ -226,13 +246,25 @@ def launch(settings, assistant=None, *, prevent_thread_lock: bool = False) -> gr
     except Exception as exc:  # noqa: BLE001 - not fatal: the first question will report any real problem
         log.warning("warm-up search failed: %s", exc)
     try:
-        app.launch(
-            server_name=host, server_port=settings.ui_port, auth=auth,
-            auth_message="Paper RAG: sign in with the user and password the server was started with." if auth else None,
-            app_kwargs={"middleware": security.middleware(settings.ui_login_attempts, settings.ui_login_window)},
-            prevent_thread_lock=True, share=False, quiet=True, show_error=False, ssr_mode=False, mcp_server=False,
-            theme=app.rag_theme, css=app.rag_css,
-        )
+        trust = settings.ui_forwarded_allow_ips or ""
+        with security.trusted_proxies(trust):
+            app.launch(
+                server_name=host, server_port=settings.ui_port, auth=auth,
+                auth_message="Paper RAG: sign in with the user and password the server was started with." if auth else None,
+                app_kwargs={"middleware": security.middleware(settings.ui_login_attempts, settings.ui_login_window)},
+                prevent_thread_lock=True, share=False, quiet=True, show_error=False, ssr_mode=False, mcp_server=False,
+                theme=app.rag_theme, css=app.rag_css,
+            )
+        # uvicorn's loggers print through handlers of their own (not the CLI's): redacted and escaped the same way
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(RedactingFilter(configured_secrets()))
+        trusted = getattr(getattr(getattr(app, "server", None), "config", None), "forwarded_allow_ips", None)
+        if trusted != trust:  # a Gradio that builds uvicorn's Config another way
+            app.close()
+            raise ConfigError(f"the UI server trusts X-Forwarded-For from {trusted!r}, not from "
+                              f"{trust!r} as configured: this Gradio version starts uvicorn "
+                              "differently; pin the Gradio version of pyproject.toml")
     except OSError:
         raise ConfigError(
             f"cannot serve the UI on {host}:{settings.ui_port}: the port is in use or the address is not available "

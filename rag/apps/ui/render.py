@@ -16,7 +16,7 @@ import html
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from markdown_it import MarkdownIt
 
@@ -28,7 +28,7 @@ from rag.answer.citations import (
     find_spans,
     merge_spans,
 )
-from rag.text import strip_bidi
+from rag.text import strip_bidi, terminal_safe
 
 # Answers are Markdown from our own extractive answerer or an LLM: rendered with raw HTML escaped and no
 # links, images or reference definitions (an answer cannot smuggle a link or a tracking pixel in).
@@ -417,18 +417,46 @@ def filter_papers(papers: Mapping, query: str, code_only: bool = False) -> list:
 # ------------------------------------------------------------------------------ Markdown (copy and export)
 
 
-def _md_plain(text: str) -> str:
-    """Corpus text inside Markdown: a backslash before "<" so no HTML tag can form, otherwise verbatim."""
-    return strip_bidi(text or "").replace("<", "\\<")
+_MD_LINK_AFTER = ("(", "[", ":")  # after "[n]" these would make a link or a link definition of it
+_URL_SAFE = ":/?#@!$&*+,;=%-._~()"  # kept as is in an exported URL; anything else (quotes, <, >, ...) %-encoded
+
+
+def md_inert(text: str, one_line: bool = False) -> str:
+    """Corpus, user or LLM text inside the Markdown export, inert in any Markdown renderer: no HTML can form
+    (`<` and `>` as entities), no link, image or link definition (every `[` and `]` escaped except the answer's
+    citation markers `[n]`), no escape sequences, control or bidi characters. Bare http(s) URLs stay text that
+    a renderer may turn into a link, which is what "only http(s) links" allows."""
+    text = terminal_safe(text or "").replace("\\", "\\\\").replace("<", "&lt;").replace(">", "&gt;")
+    if one_line:
+        text = " ".join(text.split())
+    out, pos = [], 0
+    for m in MARKER.finditer(text):
+        if text[m.end():m.end() + 1] in _MD_LINK_AFTER:  # "[1](javascript:...)" or "[1]: url": not a citation
+            continue
+        out += [_escape_brackets(text[pos:m.start()]), m.group()]
+        pos = m.end()
+    out.append(_escape_brackets(text[pos:]))
+    return "".join(out)
+
+
+def _escape_brackets(text: str) -> str:
+    return text.replace("[", "\\[").replace("]", "\\]")
+
+
+def md_url(url: str | None) -> str | None:
+    """An http(s) URL for the Markdown export as an autolink `<...>`, %-encoded so it cannot end the link or
+    start HTML; None for anything else."""
+    href = safe_url(url)
+    return f"<{quote(href, safe=_URL_SAFE)}>" if href else None
 
 
 def references_markdown(turn: Mapping) -> list[str]:
-    """The numbered reference list of one answer: `[n] Title. URL` for each cited paper."""
+    """The numbered reference list of one answer: `[n] Title. <URL>` for each cited paper."""
     urls = {int(s["n"]): s.get("url") for s in turn.get("sources") or []}
     lines = []
     for c in turn.get("citations") or []:
-        url = safe_url(urls.get(int(c["n"])))
-        lines.append(f"- [{int(c['n'])}] {_md_plain(c['title'])}" + (f". {url}" if url else ""))
+        url = md_url(urls.get(int(c["n"])))
+        lines.append(f"- [{int(c['n'])}] {md_inert(c['title'], one_line=True)}" + (f". {url}" if url else ""))
     return lines
 
 
@@ -436,10 +464,10 @@ def turn_markdown(turn: Mapping) -> str:
     """One answer as clean Markdown (what Copy puts on the clipboard): the text with its [n] markers and
     the numbered references; no HTML."""
     if turn.get("error"):
-        return f"Error: {_md_plain(turn['error'])}\n"
-    lines = [_md_plain(turn.get("answer", "")).strip(), ""]
+        return f"Error: {md_inert(turn['error'])}\n"
+    lines = [md_inert(turn.get("answer", "")).strip(), ""]
     if turn.get("abstained") and turn.get("possibly_related"):
-        lines += ["Possibly related papers:", ""] + [f"- {_md_plain(p['title'])}" for p in turn["possibly_related"]] + [""]
+        lines += ["Possibly related papers:", ""] + [f"- {md_inert(p['title'], one_line=True)}" for p in turn["possibly_related"]] + [""]
     refs = references_markdown(turn)
     if refs:
         lines += ["**References**", ""] + refs + [""]
@@ -449,12 +477,12 @@ def turn_markdown(turn: Mapping) -> str:
 def conversation_markdown(turns: Iterable[Mapping], status: str = "") -> str:
     lines = ["# Paper RAG conversation", "", f"_Exported {datetime.now().strftime('%Y-%m-%d %H:%M')}_" + (f" · {status}" if status else ""), ""]
     for i, turn in enumerate(turns, start=1):
-        lines += [f"## {i}. {_md_plain(turn['question'])}", ""]
+        lines += [f"## {i}. {md_inert(turn['question'], one_line=True)}", ""]
         if turn.get("scope_title"):
-            lines += [f"_About the paper: {_md_plain(turn['scope_title'])}_", ""]
+            lines += [f"_About the paper: {md_inert(turn['scope_title'], one_line=True)}_", ""]
         if turn.get("standalone_question"):
-            lines += [f"_Searched for: {_md_plain(turn['standalone_question'])}_", ""]
+            lines += [f"_Searched for: {md_inert(turn['standalone_question'], one_line=True)}_", ""]
         lines += [turn_markdown(turn)]
         if turn.get("notice") and not turn.get("error"):
-            lines += [f"_{_md_plain(turn['notice'])}_", ""]
+            lines += [f"_{md_inert(turn['notice'], one_line=True)}_", ""]
     return "\n".join(lines).rstrip() + "\n"
