@@ -120,6 +120,8 @@ async def _mcp_session(tiny, calls):
         tools = await client.list_tools()
         out = {"tools": sorted(t.name for t in tools.tools)}
         for name, args in calls:
+            if callable(args):  # arguments made from the results so far (a follow-up's conversation id)
+                args = args(out)
             out[name + json.dumps(args)] = await client.call_tool(name, args)
         return out
 
@@ -155,8 +157,29 @@ def test_mcp_server_over_stdio_serves_search_ask_and_get_paper(tiny):
     empty = out['ask{"question": "   "}']
     assert empty.is_error and "empty" in empty.content[0].text
 
-    # get_paper with a real id, in a second session
+    # a second session: follow-ups by conversation id and by paper ids, and get_paper with a real id
     pid = hits[0]["paper_id"]
-    again = asyncio.run(_mcp_session(tiny, [("get_paper", {"paper_id": pid})]))
+    first_key = "ask" + json.dumps({"question": ERASE_Q})
+
+    def by_conversation(out):
+        return {"question": "which of them erase many concepts at once?",
+                "conversation_id": _payload(out[first_key])["conversation_id"]}
+
+    def by_ids(out):
+        return {"question": "tell me more about the second one", "previous_paper_ids": _payload(out[first_key])["papers"]}
+
+    again = asyncio.run(_mcp_session(tiny, [("get_paper", {"paper_id": pid}), ("ask", {"question": ERASE_Q}),
+                                            ("ask", by_conversation), ("ask", by_ids),
+                                            ("ask", {"question": "which of them?", "conversation_id": "nope"})]))
+    first = _payload(again[first_key])
+    assert first["papers"] and first["confidence"]["level"] == "answer" and first["conversation_id"]
+    (set_key,) = [k for k in again if "many concepts" in k]
+    follow = _payload(again[set_key])
+    assert follow["referent"]["kind"] == "set" and follow["referent"]["paper_ids"] == first["papers"]
+    assert {c["paper_id"] for c in follow["citations"]} <= set(first["papers"]) and follow["confidence"]["level"]
+    (item_key,) = [k for k in again if "second one" in k]
+    item = _payload(again[item_key])
+    assert [c["paper_id"] for c in item["citations"]] == [first["papers"][1]]
+    assert again['ask{"question": "which of them?", "conversation_id": "nope"}'].is_error
     paper = _payload(again[f'get_paper{{"paper_id": "{pid}"}}'])
     assert paper["paper_id"] == pid and paper["abstract"] == dict(PAPERS)[paper["title"]]

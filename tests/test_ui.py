@@ -185,6 +185,12 @@ def test_ask_api_answers_with_concept_erasure_citations(real_app):
     # optional parameters, by name
     again = client.predict(ERASURE_Q, mode="bm25", top_k=3, extractive=True, api_name="/ask")
     assert again["mode"] == "extractive" and 1 <= len(again["citations"]) <= 3
+    assert result["confidence"]["level"] == "answer" and result["papers"]
+    # a follow-up over the previous reply's papers
+    follow = client.predict("tell me more about the second one", extractive=True,
+                            previous_paper_ids=result["papers"], api_name="/ask")
+    assert follow["referent"]["kind"] == "item"
+    assert [r["paper_id"] for r in follow["references"]] == [result["papers"][1]]
     # only /ask is public: the UI's internal handlers stay out of the API
     info = client.view_api(print_info=False, return_format="dict")
     assert list(info["named_endpoints"]) == ["/ask"] and not info["unnamed_endpoints"]

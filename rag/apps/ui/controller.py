@@ -356,12 +356,18 @@ class ChatController:
 
     # -- API -----------------------------------------------------------------------------------
 
-    def ask_api(self, question: str, mode: str | None = None, top_k: int | None = None, extractive: bool = False) -> dict:
-        """The `/ask` endpoint's reply; raises RagError with a one-line message on bad input."""
+    def ask_api(self, question: str, mode: str | None = None, top_k: int | None = None, extractive: bool = False,
+                previous_paper_ids: list[str] | None = None) -> dict:
+        """The `/ask` endpoint's reply; raises RagError with a one-line message on bad input. A follow-up passes
+        the previous reply's `papers` as `previous_paper_ids`."""
         k = int(top_k) if top_k is not None else self.default_k
         if not 1 <= k <= TOP_K_MAX:
             raise ConfigError(f"top_k must be between 1 and {TOP_K_MAX}, got {top_k}")
-        answer = self.assistant.ask(question, top_k=k, mode=mode or self.default_mode, extractive=bool(extractive))
+        if previous_paper_ids is not None and not (isinstance(previous_paper_ids, list)
+                                                   and all(isinstance(p, str) for p in previous_paper_ids)):
+            raise ConfigError("previous_paper_ids must be a list of paper ids (the previous reply's \"papers\")")
+        answer = self.assistant.ask(question, top_k=k, mode=mode or self.default_mode, extractive=bool(extractive),
+                                    previous=list(previous_paper_ids) if previous_paper_ids else None)
         if answer is None:
             raise RagError("no answer was produced")
         return {
@@ -374,6 +380,8 @@ class ChatController:
             "notice": answer.notice,
             "standalone_question": answer.standalone_question,
             "confidence": answer.confidence(),
+            "papers": answer.papers(),
+            "referent": answer.referent,
         }
 
 

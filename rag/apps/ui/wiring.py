@@ -129,7 +129,8 @@ def ask_endpoint(ctl: ChatController, settings) -> Callable[..., dict]:
     """The `/ask` API function. A plain function, not a method: Gradio documents the endpoint from its
     signature and docstring, and the defaults shown there are this server's."""
 
-    def ask(question: str, mode: str = settings.mode, top_k: int = ctl.default_k, extractive: bool = False) -> dict:
+    def ask(question: str, mode: str = settings.mode, top_k: int = ctl.default_k, extractive: bool = False,
+            previous_paper_ids: list[str] | None = None) -> dict:
         """Answer a question about the indexed papers, with cited paper titles.
 
         Args:
@@ -137,12 +138,14 @@ def ask_endpoint(ctl: ChatController, settings) -> Callable[..., dict]:
             mode: retrieval mode, one of hybrid, dense, bm25.
             top_k: papers given to the answerer (1-30).
             extractive: answer with sentences quoted from the abstracts even if an LLM is configured.
+            previous_paper_ids: the previous answer's "papers", for a follow-up ("which of them …", "the second one").
         Returns:
             {"answer", "citations" (cited titles), "references" ([{n, title, paper_id}]), "abstained",
-             "possibly_related" (titles), "mode", "notice", "standalone_question"}
+             "possibly_related" (titles), "mode", "notice", "standalone_question", "confidence" ({level, reason}),
+             "papers" (ids, cited first: pass them back as previous_paper_ids), "referent"}
         """
         try:
-            return ctl.ask_api(question, mode, top_k, extractive)
+            return ctl.ask_api(question, mode, top_k, extractive, previous_paper_ids)
         except Exception as exc:  # clients get a one-line message, never a traceback
             if not isinstance(exc, RagError):
                 log.exception("/ask failed")
