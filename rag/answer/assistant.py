@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.answer import conversation
-from rag.answer.citations import Named, check_names, cited_numbers, claims, unsupported, verify
+from rag.answer.citations import (
+    Named,
+    check_names,
+    cited_numbers,
+    claims,
+    unsupported,
+    verify,
+)
 from rag.answer.extractive import Extractor, Weights, asks_for_result
 from rag.answer.routing import Route, Router
 from rag.clients.reasoning import strip_reasoning
