@@ -201,7 +201,8 @@ class EvidenceStep:
         for judged, paper in zip(result.judged, papers):
             hit = self._cache.get(self._key(question, paper))
             if hit is not None:
-                judged.relevance, judged.quotes, judged.summary = hit["relevance"], hit["quotes"], hit["summary"]
+                judged.relevance, judged.summary = hit["relevance"], hit["summary"]
+                judged.quotes = [q for q in hit["quotes"] if is_evidence(q, paper.title)]  # cached by an older rule too
                 judged.valid, judged.cached = True, True
             else:
                 todo.append((judged, paper))
