@@ -418,6 +418,14 @@ def test_a_line_the_json_decoder_or_utf8_refuses_is_reported_and_skipped(tmp_pat
         load_corpus([tmp_path], strict=True)
 
 
+def test_metadata_of_unexpected_types_does_not_stop_the_parse(tmp_path):
+    row = {"title": "Odd Metadata", "abstract": ABSTRACT_A, "authors": [["Lee", ["Ann"]], {"x": 1}],
+           "categories": {"a": 1}, "date": [2023], "url": 5, "id": {"nested": "id"}}
+    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n")
+    (paper,) = load_corpus([tmp_path]).papers
+    assert paper.url is None and paper.authors[0] == "Lee" and paper.paper_id == paper_id_for("Odd Metadata")
+
+
 def test_a_byte_order_mark_does_not_lose_the_first_line(tmp_path):
     (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + (json.dumps({"title": "First", "abstract": ABSTRACT_A})
                                        + "\n" + json.dumps({"title": "Second", "abstract": ABSTRACT_B}) + "\n").encode())

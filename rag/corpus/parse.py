@@ -341,8 +341,10 @@ def _as_tuple(value) -> tuple[str, ...]:
     if isinstance(value, str):
         parts = re.split(r",| and " if "," in value or " and " in value else r"\s+", value)
         return tuple(p.strip() for p in parts if p.strip())
-    if isinstance(value, (list, tuple)):
-        return tuple(" ".join(v) if isinstance(v, list) else str(v) for v in value)
+    if isinstance(value, (list, tuple)):  # ["A. Author", ...] or the snapshot's [["Last", "First", ""], ...]
+        items = (" ".join(str(w) for w in v if isinstance(w, (str, int, float)) and str(w).strip())
+                 if isinstance(v, list) else str(v) for v in value)
+        return tuple(" ".join(item.split()) for item in items if item.strip())
     return (str(value),)
 
 
