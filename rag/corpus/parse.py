@@ -524,8 +524,8 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False,
     fatal = [i for i in scan.issues if i.fatal]
     if strict and fatal:
         raise ParseError(f"{fatal[0]} (strict mode; drop --strict to skip bad lines)")
-    for issue in scan.issues:  # the caller reports them (rag ingest prints them): logged here only for -v
-        log.info("%s", issue)
+    for issue in scan.issues:  # the caller reports them (rag ingest prints them, --json lists them): not again
+        log.debug("%s", issue)
     if not scan.hashes:
         raise CorpusError(
             "the corpus holds no papers: " + ", ".join(str(f) for f in scan.files)
