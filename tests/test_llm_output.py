@@ -170,9 +170,9 @@ def test_a_claim_its_cited_abstract_does_not_support_is_flagged(assistant, fake_
     assert "said what the abstract it cites does not say" in answer.notice
 
 
-def test_a_faithful_paraphrase_is_not_flagged(assistant, fake_llm):
+def test_a_faithful_paraphrase_and_bold_emphasis_are_not_flagged(assistant, fake_llm):
     answer_with(fake_llm, lambda n: (
-        f"- **{ERASING}** — uses negative guidance as a teacher to erase visual concepts such as artistic styles "
+        f"- **{ERASING}** — uses **negative guidance as a teacher** to erase visual concepts such as artistic styles "
         f"from a pre-trained diffusion model, reaching 93.5% accuracy in user studies [{n[ERASING]}].\n"
         f"- **{MACE}** — erases up to one hundred concepts at once with cross-attention refinement [{n[MACE]}]."))
     _, answer = ask(assistant)

@@ -266,8 +266,17 @@ _AUTHOR_YEAR = re.compile(
     rf"|\b(?P<n_author>{_NAME})\s+(?:et\s+al\.?|(?:and|&)\s+{_NAME})\s*,?\s*\(?(?P<n_year>{_YEAR})[a-z]?\)?"
 )
 _TRAILING_MARKERS = re.compile(rf"(?:[ \t]*{MARKER.pattern})+")
-TITLE_MIN_WORDS = 4  # a bold span this long is a paper's title (shorter ones are emphasis), as is a "**X** —" prefix
+TITLE_MIN_WORDS = 4  # a Title-Cased bold span this long names a paper (shorter ones are emphasis), as does "**X** —"
 TITLE_OVERLAP = 0.6  # word Jaccard with a source title for a bold span to name that source (titles get shortened)
+
+
+def _title_like(text: str) -> bool:
+    """A bold span in running text that reads as a paper's title, not emphasis: at least `TITLE_MIN_WORDS` words,
+    most of its longer words capitalised ("Quantum Concept Erasure for Diffusion Transformers", not "negative
+    guidance as a teacher")."""
+    words = text.split()
+    long = [w for w in words if len(w) >= 4]
+    return len(words) >= TITLE_MIN_WORDS and bool(long) and sum(w[0].isupper() for w in long) / len(long) >= 0.6
 
 
 @dataclass(frozen=True)
@@ -329,7 +338,7 @@ def check_names(text: str, sources: Iterable[Named]) -> NameCheck:
         for match in _BOLD.finditer(line):
             name = match.group(1).strip()
             is_prefix = prefix is not None and match.start() == body_at + (len(line[body_at:]) - len(line[body_at:].lstrip()))
-            if not re.search(r"[^\W\d_]", name) or (not is_prefix and len(name.split()) < TITLE_MIN_WORDS):
+            if not re.search(r"[^\W\d_]", name) or (not is_prefix and not _title_like(name)):
                 continue
             if not known_title(name):
                 problems.append((match.start(), match.end(), f"**{name}**", is_prefix))
