@@ -535,8 +535,9 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False,
 
 
 def _resolve(scan: CorpusScan, pid: str, digest: str, alt: str, fname: str, no: int) -> str:
-    """The paper's id: its title id, unless an earlier paper has that title with another abstract; then
-    it is kept as a separate paper (reported once, with both places) under a title-and-abstract id."""
+    """The paper's id: its corpus id's (a later entry with that id replaces it: see scan_corpus), else its title
+    id, unless an earlier paper has that title with another abstract; then it is kept as a separate paper
+    (reported once, with both places) under a title-and-abstract id."""
     first = scan.first_abstract.setdefault(pid, digest)
     if first == digest or pid == alt:  # the same text, or a paper keyed by its id (never a variant)
         scan.first_seen.setdefault(pid, (fname, no))
@@ -587,7 +588,7 @@ def iter_unique(scan: CorpusScan, only: Iterable[str] | None = None) -> Iterator
 
 
 def load_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusLoad:
-    """Parse, clean and deduplicate (by normalised title) every paper in `paths`."""
+    """Parse, clean and deduplicate (by JSONL id, else by normalised title) every paper in `paths`."""
     scan = scan_corpus(paths, strict=strict)
     papers = list(iter_unique(scan))
     return CorpusLoad(papers, scan.issues, scan.entries, scan.duplicates, [str(f) for f in scan.files])
