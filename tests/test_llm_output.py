@@ -174,8 +174,8 @@ def test_a_faithful_paraphrase_and_bold_emphasis_are_not_flagged(assistant, fake
     answer_with(fake_llm, lambda n: (
         f"- **{ERASING}** — uses **negative guidance as a teacher** to erase visual concepts such as artistic styles "
         f"from a pre-trained diffusion model, reaching 93.5% accuracy in user studies [{n[ERASING]}].\n"
-        f"- **{MACE}** — erases up to one hundred concepts at once with cross-attention refinement [{n[MACE]}]."))
-    _, answer = ask(assistant)
+        f"- **MACE** — erases up to one hundred concepts at once with cross-attention refinement [{n[MACE]}]."))
+    _, answer = ask(assistant)  # a paper named by its method ("MACE") is named
     assert answer.mode == "llm" and answer.flagged == [] and len(answer.citations) == 2
 
 

@@ -307,17 +307,19 @@ def check_names(text: str, sources: Iterable[Named]) -> NameCheck:
     it is the line's "**Title** —" prefix) are removed and the sentence is flagged; a parenthetical author-year
     reference is removed from the text."""
     sources = list(sources)
-    titles = [(normalise_title(s.title), set(normalise_title(s.title).split())) for s in sources]
+    titles = [(f" {normalise_title(s.title)} ", set(normalise_title(s.title).split())) for s in sources]
+    texts = [f" {normalise_title(s.text)} " for s in sources]
 
     def known_title(name: str) -> bool:
         norm = normalise_title(name)
         words = set(norm.split())
         for title, title_words in titles:
-            if norm == title or (len(words) >= 3 and (norm in title or title in norm)):
-                return True
+            if f" {norm} " in title or (len(words) >= 3 and title.strip() in norm):
+                return True  # the title, part of it ("MACE" for "MACE: Mass Concept Erasure…"), or it quoted
             if _jaccard(words, title_words) >= TITLE_OVERLAP:
                 return True
-        return False
+        # a short name the abstract uses ("ESD", "Task Arithmetic")
+        return len(words) < TITLE_MIN_WORDS and any(f" {norm} " in text for text in texts)
 
     def known_author(author: str, year: str) -> bool:
         name = author.casefold()
