@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class Paper:
-    """One unique paper (deduplicated by normalised title; see rag.corpus.parse)."""
+    """One unique paper, identified by its JSONL `id` when it has one, else by its normalised title (rag.corpus.parse)."""
 
     paper_id: str
     title: str

@@ -288,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
                                             "choices": [], "usage": usage}).encode())
             return
         if body.get("stream"):
-            self._stream(cid, created, model, text, usage, cut=(item.kind == "cut"),
+            self._stream(cid, created, model, text, usage, cut=(item.kind == "cut"), unfinished=(item.kind == "unfinished"),
                          include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
                          finish=item.finish, extra=item.extra, interval=item.body if item.kind == "trickle" else 0.0)
             return
@@ -342,7 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _stream(self, cid, created, model, text, usage, cut, include_usage, finish="stop", extra=None, interval=0.0):
+    def _stream(self, cid, created, model, text, usage, cut, include_usage, finish="stop", extra=None, interval=0.0,
+                unfinished=False):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -367,6 +368,11 @@ class _Handler(BaseHTTPRequestHandler):
             if interval and self.server.fake._stopping.wait(interval):
                 return
             self._write_chunk(self._sse(chunk({"content": piece})))
+        if unfinished:
+            # A complete HTTP body, but no finish chunk and no [DONE]: the reply just stops.
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
         if cut:
             # No finish chunk, no [DONE], no terminating zero-length chunk.
             self.close_connection = True
@@ -478,6 +484,11 @@ class FakeOpenAI:
         For a non-streamed request, the JSON body is truncated mid-way instead.
         """
         self._push(_Item("cut", text=text_before_cut))
+
+    def queue_unfinished_stream(self, text: str) -> None:
+        """Next chat completion (streamed): `text`, then a cleanly ended body with no finish reason and no [DONE]
+        (an endpoint or proxy that stopped early without saying so)."""
+        self._push(_Item("unfinished", text=text))
 
     def queue_reply_cut_by_length(self, text: str) -> None:
         """Next chat completion: `text`, then finish_reason "length" (the answer hit max_tokens)."""

@@ -14,6 +14,7 @@ from rag.corpus.parse import (
     BOILERPLATE,
     clean_text,
     find_code_urls,
+    id_paper_id,
     iter_raw_papers,
     load_corpus,
     normalise_title,
@@ -332,7 +333,7 @@ def test_jsonl_with_metadata(tmp_path):
     assert load.issues == []
     a, b = load.papers
     assert a.title == "Erasing Concepts from Diffusion Models"
-    assert a.paper_id == paper_id_for("Erasing Concepts from Diffusion Models")
+    assert a.paper_id == id_paper_id("2303.07345")  # a line with an id is identified by it
     assert a.authors == ("Rohit Gandikota", "Joanna Materzynska", "Jaden Fiotto-Kaufman", "David Bau")
     assert a.categories == ("cs.CV", "cs.LG")
     assert a.date == "2023-06-20"
@@ -396,6 +397,75 @@ def test_jsonl_invalid_utf8_and_huge_abstract(tmp_path):
     assert any(i.startswith("p.jsonl:2: ") for i in issues)
 
 
+@pytest.mark.parametrize("bad, reason", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"title": "Deep", "abstract": "x", "extra": ' + "[" * 5_000 + "]" * 5_000 + "}", "nested too deeply"),
+    ('{"title": "Big", "abstract": "x", "n": ' + "1" * 100_000 + "}", "refuses"),
+    ('{"title": "Lone \\ud800 surrogate", "abstract": "' + ABSTRACT_B + '"}', "surrogate"),
+    ('{"title": "Swapped \\udc00\\ud800 pair", "abstract": "' + ABSTRACT_B + '"}', "surrogate"),
+])
+def test_a_line_the_json_decoder_or_utf8_refuses_is_reported_and_skipped(tmp_path, bad, reason):
+    """Deep nesting, a 100,000-digit number or a lone surrogate used to abort the whole ingest with an
+    unexpected RecursionError / ValueError / UnicodeEncodeError and no file:line."""
+    lines = [json.dumps({"title": "Good One", "abstract": ABSTRACT_A}), bad,
+             json.dumps({"title": "Good \U0001F600 Two", "abstract": ABSTRACT_C}, ensure_ascii=True)]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    load = load_corpus([tmp_path])
+    assert [p.title for p in load.papers] == ["Good One", "Good \U0001F600 Two"]  # a valid surrogate pair is fine
+    issues = _issue_strs(load)
+    assert len(issues) == 1 and issues[0].startswith("p.jsonl:2: ") and reason in issues[0], issues
+    with pytest.raises(ParseError, match=r"p\.jsonl:2: .*" + reason):
+        load_corpus([tmp_path], strict=True)
+
+
+def test_metadata_of_unexpected_types_does_not_stop_the_parse(tmp_path):
+    row = {"title": "Odd Metadata", "abstract": ABSTRACT_A, "authors": [["Lee", ["Ann"]], {"x": 1}],
+           "categories": {"a": 1}, "date": [2023], "url": 5, "id": {"nested": "id"}}
+    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n")
+    (paper,) = load_corpus([tmp_path]).papers
+    assert paper.url is None and paper.authors[0] == "Lee" and paper.paper_id == paper_id_for("Odd Metadata")
+
+
+def test_a_byte_order_mark_does_not_lose_the_first_line(tmp_path):
+    (tmp_path / "p.jsonl").write_bytes(b"\xef\xbb\xbf" + (json.dumps({"title": "First", "abstract": ABSTRACT_A})
+                                       + "\n" + json.dumps({"title": "Second", "abstract": ABSTRACT_B}) + "\n").encode())
+    listing = write_listing(tmp_path / "page.txt", [Paper("x", "Third", ABSTRACT_C)])
+    listing.write_bytes(b"\xef\xbb\xbf" + listing.read_bytes())  # the header ("new") must still be boilerplate
+    load = load_corpus([tmp_path], strict=True)
+    assert [p.title for p in load.papers] == ["First", "Second", "Third"]
+    assert load.issues == []
+
+
+def test_id_is_the_papers_identity_a_revision_replaces_it(tmp_path):
+    """A revised abstract (or title) under the same id is the same paper, the later line winning; arXiv
+    version suffixes name one paper; different ids are different papers even with one title."""
+    revised = ABSTRACT_A.replace("We evaluate", "We further evaluate")
+    rows = [
+        {"id": "2303.07345", "title": "Erasing Concepts from Diffusion Models", "abstract": ABSTRACT_A},
+        {"id": "x-1", "title": "Graph Networks", "abstract": ABSTRACT_C},
+        {"id": "x-2", "title": "Graph Networks", "abstract": ABSTRACT_C},
+        {"id": "2303.07345v2", "title": "Erasing Concepts from Diffusion Models (v2)", "abstract": revised},
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    load = load_corpus([tmp_path])
+    assert [(p.title, p.abstract) for p in load.papers] == [  # in corpus order: a revision where it was read
+        ("Graph Networks", ABSTRACT_C), ("Graph Networks", ABSTRACT_C),
+        ("Erasing Concepts from Diffusion Models (v2)", revised)]
+    assert load.papers[2].paper_id == id_paper_id("2303.07345")
+    assert len({p.paper_id for p in load.papers}) == 3
+    assert _issue_strs(load) == ["p.jsonl:4: same id as p.jsonl:1 with another title or abstract: replaces it"]
+    load_corpus([tmp_path], strict=True)  # a revision is a notice, not an error
+
+
+def test_without_an_id_identity_is_still_the_title(tmp_path):
+    """Listing pages and JSONL lines without an id keep today's identity (their paper ids do not change)."""
+    write_listing(tmp_path / "page.txt", [Paper("x", "Attention Is All You Need", ABSTRACT_B)])
+    (tmp_path / "more.jsonl").write_text(json.dumps({"title": "Graph Networks", "abstract": ABSTRACT_C}) + "\n")
+    load = load_corpus([tmp_path])
+    assert {p.paper_id for p in load.papers} == {paper_id_for("Attention Is All You Need"),
+                                                 paper_id_for("Graph Networks")}
+
+
 def test_jsonl_only_bad_lines_is_a_corpus_error_naming_the_first_issue(tmp_path):
     (tmp_path / "p.jsonl").write_text("{oops\n" + json.dumps({"title": "t"}) + "\n")
     with pytest.raises(CorpusError, match=r"holds no papers.*2 lines could not be parsed.*p\.jsonl:1"):
@@ -429,3 +499,51 @@ def test_a_file_changed_between_the_two_passes_is_refused_not_misread(tmp_path, 
         path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
     with pytest.raises(CorpusError, match="changed while it was being ingested"):
         list(iter_unique(scan, list(scan.hashes)[-2:]))
+
+
+# ---------------------------------------------------------------- through `rag ingest`
+
+
+def _ingest(tmp_path, *extra):
+    from conftest import run_cli
+
+    env = {"RAG_DATA_DIR": str(tmp_path / "index"), "RAG_CORPUS": str(tmp_path / "corpus"), "RAG_EMBED_BACKEND": "hash"}
+    return run_cli("ingest", *extra, env=env)
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[" * 100_000 + "]" * 100_000])
+def test_rag_ingest_reports_a_bad_line_once_and_skips_it(tmp_path, bad):
+    """Every ingest warning used to be printed twice (a log line and the CLI's list); a line the decoder
+    refused aborted the ingest."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "p.jsonl").write_text(json.dumps({"title": "Good One", "abstract": ABSTRACT_A}) + "\n" + bad + "\n"
+                                    + json.dumps({"title": "Good Two", "abstract": ABSTRACT_B}) + "\n")
+    strict = _ingest(tmp_path, "--strict")
+    assert strict.returncode != 0 and "p.jsonl:2: " in strict.stderr and "drop --strict" in strict.stderr
+    r = _ingest(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("p.jsonl:2:") == 1, r.stderr
+    assert r.stdout.startswith("2 papers")
+
+
+def test_rag_ingest_replaces_a_paper_revised_under_its_id(tmp_path):
+    from rag.index.reader import Index
+    from rag.settings import load_settings
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    first = [{"id": "2303.07345", "title": "Erasing Concepts", "abstract": ABSTRACT_A},
+             {"id": "custom-1", "title": "Attention Is All You Need", "abstract": ABSTRACT_B}]
+    (corpus / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first))
+    assert _ingest(tmp_path).returncode == 0
+    revised = ABSTRACT_A + " We also release a benchmark of erased concepts."
+    (corpus / "updates.jsonl").write_text(json.dumps({"id": "2303.07345v2", "title": "Erasing Concepts",
+                                                      "abstract": revised}) + "\n")
+    r = _ingest(tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert (report["papers"], report["changed"], report["added"]) == (2, 1, 0), report
+    index = Index.open(load_settings(data_dir=tmp_path / "index", embed_backend="hash"), check_stale=False)
+    erasing = index.get(id_paper_id("2303.07345"))
+    assert erasing.abstract == revised and len(index) == 2

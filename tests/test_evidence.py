@@ -296,7 +296,7 @@ def test_a_sentence_citing_a_paper_that_did_not_pass_is_flagged(make_assistant):
         answer = make_assistant(fake).ask(q)
     assert len(answer.sources) == 1
     assert answer.flagged == [{"sentence": "It also beats GPT-4 on every benchmark.", "cited": [7],
-                               "reason": "cites [7], which did not pass the evidence check"}]
+                               "kind": "invalid_citation", "reason": "cites [7], which did not pass the evidence check"}]
     assert "[7]" not in answer.answer and "[1]" in answer.answer
     assert "1 sentence cited a paper that did not pass the evidence check" in answer.notice
 

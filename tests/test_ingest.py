@@ -12,7 +12,7 @@ import pytest
 from conftest import write_listing
 
 from rag.corpus.chunk import Chunker
-from rag.corpus.parse import load_corpus
+from rag.corpus.parse import LINE_KEYS, load_corpus
 from rag.errors import (
     CorpusError,
     IndexCorruptError,
@@ -608,7 +608,7 @@ def test_a_line_cache_keyed_another_way_is_rebuilt_by_the_next_ingest(make_setti
     assert report.reason != "corpus unchanged" and report.embedded == 0 and report.added == report.removed == 0
     with sqlite3.connect(db_path) as db:
         assert {k for (k,) in db.execute("SELECT key FROM lines")} == keys
-    assert read_meta(settings.data_dir)["line_keys"] == "sha1"
+    assert read_meta(settings.data_dir)["line_keys"] == LINE_KEYS
     assert run(settings).reason == "corpus unchanged"
     assert_consistent(settings, small_papers[:8])
 

@@ -2,7 +2,7 @@
 
     question → check → standalone query (rag.answer.conversation) → retrieve (rag.retrieve.hybrid) → judge relevance
     (rag.judge.abstention) → generate with the LLM (rag.clients.chat, streamed) or quote (rag.answer.extractive) → verify
-    citations (rag.answer.citations) → Answer
+    citations, the papers the answer names and what its cited abstracts support (rag.answer.citations) → Answer
 
 With no LLM endpoint, after the LLM's last retry, or when asked, the answer is extractive (verbatim
 abstract sentences, each cited) with a `notice` saying why.
@@ -19,9 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.answer import conversation
-from rag.answer.citations import claims, verify
+from rag.answer.citations import (
+    Named,
+    check_names,
+    cited_numbers,
+    claims,
+    unsupported,
+    verify,
+)
 from rag.answer.extractive import Extractor, Weights, asks_for_result
 from rag.answer.routing import Route, Router
+from rag.clients.reasoning import strip_reasoning
 from rag.errors import LLMError, QuestionError
 from rag.index.sentence_vectors import shared_sentence_vectors
 from rag.judge.abstention import (
@@ -56,6 +64,7 @@ EXTRACTIVE = "Extractive answer: sentences quoted from the abstracts"
 EVIDENCE_SHARE = 0.6  # of the answer's LLM deadline left when the evidence step starts
 ALSO_RELEVANT = "Also possibly relevant:"
 FALLBACK = "Showing an extractive answer instead (sentences quoted from the abstracts)."
+UNFINISHED = "The LLM's reply ended without a finish reason (no end-of-answer signal): it may be cut short."
 
 __all__ = ["Assistant", "StreamEvent", "check_question", "is_list_question"]
 
@@ -285,13 +294,20 @@ class Assistant:
         stage = run.stage("answer")
         messages = answer_messages(self.prompts, question, found.sources, history,
                                    evidence=found.passed if found.evidence is not None else None)
+        finish = None
         try:
             parts = []
-            for token in self._llm.stream(messages, deadline=run.deadline, on_usage=stage.usage):
+            tokens = iter(self._llm.stream(messages, deadline=run.deadline, on_usage=stage.usage))
+            while True:
+                try:
+                    token = next(tokens)
+                except StopIteration as end:  # its value: the finish reason, "" when the stream gave none
+                    finish = end.value
+                    break
                 parts.append(token)
                 streamed = True
                 yield StreamEvent("token", token)
-            text = "".join(parts)
+            text = strip_reasoning("".join(parts))  # the client removes them; a model behind another client may not
             if not text.strip():
                 text, error = None, "The LLM returned an empty answer"
         except LLMError as exc:
@@ -302,15 +318,31 @@ class Assistant:
             if streamed:
                 yield StreamEvent("reset")
             plan = _Plan(False, _join(run.evidence_notice, f"{error}. {FALLBACK}", _low(plan)))
+        elif finish == "":
+            plan = _Plan(plan.use_llm, _join(plan.notice, UNFINISHED))
         return text, plan
 
     def _verify(self, text: str | None, found: "_Found", plan: _Plan):
-        """An answer that cites none of the sources is not grounded: a `reset`, and the quotes instead."""
-        if text is not None and not _says_not_found(text) and not verify(text, {s.n: s for s in found.sources}).citations:
+        """An answer that cites none of the sources (counting none that its sentences naming other papers cite) is
+        not grounded: a `reset`, and the quotes instead."""
+        if text is None or _says_not_found(text):
+            return text, plan
+        named = check_names(text, self._named(found.sources))
+        if not verify(named.text, {s.n: s for s in found.sources}).citations:
+            why = "named only papers that are not among the sources" if named.flagged else "cited none of the sources"
             yield StreamEvent("reset")
-            return None, _Plan(False, _join(f"The LLM's answer cited none of the sources, so it is not shown. {FALLBACK}",
-                                            _low(plan)))
+            return None, _Plan(False, _join(f"The LLM's answer {why}, so it is not shown. {FALLBACK}", _low(plan)))
         return text, plan
+
+    def _named(self, sources: list[Source]) -> list[Named]:
+        """The sources as an answer may name them: title, abstract, and the corpus's authors and year."""
+        out = []
+        for s in sources:
+            paper = self._index.paper(s.paper_id)
+            date = (paper.date or "") if paper is not None else ""
+            out.append(Named(s.n, s.title, f"{s.title}\n{s.abstract}", paper.authors if paper is not None else (),
+                             date[:4] if re.match(r"\d{4}", date) else None))
+        return out
 
     # -- helpers of the steps ----------------------------------------------------------------
 
@@ -511,18 +543,35 @@ class Assistant:
 
     def _from_llm(self, text, base, hits, plan, t_retrieve, t1, started) -> Answer:
         if _says_not_found(text):
-            return self._abstain(base, hits, plan, t_retrieve, started, t1, mode="llm")
+            # "The papers do not answer this. However, [2] …": an abstention; the papers it mentions come first
+            by_n = {s.n: s.paper_id for s in base["sources"]}
+            first = [by_n[n] for n in cited_numbers(text) if n in by_n]
+            related = sorted(hits, key=lambda h: first.index(h.paper_id) if h.paper_id in first else len(first))
+            return self._abstain(base, related, plan, t_retrieve, started, t1, mode="llm")
         valid = {s.n: s for s in base["sources"]}
-        flagged = _flag(text, valid, judged=bool(base["evidence"]))
-        checked = verify(text, valid)
-        if checked.invalid:
-            log.warning("removed %d citation(s) that name no source", checked.invalid)
-        flag_note = (f"{len(flagged)} sentence{'s' if len(flagged) > 1 else ''} cited a paper that "
-                     f"{'did not pass the evidence check' if base['evidence'] else 'is not a source'}: "
-                     "the citation was removed and the sentence is flagged.") if flagged else None
+        invalid = _flag(text, valid, judged=bool(base["evidence"]))
+        first = verify(text, valid)
+        if first.invalid:
+            log.warning("removed %d citation(s) that name no source", first.invalid)
+        named = check_names(first.text, self._named(base["sources"]))
+        checked = verify(named.text, valid)
+        flagged_already = {f["sentence"] for f in invalid + named.flagged}
+        unbacked = [f for f in unsupported(checked.text, {s.n: f"{s.title}\n{s.abstract}" for s in base["sources"]
+                                                          if s.abstract})
+                    if f["sentence"] not in flagged_already]
+        notes = [
+            (f"{_sentences(invalid)} cited a paper that "
+             f"{'did not pass the evidence check' if base['evidence'] else 'is not a source'}: "
+             "the citation was removed and the sentence is flagged.") if invalid else None,
+            (f"{_sentences(named.flagged)} named a paper that is not among the sources: its citation was removed "
+             "and the sentence is flagged.") if named.flagged else None,
+            (f"{_sentences(unbacked)} said what the abstract {'it cites does' if len(unbacked) == 1 else 'they cite do'}"
+             " not say (flagged).") if unbacked else None,
+        ]
         return Answer(answer=checked.text, mode="llm", abstained=False, citations=checked.citations,
-                      notice=_join(plan.notice, more_note(base["more_papers"]), flag_note), flagged=flagged,
-                      invalid_citations=checked.invalid, timings_ms=_timings(t_retrieve, t1, started), **base)
+                      notice=_join(plan.notice, more_note(base["more_papers"]), *notes),
+                      flagged=invalid + named.flagged + unbacked, invalid_citations=first.invalid,
+                      timings_ms=_timings(t_retrieve, t1, started), **base)
 
     def _abstain(self, base, hits, plan, t_retrieve, started, t1=None, mode=None) -> Answer:
         related = [{"paper_id": h.paper_id, "title": h.title} for h in hits[:3]]
@@ -641,9 +690,13 @@ def _flag(text: str, valid: dict, judged: bool) -> list[dict]:
         bad = [n for n in claim.refs if n not in valid]
         if bad:
             what = "did not pass the evidence check" if judged else "is not among the sources"
-            out.append({"sentence": claim.text, "cited": bad,
+            out.append({"sentence": claim.text, "cited": bad, "kind": "invalid_citation",
                         "reason": f"cites {', '.join(f'[{n}]' for n in bad)}, which {what}"})
     return out
+
+
+def _sentences(flags: list) -> str:
+    return f"{len(flags)} sentence{'s' if len(flags) > 1 else ''}"
 
 
 def _low(plan: _Plan) -> str | None:
@@ -674,10 +727,27 @@ def _embed_cache_path(settings) -> Path | None:
     return path if path.exists() else None
 
 
+# The opening sentence of a reply that declines: "The indexed papers do not answer this.", "The provided sources
+# do not contain information about …", "None of the papers addresses …" (whatever follows, e.g. "However, [2] …").
+_DECLINES = re.compile(
+    r"^(?:(?:the|these|those)\s+)?(?:(?:indexed|provided|given|retrieved|available|cited)\s+"
+    r"(?:papers?|sources?|abstracts?|documents?|context)|papers|sources|abstracts|documents|context)"
+    r"(?:\s+(?:here|above|provided|given|listed|retrieved|available|you\s+gave))?"
+    r"\s+(?:do|does|did|can|could)\s*(?:not|n't)\s+(?:directly\s+|explicitly\s+|specifically\s+|fully\s+)?"
+    r"(?:answer|address|contain\s+(?:an\s+answer|(?:any\s+|enough\s+|specific\s+|sufficient\s+)?information)"
+    r"|provide\s+(?:an\s+answer|(?:any\s+|enough\s+|specific\s+|sufficient\s+)?information))\b"
+    r"|^none\s+of\s+the\s+(?:\w+\s+)?(?:papers|sources|abstracts)\s+(?:directly\s+)?(?:answers?|address(?:es)?)\b",
+    re.I,
+)
+
+
 def _says_not_found(text: str) -> bool:
-    norm = " ".join(text.lower().split()).strip(" .")
-    phrase = NOT_IN_CORPUS.lower().strip(" .")
-    return norm.startswith(phrase) and len(norm) < len(phrase) + 40
+    """The reply declines: the not-found sentence, or an opening sentence saying the papers do not answer (a
+    hedge after it, "However, [2] discusses …", does not make it an answer)."""
+    norm = " ".join(text.split()).lstrip("*_# ").strip()
+    if norm.lower().startswith(NOT_IN_CORPUS.lower().strip(" .")):
+        return True
+    return bool(_DECLINES.match(norm))
 
 
 def _timings(t_retrieve: float, t1: float | None, started: float) -> dict:

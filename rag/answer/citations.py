@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from rag.corpus.parse import normalise_title
 from rag.text import content_terms, sentence_spans, split_sentences
 
 _ITEM = r"[-+]?\d+(?:\s*[-–]\s*[-+]?\d+)?"
@@ -250,3 +251,193 @@ def is_framing(sentence: str, refs) -> bool:
     indexed paper mentions something. Grounding metrics leave these out; they cite nothing by design."""
     text = sentence.strip()
     return not refs and (text.endswith(":") or bool(_FRAMING.match(text)))
+
+
+# ------------------------------------------------------------------------------ papers named in an answer
+
+# A bold title: the answerer is told to name each paper by its exact title in bold (prompts/system.md).
+_BOLD = re.compile(r"\*\*([^*\n]+?)\*\*")
+_NAME = r"[^\W\d_][\w'’-]*"
+_YEAR = r"(?:1[89]|20)\d\d"
+# "(Smith et al., 2031)", "(Smith and Jones 2020)", "(Smith, 2020)": a reference in parentheses, removed when it
+# names no source; "Smith et al. (2031)", "Smith and Jones, 2020": the sentence's subject, kept and flagged.
+_AUTHOR_YEAR = re.compile(
+    rf"\(\s*(?P<p_author>{_NAME})(?:\s+et\s+al\.?|\s+(?:and|&)\s+{_NAME})?,?\s+(?P<p_year>{_YEAR})[a-z]?\s*\)"
+    rf"|\b(?P<n_author>{_NAME})\s+(?:et\s+al\.?|(?:and|&)\s+{_NAME})\s*,?\s*\(?(?P<n_year>{_YEAR})[a-z]?\)?"
+)
+_TRAILING_MARKERS = re.compile(rf"(?:[ \t]*{MARKER.pattern})+")
+TITLE_MIN_WORDS = 4  # a Title-Cased bold span this long names a paper (shorter ones are emphasis), as does "**X** —"
+TITLE_OVERLAP = 0.6  # word Jaccard with a source title for a bold span to name that source (titles get shortened)
+
+
+def _title_like(text: str) -> bool:
+    """A bold span in running text that reads as a paper's title, not emphasis: at least `TITLE_MIN_WORDS` words,
+    most of its longer words capitalised ("Quantum Concept Erasure for Diffusion Transformers", not "negative
+    guidance as a teacher")."""
+    words = text.split()
+    long = [w for w in words if len(w) >= 4]
+    return len(words) >= TITLE_MIN_WORDS and bool(long) and sum(w[0].isupper() for w in long) / len(long) >= 0.6
+
+
+@dataclass(frozen=True)
+class Named:
+    """A source as an answer may name it: its number, title, and (when the corpus has them) authors and year;
+    `text` is what the answerer read (title and abstract), where a name it uses may also come from."""
+
+    n: int
+    title: str
+    text: str = ""
+    authors: tuple[str, ...] = ()
+    year: str | None = None
+
+
+@dataclass
+class NameCheck:
+    """The answer with the citations of sentences naming no source removed (and their parenthetical author-year
+    references), and those sentences flagged ({sentence, cited, reason, kind})."""
+
+    text: str
+    flagged: list[dict]
+
+
+def check_names(text: str, sources: Iterable[Named]) -> NameCheck:
+    """Find the papers an answer names by bold title or author-year reference that match none of `sources`.
+
+    Like an invalid `[n]`, such a name cannot be verified: the citations of its sentence (of its whole line when
+    it is the line's "**Title** —" prefix) are removed and the sentence is flagged; a parenthetical author-year
+    reference is removed from the text."""
+    sources = list(sources)
+    titles = [(f" {normalise_title(s.title)} ", set(normalise_title(s.title).split())) for s in sources]
+    texts = [f" {normalise_title(s.text)} " for s in sources]
+
+    def known_title(name: str) -> bool:
+        norm = normalise_title(name)
+        words = set(norm.split())
+        for title, title_words in titles:
+            if f" {norm} " in title or (len(words) >= 3 and title.strip() in norm):
+                return True  # the title, part of it ("MACE" for "MACE: Mass Concept Erasure…"), or it quoted
+            if _jaccard(words, title_words) >= TITLE_OVERLAP:
+                return True
+        # a short name the abstract uses ("ESD", "Task Arithmetic")
+        return len(words) < TITLE_MIN_WORDS and any(f" {norm} " in text for text in texts)
+
+    def known_author(author: str, year: str) -> bool:
+        name = author.casefold()
+        for s in sources:
+            surnames = {a.split()[-1].casefold() for a in s.authors if a.split()}
+            if name in surnames and (s.year is None or s.year == year):
+                return True
+            if not s.authors and re.search(rf"\b{re.escape(author)}\b", s.text):
+                return True  # a name from the abstract (e.g. "Kolmogorov-Arnold"), not an invented reference
+        return False
+
+    lines, flagged = [], []
+    for line in text.split("\n"):
+        bullet = _BULLET.match(line)
+        body_at = bullet.end() if bullet else 0
+        prefix = _TITLE_PREFIX.match(line[body_at:])
+        problems: list[tuple[int, int, str, bool]] = []  # (start, end, name, is the line's title prefix)
+        for match in _BOLD.finditer(line):
+            name = match.group(1).strip()
+            is_prefix = prefix is not None and match.start() == body_at + (len(line[body_at:]) - len(line[body_at:].lstrip()))
+            if not re.search(r"[^\W\d_]", name) or (not is_prefix and not _title_like(name)):
+                continue
+            if not known_title(name):
+                problems.append((match.start(), match.end(), f"**{name}**", is_prefix))
+        cut: list[tuple[int, int]] = []  # parenthetical references to remove
+        for match in _AUTHOR_YEAR.finditer(line):
+            author = match.group("p_author") or match.group("n_author")
+            year = match.group("p_year") or match.group("n_year")
+            if not author[0].isupper() or known_author(author, year):
+                continue
+            shown = match.group(0).strip()
+            problems.append((match.start(), match.end(), shown[1:-1] if shown.startswith("(") else shown, False))
+            if match.group("p_author"):
+                cut.append((match.start(), match.end()))
+        if not problems:
+            lines.append(line)
+            continue
+        spans = sentence_spans(line)
+        ranges = []
+        for start, end, name, whole_line in problems:
+            if whole_line:
+                lo, hi = 0, len(line)
+            else:
+                lo, hi = next(((s, e) for s, e in spans if s <= start < e), (start, end))
+            tail = _TRAILING_MARKERS.match(line, hi)  # "claim. [1]": the marker belongs to the sentence before
+            hi = tail.end() if tail else hi
+            ranges.append((lo, hi))
+            sentence = line[lo:hi]
+            cited = cited_numbers(sentence)
+            shown = " ".join(MARKER.sub("", _EMPHASIS.sub("", _BULLET.sub("", sentence))).split())
+            flagged.append({"sentence": re.sub(r"\s+([.,;:!?])", r"\1", shown), "cited": cited, "kind": "unknown_paper",
+                            "reason": f"names {name}, which is not among the sources"
+                                      + (": its citation was removed" if cited else "")})
+        out, at = [], 0
+        for lo, hi in sorted(set(ranges)):
+            if lo < at:
+                lo = at
+            out.append(line[at:lo])
+            piece = line[lo:hi]
+            for c_lo, c_hi in sorted(cut, reverse=True):
+                if lo <= c_lo and c_hi <= hi:
+                    piece = piece[: c_lo - lo] + piece[c_hi - lo:]
+            out.append(MARKER.sub("", piece))
+            at = max(at, hi)
+        out.append(line[at:])
+        fixed = re.sub(r"[ \t]+([.,;:])", r"\1", "".join(out))
+        lines.append(re.sub(r"(?<=\S)[ \t]{2,}", " ", fixed).rstrip())
+    return NameCheck("\n".join(lines), flagged)
+
+
+# ------------------------------------------------------------------------------ claims their sources support
+
+SUPPORT_MIN_TERMS = 3  # shorter claims ("**Title** answers this [1]") are not judged
+SUPPORT_COVERAGE = 0.5  # share of a claim's content terms its cited abstracts must contain
+_NUMBER = re.compile(r"(?<![\w.-])\d+(?:[.,]\d+)?(?![\w.-]*\w)")  # a figure, not "GPT-4" or "v2"
+
+
+def unsupported(text: str, abstracts: Mapping[int, str]) -> list[dict]:
+    """The answer's sentences that their cited sources do not support, by term overlap (no model needed): fewer
+    than `SUPPORT_COVERAGE` of the sentence's content terms in the cited titles and abstracts (`abstracts`: n ->
+    title and abstract), or a figure none of them contains. Flags ({sentence, cited, reason, kind}): the claim may
+    be a fair paraphrase, but nothing in what it cites shows it."""
+    out = []
+    for claim in claims(text):
+        refs = [n for n in claim.refs if n in abstracts]
+        if not refs:
+            continue
+        support = " ".join(abstracts[n] for n in refs)
+        words = _claim_words(claim.text)
+        if len(words) < SUPPORT_MIN_TERMS:
+            continue
+        have = set(content_terms(support))
+        missing = [w for w, term in words.items() if not _term_in(term, have)]
+        figures = [f for f in dict.fromkeys(_NUMBER.findall(claim.text))
+                   if not re.search(rf"(?<![\w.]){re.escape(f)}(?![\w]|\.\d)", support)]
+        if len(missing) / len(words) <= 1 - SUPPORT_COVERAGE and not figures:
+            continue
+        cited = ", ".join(f"[{n}]" for n in refs)
+        what = "; ".join(part for part in (
+            f"the figure{'s' if len(figures) > 1 else ''} {', '.join(figures)}" if figures else "",
+            f"{', '.join(missing[:6])}" if len(missing) / len(words) > 1 - SUPPORT_COVERAGE else "") if part)
+        out.append({"sentence": claim.text, "cited": refs, "kind": "unsupported",
+                    "reason": f"not supported by {cited}: its abstract does not mention {what}"})
+    return out
+
+
+def _claim_words(text: str) -> dict[str, str]:
+    """A claim's content words (first spelling) -> their stemmed terms."""
+    words: dict[str, str] = {}
+    for word in re.findall(r"[^\W_]{2,}", text):
+        terms = content_terms(word)
+        if terms and terms[0] not in words.values() and not word.isdigit():
+            words[word] = terms[0]
+    return words
+
+
+def _term_in(term: str, have: set[str]) -> bool:
+    """The term, or a stem sharing its first 4+ letters either way ("eras" / "erasur")."""
+    if term in have:
+        return True
+    return len(term) >= 4 and any(t.startswith(term) or (len(t) >= 4 and term.startswith(t)) for t in have)

@@ -149,6 +149,8 @@ def cmd_ingest(args) -> int:
     else:
         for issue in report.issues[:20]:
             print(f"warning: {terminal_safe(issue)}", file=sys.stderr)
+        if len(report.issues) > 20:
+            print(f"warning: ... and {len(report.issues) - 20} more (rag ingest --json lists them all)", file=sys.stderr)
         print(
             f"{report.papers} papers ({report.entries} entries, {report.duplicates} duplicates), "
             f"{report.chunks} chunks; added {report.added}, changed {report.changed}, "

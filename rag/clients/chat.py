@@ -5,7 +5,8 @@ all streaming included; a stream kept open with keep-alives or one token a secon
 `max_tokens` sent, and the reply's size capped. Retries (tenacity) cover only what is transient (429
 honouring Retry-After, 5xx, timeouts, dropped connections), before the first token, within the deadline.
 Replies that are not answers (cut by length, a refusal, a tool call, no choices, HTML or invalid JSON)
-raise `LLMReplyError` saying which; every failure is an `LLMError` whose message says what to check. The
+raise `LLMReplyError` saying which; every failure is an `LLMError` whose message says what to check. Reasoning
+blocks (`<think>…</think>`) are removed from every reply (rag.clients.reasoning). The
 protocol plumbing (client, retry rules, error messages, redaction) is rag.clients.openai_http's: no message,
 log line or reply text from here holds the API key or a password in the base URL.
 """
@@ -34,6 +35,7 @@ from rag.clients.openai_http import (
     make_client,
     server_text,
 )
+from rag.clients.reasoning import filter_reasoning, strip_reasoning
 from rag.errors import ConfigError, LLMError
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class ChatModel(Protocol):
     """What the answerer needs from an LLM: a whole reply, or its text streamed. Raises LLMError.
 
     `deadline` is a time.monotonic() value the call must finish by; `on_usage` receives the token counts.
+    `stream`'s generator returns (StopIteration.value) the reply's finish reason, "" when the stream ended
+    without one (the reply may be cut short), or None when the model does not report it.
     """
 
     name: str
@@ -234,7 +238,7 @@ class OpenAIChatLLM:
         usage = getattr(resp, "usage", None)
         if on_usage is not None:
             on_usage(getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
-        text = message.content or ""
+        text = strip_reasoning(message.content or "")
         if len(text) > self.max_reply_chars:
             raise LLMReplyError(f"the LLM's reply is {len(text):,} characters, over the {self.max_reply_chars:,} "
                                 "allowed (RAG_LLM_MAX_REPLY_CHARS)", "too_long")
@@ -243,14 +247,31 @@ class OpenAIChatLLM:
     def stream(self, messages: Messages, deadline: float | None = None, on_usage: Usage | None = None) -> Iterator[str]:
         """Yield text deltas until the reply ends or the deadline passes. Retries happen only before the first
         token; a later cut raises StreamCut; a reply cut by length, a refusal or a tool call raise LLMReplyError
-        after whatever text came before it. The text is redacted (a secret split across deltas included)."""
-        deltas = self._stream(messages, deadline, on_usage)
+        after whatever text came before it. The text is redacted (a secret split across deltas included) and
+        has no reasoning blocks. Returns the finish reason, "" when the stream ended without one (no finish
+        chunk: an endpoint that stopped early, or a proxy that cut a complete-looking body)."""
+        ended: dict = {}
+        deltas = self._stream(messages, deadline, on_usage, ended)
+
+        def seen(pieces):
+            for piece in pieces:
+                ended["text"] = ended.get("text") or bool(piece.strip())
+                yield piece
+
+        shown = False
         try:
-            yield from self._endpoint.redact_stream(deltas)
+            for piece in self._endpoint.redact_stream(filter_reasoning(seen(deltas))):
+                shown = shown or bool(piece.strip())
+                yield piece
         finally:
             deltas.close()  # ends the worker's stream now, not when the generator is collected
+        if ended.get("text") and not shown:
+            raise LLMReplyError("the LLM's reply was only its reasoning (a <think> block) with no answer after it",
+                                "empty")
+        return ended.get("finish") or ""
 
-    def _stream(self, messages: Messages, deadline: float | None, on_usage: Usage | None) -> Iterator[str]:
+    def _stream(self, messages: Messages, deadline: float | None, on_usage: Usage | None,
+                ended: dict) -> Iterator[str]:
         deadline = self._deadline(deadline)
         events: queue.Queue = queue.Queue()
         held: dict = {}
@@ -287,7 +308,7 @@ class OpenAIChatLLM:
 
         worker = threading.Thread(target=pump, name="llm-stream", daemon=True)
         worker.start()
-        delivered, size, saw_choice = False, 0, False
+        delivered, size, saw_choice, finish = False, 0, False, None
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -302,6 +323,7 @@ class OpenAIChatLLM:
                     if not saw_choice:
                         raise LLMReplyError("the LLM endpoint's stream carried no choices (an empty completion)",
                                             "no_choices")
+                    ended["finish"] = finish
                     return
                 if kind == "error":
                     exc = value
@@ -321,6 +343,7 @@ class OpenAIChatLLM:
                 choice = chunk.choices[0]
                 delta = choice.delta
                 self._check_choice(choice.finish_reason, getattr(delta, "refusal", None), getattr(delta, "tool_calls", None))
+                finish = choice.finish_reason or finish
                 text = (delta.content if delta is not None else None) or ""
                 if text:
                     size += len(text)

@@ -4,6 +4,10 @@ Two formats: scraped listing pages (`.txt`: boilerplate, then title line / abstr
 and JSONL (`{"title", "abstract"}` plus optional `id`, `authors`, `categories`, `date`, `url`,
 the arXiv metadata snapshot's shape). Unparseable lines are reported with file and line and
 skipped; `strict=True` makes the first one fatal.
+
+A paper's identity (its `paper_id`) is its JSONL `id` when the line has one (arXiv ids without their
+version suffix): a later line with the same id is a revision and replaces the earlier one. Without an id
+(every listing page, JSONL lines without one) it is the normalised title, as it always was.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ _URL_HINT = re.compile(r"http|www\.|github", re.I)  # the same test, for text wh
 _MAX_TITLE_CHARS = 400
 _MAX_ABSTRACT_CHARS = 20_000
 CORPUS_SUFFIXES = (".txt", ".jsonl")
+_BOM = "\ufeff"
+_ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(?:\.[A-Z]{2})?/\d{7})(v\d+)?$")
+# A JSON \u escape of a UTF-16 surrogate: the only way a decoded line can hold a lone surrogate (which no
+# UTF-8 text can encode); lines without one are not checked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,23 @@ def paper_id_for(title: str, abstract: str = "") -> str:
     norm = normalise_title(title)
     key = norm if norm else f"raw:{title}\n{abstract}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def corpus_id(value) -> str | None:
+    """The identity a JSONL `id` gives: the id as text, an arXiv id without its version ("2303.07345v2" ->
+    "2303.07345", so a revision is the same paper); None when there is no usable id."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = " ".join(str(value).split())
+    if not text:
+        return None
+    arxiv = _ARXIV_ID.match(text)
+    return arxiv.group(1) if arxiv else text
+
+
+def id_paper_id(ident: str) -> str:
+    """The paper_id of a paper identified by its corpus id (see corpus_id)."""
+    return hashlib.sha1(f"id:{ident}".encode()).hexdigest()[:16]
 
 
 def variant_id(title: str, abstract: str) -> str:
@@ -159,6 +185,8 @@ def _read_lines(path: Path, issues: list[ParseIssue]) -> list[tuple[int, str]]:
     if b"\x00" in raw[:8192]:
         issues.append(ParseIssue(path.name, 1, "binary content (NUL bytes): file skipped"))
         return []
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows editors write one): not text
+        raw = raw[3:]
     lines = []
     for no, blob in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -259,11 +287,32 @@ def _jsonl_lines_at(path: Path, offsets: Mapping[int, int]) -> Iterator[tuple[in
 
 
 def _jsonl_object(fname: str, no: int, blob: bytes, issues: list[ParseIssue]) -> dict | None:
-    """The paper object on one JSONL line, or None (and an issue) when it is not one."""
+    """The paper object on one JSONL line, or None (and an issue) when it is not one. Any line the JSON
+    parser or UTF-8 cannot take (invalid bytes, a lone surrogate, nesting or a number too large to decode)
+    is reported, never raised: one bad line must not stop an ingest."""
     try:
-        obj = json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        issues.append(ParseIssue(fname, no, f"not a JSON object ({exc.__class__.__name__}): skipped"))
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        issues.append(ParseIssue(fname, no, f"invalid UTF-8 at byte {exc.start}: line skipped"))
+        return None
+    if no == 1 and text.startswith(_BOM):  # a byte order mark opening the file
+        text = text[1:]
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        issues.append(ParseIssue(fname, no, f"not a JSON object (JSONDecodeError: {exc.msg} at column "
+                                            f"{exc.colno}): skipped"))
+        return None
+    except RecursionError:
+        issues.append(ParseIssue(fname, no, "not a paper: JSON nested too deeply to decode: skipped"))
+        return None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        issues.append(ParseIssue(fname, no, f"not a paper: JSON value the decoder refuses ({str(exc)[:80]}): "
+                                            "skipped"))
+        return None
+    if _SURROGATE_ESCAPE.search(blob) and not _encodable(obj):
+        issues.append(ParseIssue(fname, no, "a string holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape "
+                                            "without its pair), which is not text: skipped"))
         return None
     if not isinstance(obj, dict):
         issues.append(ParseIssue(fname, no, "not a JSON object: skipped"))
@@ -278,14 +327,24 @@ def _jsonl_object(fname: str, no: int, blob: bytes, issues: list[ParseIssue]) ->
     return obj
 
 
+def _encodable(obj) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError, ValueError):
+        return False
+    return True
+
+
 def _as_tuple(value) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
         parts = re.split(r",| and " if "," in value or " and " in value else r"\s+", value)
         return tuple(p.strip() for p in parts if p.strip())
-    if isinstance(value, (list, tuple)):
-        return tuple(" ".join(v) if isinstance(v, list) else str(v) for v in value)
+    if isinstance(value, (list, tuple)):  # ["A. Author", ...] or the snapshot's [["Last", "First", ""], ...]
+        items = (" ".join(str(w) for w in v if isinstance(w, (str, int, float)) and str(w).strip())
+                 if isinstance(v, list) else str(v) for v in value)
+        return tuple(" ".join(item.split()) for item in items if item.strip())
     return (str(value),)
 
 
@@ -304,11 +363,15 @@ def iter_raw_papers(files: Iterable[Path], issues: list[ParseIssue]) -> Iterator
 def _jsonl_paper(fname: str, no: int, obj: dict, issues: list[ParseIssue]) -> Paper:
     title = clean_text(obj["title"])
     abstract = clean_text(obj["abstract"])
-    url = obj.get("url")
+    url = obj.get("url") if isinstance(obj.get("url"), str) else None
     if not url and isinstance(obj.get("id"), str) and re.match(r"^\d{4}\.\d{4,5}(v\d+)?$", obj["id"]):
         url = f"https://arxiv.org/abs/{obj['id']}"
+    ident = corpus_id(obj.get("id"))
+    if ident is None and obj.get("id") not in (None, ""):
+        issues.append(ParseIssue(fname, no, "'id' is not a string or a number: the paper is identified by its "
+                                            "title", fatal=False))
     return _make_paper(
-        fname, no, title, abstract, issues,
+        fname, no, title, abstract, issues, ident=ident,
         authors=_as_tuple(obj.get("authors")),
         categories=_as_tuple(obj.get("categories")),
         date=str(obj.get("date") or obj.get("update_date") or "") or None,
@@ -316,12 +379,12 @@ def _jsonl_paper(fname: str, no: int, obj: dict, issues: list[ParseIssue]) -> Pa
     )
 
 
-def _make_paper(fname, no, title, abstract, issues, **extra) -> Paper:
+def _make_paper(fname, no, title, abstract, issues, ident: str | None = None, **extra) -> Paper:
     if len(abstract) > _MAX_ABSTRACT_CHARS:
         issues.append(ParseIssue(fname, no, f"abstract of {len(abstract)} chars truncated to {_MAX_ABSTRACT_CHARS}"))
         abstract = abstract[:_MAX_ABSTRACT_CHARS]
     return Paper(
-        paper_id=paper_id_for(title, abstract),
+        paper_id=id_paper_id(ident) if ident is not None else paper_id_for(title, abstract),
         title=title,
         abstract=abstract,
         sources=(fname,),
@@ -333,15 +396,21 @@ def _make_paper(fname, no, title, abstract, issues, **extra) -> Paper:
 class LineDigest(NamedTuple):
     """What pass one needs from an entry, derived from its text alone (so it can be remembered per line)."""
 
-    title_id: str  # paper_id_for(title, abstract)
+    title_id: str  # the paper's identity: paper_id_for(title, abstract), or id_paper_id of its corpus id
     abstract_hash: str
-    variant_id: str  # the id if an earlier entry has this title with another abstract
+    variant_id: str  # the id if an earlier entry has this title with another abstract; == title_id: keyed by id
     content_hash: str
 
     @classmethod
     def of(cls, paper: Paper) -> LineDigest:
-        return cls(paper.paper_id, abstract_hash(paper.abstract), variant_id(paper.title, paper.abstract),
-                   paper.content_hash())
+        keyed = paper.paper_id != paper_id_for(paper.title, paper.abstract)
+        return cls(paper.paper_id, abstract_hash(paper.abstract),
+                   paper.paper_id if keyed else variant_id(paper.title, paper.abstract), paper.content_hash())
+
+    @property
+    def keyed(self) -> bool:
+        """Identified by its corpus id: an entry with the same id is a revision, never a variant."""
+        return self.variant_id == self.title_id
 
     def dumps(self) -> str:
         return " ".join(self)
@@ -353,8 +422,9 @@ class LineDigest(NamedTuple):
 
 # A JSONL line's digest is remembered under sha1(file name + "\n" + the stripped line): the name, so a line
 # moved to another file counts as changed (its paper's list of files changes). sha1 is 2.5x BLAKE2b here and
-# this is a cache key. The catalog's line cache made with another scheme is rebuilt (rag.index.ingest).
-LINE_KEYS = "sha1"
+# this is a cache key. The catalog's line cache made with another scheme is rebuilt (rag.index.ingest); the
+# scheme's name also changes when what a digest means does ("sha1-id": papers with an `id` are keyed by it).
+LINE_KEYS = "sha1-id"
 
 
 @dataclass
@@ -398,6 +468,12 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False,
             scan.duplicates += 1
             if fname not in sources[pid]:
                 sources[pid] += (fname,)
+            if digest.keyed and hashes[pid] != digest.content_hash:  # a revision: the later entry replaces it
+                before = locations[pid]
+                scan.issues.append(ParseIssue(fname, no, f"same id as {scan.files[before[0]].name}:{before[1]} "
+                                                         "with another title or abstract: replaces it", fatal=False))
+                hashes[pid] = digest.content_hash
+                locations[pid] = (fidx, no)
             return
         hashes[pid] = digest.content_hash
         sources[pid] = (fname,)
@@ -448,8 +524,8 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False,
     fatal = [i for i in scan.issues if i.fatal]
     if strict and fatal:
         raise ParseError(f"{fatal[0]} (strict mode; drop --strict to skip bad lines)")
-    for issue in scan.issues:
-        log.warning("%s", issue)
+    for issue in scan.issues:  # the caller reports them (rag ingest prints them, --json lists them): not again
+        log.debug("%s", issue)
     if not scan.hashes:
         raise CorpusError(
             "the corpus holds no papers: " + ", ".join(str(f) for f in scan.files)
@@ -459,10 +535,11 @@ def scan_corpus(paths: Iterable[Path], strict: bool = False,
 
 
 def _resolve(scan: CorpusScan, pid: str, digest: str, alt: str, fname: str, no: int) -> str:
-    """The paper's id: its title id, unless an earlier paper has that title with another abstract; then
-    it is kept as a separate paper (reported once, with both places) under a title-and-abstract id."""
+    """The paper's id: its corpus id's (a later entry with that id replaces it: see scan_corpus), else its title
+    id, unless an earlier paper has that title with another abstract; then it is kept as a separate paper
+    (reported once, with both places) under a title-and-abstract id."""
     first = scan.first_abstract.setdefault(pid, digest)
-    if first == digest:
+    if first == digest or pid == alt:  # the same text, or a paper keyed by its id (never a variant)
         scan.first_seen.setdefault(pid, (fname, no))
         return pid
     if alt not in scan.hashes:
@@ -511,7 +588,7 @@ def iter_unique(scan: CorpusScan, only: Iterable[str] | None = None) -> Iterator
 
 
 def load_corpus(paths: Iterable[Path], strict: bool = False) -> CorpusLoad:
-    """Parse, clean and deduplicate (by normalised title) every paper in `paths`."""
+    """Parse, clean and deduplicate (by JSONL id, else by normalised title) every paper in `paths`."""
     scan = scan_corpus(paths, strict=strict)
     papers = list(iter_unique(scan))
     return CorpusLoad(papers, scan.issues, scan.entries, scan.duplicates, [str(f) for f in scan.files])

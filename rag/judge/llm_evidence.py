@@ -5,7 +5,9 @@ that pass, from their summaries and quotes.
 
 Calls run in parallel (bounded), inside the answer's deadline, with the LLM client's transient-only
 retries. A reply that is not valid JSON, has a score outside 0-10, or quotes text the abstract does not
-contain makes that paper "not supporting", never an error. Judgements are cached by (question, paper
+contain makes that paper "not supporting", never an error. A reasoning block (`<think>…</think>`) before the
+JSON is ignored; a score written as a string ("9") is read; a quote that is no evidence (a few words, or the
+title) is dropped, so a paper whose quotes are all like that does not pass. Judgements are cached by (question, paper
 content, model, prompt), so a re-run or a follow-up on the same papers does not pay again.
 """
 
@@ -22,12 +24,16 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rag.clients.reasoning import strip_reasoning
 from rag.errors import LLMError
 from rag.prompts import evidence_message
 from rag.records import Paper
 
 log = logging.getLogger(__name__)
-_JSON = re.compile(r"\{.*\}", re.DOTALL)
+_NUMBER = re.compile(r"\s*\d+(?:\.\d+)?\s*")
+QUOTE_MIN_WORDS = 4  # a quote shorter than this ("the", "diffusion models") is not evidence
+QUOTE_MIN_CHARS = 20
+_MAX_OBJECTS = 50  # '{' positions tried when looking for the judgement in a chatty reply
 
 
 @dataclass
@@ -75,33 +81,62 @@ def _normalise(text: str) -> str:
     return " ".join(text.split()).strip().strip("\"'").rstrip(".").strip()
 
 
+def _judgement_object(reply: str) -> dict | None:
+    """The first JSON object in the reply (reasoning blocks removed) that holds a "relevance"."""
+    text = strip_reasoning(reply or "")
+    decoder = json.JSONDecoder()
+    at = text.find("{")
+    for _ in range(_MAX_OBJECTS):
+        if at < 0:
+            return None
+        try:
+            obj, _end = decoder.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict) and "relevance" in obj:
+            return obj
+        at = text.find("{", at + 1)
+    return None
+
+
+def _relevance(value) -> float | None:
+    """A 0-10 score, from a number or a string holding one ("9")."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+        return None
+    return value
+
+
+def is_evidence(quote: str, title: str) -> bool:
+    """A quote long enough to show something, and not the paper's title."""
+    norm = _normalise(quote)
+    return (len(norm) >= QUOTE_MIN_CHARS and len(norm.split()) >= QUOTE_MIN_WORDS
+            and norm.casefold() not in _normalise(title).casefold())
+
+
 def parse_judgement(reply: str, paper: Paper) -> tuple[int, list[str], str] | None:
     """(relevance, verbatim quotes, summary), or None when the reply is not a usable judgement."""
-    match = _JSON.search(reply or "")
-    if not match:
+    obj = _judgement_object(reply)
+    if obj is None:
         return None
-    try:
-        obj = json.loads(match.group(0))
-    except ValueError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    relevance = obj.get("relevance")
-    if isinstance(relevance, bool) or not isinstance(relevance, (int, float)) or not 0 <= relevance <= 10:
+    relevance = _relevance(obj.get("relevance"))
+    if relevance is None:
         return None
     quotes = obj.get("quotes") or []
     if isinstance(quotes, str):
         quotes = [quotes]
     if not isinstance(quotes, list) or not all(isinstance(q, str) for q in quotes):
         return None
-    text = _normalise(f"{paper.title} {paper.abstract}")
+    text = _normalise(paper.abstract)
     kept = []
     for quote in quotes:
         if not _normalise(quote):
             continue
-        if _normalise(quote) not in text:
+        if _normalise(quote) not in text and _normalise(quote) not in _normalise(paper.title):
             return None  # a quote the abstract does not contain: not supporting
-        kept.append(" ".join(quote.split()))
+        if is_evidence(quote, paper.title):
+            kept.append(" ".join(quote.split()))
     summary = obj.get("summary") if isinstance(obj.get("summary"), str) else ""
     return int(round(relevance)), kept, " ".join(summary.split())[:600]
 
@@ -166,7 +201,8 @@ class EvidenceStep:
         for judged, paper in zip(result.judged, papers):
             hit = self._cache.get(self._key(question, paper))
             if hit is not None:
-                judged.relevance, judged.quotes, judged.summary = hit["relevance"], hit["quotes"], hit["summary"]
+                judged.relevance, judged.summary = hit["relevance"], hit["summary"]
+                judged.quotes = [q for q in hit["quotes"] if is_evidence(q, paper.title)]  # cached by an older rule too
                 judged.valid, judged.cached = True, True
             else:
                 todo.append((judged, paper))
