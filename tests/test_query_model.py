@@ -68,7 +68,10 @@ def test_search_results_are_the_torch_paths(real_index, tmp_path):
     assert len(runs["onnx"]) == len(QUESTIONS)
     for fast, slow in zip(runs["onnx"], runs["torch"]):
         assert [h["paper_id"] for h in fast] == [h["paper_id"] for h in slow]
-        assert [h["score"] for h in fast] == pytest.approx([h["score"] for h in slow], abs=1e-5)
+        # Fused scores: equal but where two chunks' similarities are closer than the paths' vectors differ (the
+        # torch path autocasts to bf16 where the CPU has it) and swap places in the dense ranking: that moves an
+        # RRF score by 1/(k+r) - 1/(k+r+1), 0.002 at rank 12.
+        assert [h["score"] for h in fast] == pytest.approx([h["score"] for h in slow], abs=0.005)
 
 
 _PROBE = """

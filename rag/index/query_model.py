@@ -8,10 +8,13 @@ queries use torch, with a warning. At query time onnxruntime and `tokenizers` lo
 ~0.1-0.3 s, and the vectors are the torch model's to float precision, so the index built with torch
 serves them unchanged (the embedder keeps the index's model name).
 
-Measured on this project's 2-core machine (under load from other users, median of 3): the session
-loads in 0.05-0.14 s with the weights in an external-data file (mmapped) and weight prepacking off,
-against 0.5-0.7 s with prepacking (which only buys ~8 % on large batches) and 1.0-1.4 s for a single
-protobuf file; the graph is fused offline, so nothing is re-optimised at load. The ONNX Runtime export
+Measured on this project's 2-core machine: the session loads in 0.05-0.14 s with the weights in an
+external-data file (mmapped), against 1.0-1.4 s for a single protobuf file; the graph is fused offline, so
+nothing is re-optimised at load. A query is one short text, so the session runs on one intra-op thread
+with its weights prepacked: one query takes 3.3 ms against 15.7 ms with the default thread pool and no
+prepacking (median of 250, load average 5 from other work: a second thread only spins against it), and
+prepacking then costs 0.06-0.08 s at load (0.23-0.31 s with the default pool). `rag bench --parts
+latency` shows the effect on a whole search. The ONNX Runtime export
 is hand-rolled on the library's own calls (torch.onnx + onnxruntime.transformers) rather than pulling
 in `optimum`, which would add a dependency for ~20 lines.
 """
@@ -71,7 +74,8 @@ class OnnxQueryEmbedder:
         model_path = Path(model_path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # fused at export
-        opts.add_session_config_entry("session.disable_prepacking", "1")  # see the module docstring
+        opts.intra_op_num_threads = 1  # one short text per query: see the module docstring
+        opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # its warnings are about graph internals, not the user's problem
         try:
             self._session = ort.InferenceSession(str(Path(folder) / "model.onnx"), opts,
