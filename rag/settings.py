@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         None, description="Sentence-transformers model folder; unset = the packaged all-MiniLM-L6-v2."
     )
     embed_batch_size: int = Field(16, ge=1, le=4096, description="Texts per embedding batch (per request to an embedding server).")
+    ingest_batch_papers: int = Field(
+        256, ge=1, le=100_000,
+        description="Papers per ingest batch: their vectors are stored and logged in the resume state together, "
+        "so an interrupted ingest redoes at most one batch.",
+    )
     embed_backend: Literal["auto", "torch", "remote", "hash"] = Field(
         "auto",
         description="Embedding runtime: auto (remote when RAG_EMBED_URL is set, else torch), torch "

@@ -38,6 +38,7 @@ from fake_openai import FakeOpenAI  # noqa: E402
 
 REPO = repo_root()
 CORPUS = REPO / "data" / "corpus"
+DEV_SET = REPO / "eval" / "datasets" / "dev.jsonl"
 VENV_BIN = Path(sys.executable).parent
 CACHE = REPO / ".cache" / "tests"
 EMBED_CACHE = CACHE / "embed_cache.sqlite"
@@ -109,6 +110,20 @@ def real_retriever(real_index):
     from rag.retrieve.hybrid import Retriever
 
     return Retriever.from_settings(real_index)
+
+
+@pytest.fixture(scope="session")
+def real_retrieval_eval(real_index, real_retriever) -> dict:
+    """`rag eval`'s summary of retrieval alone (every mode) on the dev set's test split over the real index: one
+    run shared by the eval gate (hybrid against the single modes) and the remote-embedding test (the local figures)."""
+    from rag.eval.dataset import load_dataset
+    from rag.eval.runner import run_eval
+
+    dataset = load_dataset(DEV_SET, [p.title for p in real_retriever.index.papers()])
+    dataset.questions = [q for q in dataset.questions if q.split == "test"]
+    report = run_eval(real_index, dataset, modes=["hybrid", "dense", "bm25"], answer="none", retriever=real_retriever,
+                      progress=False)
+    return report["summary"]
 
 
 @pytest.fixture(scope="session")

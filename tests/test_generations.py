@@ -78,7 +78,14 @@ def test_reingest_while_four_clients_query_the_ui(tmp_path, corpus_papers):
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["removed"] == 40 and report["added"] == 10
-        time.sleep(6)
+
+        def asked_after() -> list:  # asked once the new generation was surely published
+            return [r for r in results if r[0] > published + 1.0]
+
+        waited = time.monotonic() + 120  # enough answers after publication, an added-paper question among them
+        while time.monotonic() < waited and not errors and not (
+                len(asked_after()) >= 12 and any(q.startswith("zymurgical") for _, _, q, _ in asked_after())):
+            time.sleep(0.2)
     finally:
         stop.set()
         for t in threads:

@@ -379,12 +379,9 @@ def test_lock_held_by_another_thread_blocks_ingest(settings):
         t.join(10)
 
 
-def test_interrupted_ingest_resumes(settings, small_papers, monkeypatch):
-    import rag.index.ingest
-
-    monkeypatch.setattr(rag.index.ingest, "PAPER_BATCH", 5)
+def test_interrupted_ingest_resumes(settings, small_papers):
     with pytest.raises(KeyboardInterrupt):
-        run(settings, RecordingEmbedder(fail_on_call=3))  # two batches of 5 papers written, then Ctrl-C
+        run(settings.model_copy(update={"ingest_batch_papers": 5}), RecordingEmbedder(fail_on_call=3))  # two batches of 5 papers written, then Ctrl-C
     with pytest.raises(IndexMissingError, match=r"rag ingest"):
         Index.open(settings)  # nothing was published
     state = resume_state(settings.data_dir)
@@ -517,11 +514,9 @@ def test_upgrading_an_index_of_the_previous_layout_gives_a_whole_index(make_sett
     assert all(c.ok for c in checks), [str(c) for c in checks if not c.ok]
 
 
-def test_interrupted_update_resumes_against_the_published_catalog(make_settings, tmp_path, small_papers, monkeypatch):
+def test_interrupted_update_resumes_against_the_published_catalog(make_settings, tmp_path, small_papers):
     """An update (2 papers removed, 1 changed, 5 added) stopped after its first batch: the resume state names
     the published generation instead of copying every stored paper, and the next run finishes the update."""
-    import rag.index.ingest
-
     corpus = _jsonl(tmp_path / "papers.jsonl", small_papers[:15])
     settings = make_settings(corpus=str(corpus))
     run(settings)
@@ -529,9 +524,8 @@ def test_interrupted_update_resumes_against_the_published_catalog(make_settings,
     changed = replace(small_papers[2], abstract=NEW_ABSTRACT)
     after = [small_papers[0], small_papers[1], changed, *small_papers[3:13], *small_papers[15:20]]
     _jsonl(corpus, after)
-    monkeypatch.setattr(rag.index.ingest, "PAPER_BATCH", 2)
     with pytest.raises(KeyboardInterrupt):
-        run(settings, RecordingEmbedder(fail_on_call=2))
+        run(settings.model_copy(update={"ingest_batch_papers": 2}), RecordingEmbedder(fail_on_call=2))
     head = json.loads((Path(settings.data_dir) / STATE).read_text().splitlines()[0])
     assert head["base_generation"] == generation and "stored" not in head
     assert set(head["dropped"]) == {small_papers[13].paper_id, small_papers[14].paper_id, changed.paper_id}

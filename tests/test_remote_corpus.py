@@ -23,7 +23,8 @@ def _retrieval(data_dir, extra_env=None) -> dict:
     return json.loads(r.stdout)["summary"]
 
 
-def test_the_corpus_ingested_through_an_embedding_server_retrieves_like_the_local_index(real_index, tmp_path):
+def test_the_corpus_ingested_through_an_embedding_server_retrieves_like_the_local_index(real_index, real_retrieval_eval,
+                                                                                       tmp_path):
     from rag.index.embed_cache import embed_with_cache, open_embedding_cache
     from rag.index.embedders import DEFAULT_MODEL_NAME, make_embedder
     from rag.index.ingest import ingest
@@ -52,7 +53,7 @@ def test_the_corpus_ingested_through_an_embedding_server_retrieves_like_the_loca
         assert report.papers == 701 and report.embedded == report.chunks  # every chunk went to the server
         assert len(srv.requests) >= report.chunks // 64
         remote = _retrieval(remote_dir, {"RAG_EMBED_URL": srv.base_url, "RAG_EMBED_CACHE_PATH": str(tmp_path / "q.sqlite")})
-    here = _retrieval(real_index.data_dir)
+    here = real_retrieval_eval  # the same evaluation of the local index (one run per session, conftest)
     for mode in ("hybrid", "dense"):
         for metric in ("recall@10", "ndcg@10", "mrr"):
             assert abs(remote[mode][metric] - here[mode][metric]) <= 0.005, (mode, metric, remote[mode], here[mode])

@@ -49,7 +49,6 @@ from rag.text import TERMS_VERSION
 
 log = logging.getLogger(__name__)
 PARSER_VERSION = 6  # bump when parsing, cleaning or the stopword list changes what is derived from a paper
-PAPER_BATCH = 256
 STATE = "ingest.json"
 LEGACY = ("manifest.json", "papers.jsonl", "term_df.json", "bm25")
 
@@ -453,7 +452,7 @@ def _update(settings, plan: IngestPlan, catalog: Catalog, store, report: IngestR
         # Nothing of this model is cached (a new index): it will be needed, and loading it (torch, the
         # weights: seconds) overlaps the chunking child's start and the first batch.
         model.preload()
-    vectors = _Vectors(plan, store, cache, cache_path, model, data_dir / STATE, progress)
+    vectors = _Vectors(plan, store, cache, cache_path, model, data_dir / STATE, progress, settings.ingest_batch_papers)
     if chunking is None:
         chunking = LocalChunking(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
     report.generation = _publish(plan, catalog, chunking, vectors, model, report)
@@ -515,7 +514,7 @@ class _Vectors:
     so an interrupted ingest continues after its last logged batch."""
 
     def __init__(self, plan: IngestPlan, store, cache, cache_path: Path, model: _ModelLoader, state_path: Path,
-                 progress: bool):
+                 progress: bool, batch_papers: int):
         from tqdm import tqdm
 
         self.stored = dict(plan.kept)  # papers whose vectors are in the store, growing batch by batch
@@ -526,12 +525,13 @@ class _Vectors:
         self._store, self._cache, self._cache_path = store, cache, cache_path
         self._model, self._state_path = model, state_path
         self._batch: list = []
+        self._batch_papers = batch_papers
         self._bar = tqdm(total=plan.to_embed, desc="embedding papers", unit="paper",
                          disable=None if progress and plan.to_embed else True)
 
     def add(self, paper: Paper, chunks: list) -> None:
         self._batch.append((paper, chunks))
-        if len(self._batch) >= PAPER_BATCH:
+        if len(self._batch) >= self._batch_papers:
             self.flush()
 
     def flush(self) -> None:
