@@ -186,3 +186,18 @@ def test_missing_and_damaged(tmp_path):
     (folder2 / "rag_lexical.json").write_text('{"format": 0, "terms_version": 0}')
     with pytest.raises(IndexCorruptError, match="another version"):
         TantivyLexical(folder2)
+
+
+def test_clear_and_check_index(lex, tmp_path):
+    from rag.index.tantivy_lexical import check_index
+
+    lex.add("a:0", "a", "alpha")
+    lex.add("b:0", "b", "beta")
+    lex.commit()
+    assert check_index(tmp_path / "lexical") == 2
+    lex.clear()
+    lex.add("c:0", "c", "alpha")
+    lex.commit()
+    lex.reload()
+    assert _ids(lex.search("alpha beta", 10)) == ["c:0"]
+    assert check_index(tmp_path / "lexical") == 1

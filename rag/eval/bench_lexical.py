@@ -16,6 +16,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -278,11 +279,17 @@ def bench_lexical_scale(out: Path, sizes: list[int], fts5: bool = True, workdir:
     queries = bench_queries([p["title"] for p in synthetic_papers(min(top, 5000))])
     vocabulary = {term for q in queries for term in content_terms(q)}
     extra = synthetic_chunks(10, seed=top + 1, start=top)
+    try:  # sizes measured by an earlier run are kept (a later run at another size adds to them)
+        previous = {r["papers"]: r for r in json.loads((out / "lexical_scale.json").read_text())["rows"]}
+    except (OSError, ValueError, KeyError):
+        previous = {}
     rows = []
     for n in sorted(sizes):
         part = [c for c in chunks if int(c[1].split("-")[1]) < n]
         folder = root / f"tantivy-{n}"
         row: dict = {"papers": n, "chunks": len(part), "queries": len(queries)}
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(root / f"fts5-{n}", ignore_errors=True)
         t, cpu = time.perf_counter(), time.process_time()
         lex = TantivyLexical(folder, create=True, writer_heap=128_000_000)
         for chunk_id, paper_id, doc, year, category in part:
@@ -335,14 +342,14 @@ def bench_lexical_scale(out: Path, sizes: list[int], fts5: bool = True, workdir:
         row["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(f"  n={n:,}: {row}", flush=True)
         rows.append(row)
-        save_json(out, "lexical_scale", _data(rows))
-    data = _data(rows)
+        save_json(out, "lexical_scale", _data(rows, previous))
+    data = _data(rows, previous)
     _print(data)
     save_json(out, "lexical_scale", data)
     return data
 
 
-def _data(rows: list[dict]) -> dict:
+def _data(rows: list[dict], previous: dict | None = None) -> dict:
     import platform
 
     import tantivy
@@ -351,7 +358,7 @@ def _data(rows: list[dict]) -> dict:
                         "tantivy": getattr(tantivy, "__version__", "0.27"), "load_avg_at_end": os.getloadavg(),
                         "note": "shared 2-core machine (other sessions' work ran meanwhile): timings are upper bounds"},
             "chunker": f"word windows of {CHUNK_WORDS} words every {CHUNK_STEP}, title carried (not llama-index's)",
-            "rows": rows}
+            "rows": sorted({**(previous or {}), **{r["papers"]: r for r in rows}}.values(), key=lambda r: r["papers"])}
 
 
 def _print(data: dict) -> None:

@@ -76,7 +76,8 @@ class TantivyLexical:
     """One tantivy index in a folder: many readers (any process), one writer (a lock file tantivy holds).
 
     Readers see the commits made up to their last `reload()`; the writer is opened on the first add or
-    delete and released by `close()`."""
+    delete and released by `close()`. `create=True` makes an empty index when the folder holds none (a
+    folder without the marker file is a half-made index and is replaced) and opens an existing one."""
 
     def __init__(self, folder: Path, create: bool = False, writer_heap: int = WRITER_HEAP):
         self.folder = Path(folder)
@@ -131,6 +132,10 @@ class TantivyLexical:
             return searcher.num_docs
         except ValueError as exc:
             raise _damaged(self.folder, exc) from None
+
+    def clear(self) -> None:
+        """Delete every document (a rebuild); effective at the next `commit()`."""
+        self._w().delete_all_documents()
 
     def search(self, query: str, n: int, since: int | None = None, until: int | None = None,
                categories: Iterable[str] | None = None, authors: Iterable[str] | None = None,
@@ -223,3 +228,9 @@ class TantivyLexical:
             writer, self._writer = self._writer, None
             writer.rollback()
             writer.wait_merging_threads()  # consumes the writer: the lock is released here
+
+
+def check_index(folder: Path) -> int:
+    """For `rag doctor`: the number of live chunks in the lexical index in `folder`; IndexMissingError or
+    IndexCorruptError (each saying to run `rag ingest`) when it is missing or damaged."""
+    return TantivyLexical(folder).check()
