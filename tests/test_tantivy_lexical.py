@@ -201,3 +201,22 @@ def test_clear_and_check_index(lex, tmp_path):
     lex.reload()
     assert _ids(lex.search("alpha beta", 10)) == ["c:0"]
     assert check_index(tmp_path / "lexical") == 1
+
+
+def test_changed_paper_keeps_its_chunk_ids(lex):
+    """A changed paper's new chunks reuse its ids (paper_id:no): readers of the new generation hide the old
+    copies until their deletion is committed, and that deletion spares the new ones."""
+    lex.add("a:0", "a", "alpha stale", generation=1)
+    lex.add("b:0", "b", "alpha", generation=1)
+    lex.commit()
+    lex.add("a:0", "a", "alpha fresh", generation=2)  # ingest: new copy committed before publication
+    lex.commit()
+    lex.reload()
+    assert sorted(_ids(lex.search("alpha stale fresh", 10, visible_through=1))) == ["a:0", "b:0"]
+    hits = lex.search("fresh stale", 10, visible_through=2, exclude={"a:0"})  # published 2, delete pending
+    assert len(hits) == 1 and _ids(lex.search("stale", 10, visible_through=2, exclude={"a:0"})) == []
+    lex.delete(["a:0"], before=2)
+    lex.commit()
+    lex.reload()
+    assert _ids(lex.search("stale", 10)) == [] and _ids(lex.search("fresh", 10)) == ["a:0"]
+    assert lex.doc_count() == 2

@@ -21,8 +21,11 @@ Filters (year range, categories, authors) are Must clauses scored 0, so the rank
 restricts the candidates before the top k is taken (never a post-filter of a fixed top k).
 
 Generations: every document carries the integer generation that added it. A reader passes the generation it
-has published (`visible_through`) and the chunk ids deleted by that generation whose tantivy deletion may not
-be committed yet (`exclude`), so it sees one generation even while a writer has committed more.
+has published (`visible_through`) and the chunk ids that generation replaced or removed, whose older copies'
+tantivy deletion may not be committed yet (`exclude`: copies added before `visible_through` are hidden), so
+it sees one generation even while a writer has committed more. Chunk ids stay `paper_id:no` (Chroma's too):
+a changed paper's new chunks have the same ids as its old ones and are told apart by generation
+(`delete(ids, before=G)`).
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ class TantivyLexical:
                   for term in terms]
         text = should[0][1] if len(should) == 1 else t.Query.boolean_query(should)
         filters = self._filters(since, until, categories, authors, visible_through)
-        negative = [(t.Occur.MustNot, t.Query.term_set_query(self._schema, "chunk_id", list(exclude)))] if exclude else []
+        negative = [(t.Occur.MustNot, self._copies(exclude, visible_through))] if exclude else []
         if filters or negative:
             # scored 0: the filters decide which chunks compete, BM25 alone decides the order
             clauses = [(t.Occur.Must, t.Query.const_score_query(f, 0.0)) for f in filters]
@@ -159,6 +162,15 @@ class TantivyLexical:
         searcher = self._index.searcher()
         hits = searcher.search(text, n, count=False).hits
         return [(searcher.doc(address)["chunk_id"][0], float(score)) for score, address in hits]
+
+    def _copies(self, chunk_ids: Collection[str], before: int | None):
+        """The documents of these chunk ids (only those added by a generation < `before`, when given)."""
+        t = _tantivy()
+        ids = t.Query.term_set_query(self._schema, "chunk_id", list(chunk_ids))
+        if before is None:
+            return ids
+        older = t.Query.range_query(self._schema, "generation", t.FieldType.Integer, None, before - 1)
+        return t.Query.boolean_query([(t.Occur.Must, ids), (t.Occur.Must, older)])
 
     def _filters(self, since, until, categories, authors, visible_through) -> list:
         t = _tantivy()
@@ -200,10 +212,16 @@ class TantivyLexical:
             doc.add_text("author", author_key(a))
         self._w().add_document(doc)
 
-    def delete(self, chunk_ids: Iterable[str]) -> None:
-        """Delete chunks by id; effective at the next `commit()`."""
+    def delete(self, chunk_ids: Iterable[str], before: int | None = None) -> None:
+        """Delete chunks by id (only their copies added by a generation < `before`, when given: a changed
+        paper's old chunks, not its new ones); effective at the next `commit()`."""
         writer = self._w()
-        for cid in chunk_ids:
+        ids = list(chunk_ids)
+        if before is not None:
+            if ids:
+                writer.delete_documents_by_query(self._copies(ids, before))
+            return
+        for cid in ids:
             writer.delete_documents_by_term("chunk_id", cid)
 
     def delete_after(self, generation: int) -> None:
