@@ -62,10 +62,12 @@ def _synthetic_docs(n: int, seed: int = 7) -> list[str]:
 
 def test_top10_is_exhaustive_bm25(lex):
     """Block-max WAND returns the exact top 10 under tantivy's BM25 (quantized lengths), on 400 documents;
-    the scores match the numpy reference to float32 precision."""
+    the scores match the numpy reference to float32 precision; filtered, the top 10 is the reference's
+    among the documents that pass the filter."""
     docs = _synthetic_docs(400)
+    years = [2000 + i % 20 for i in range(len(docs))]
     for i, doc in enumerate(docs):
-        lex.add(f"d{i}", f"d{i}", doc)
+        lex.add(f"d{i}", f"d{i}", doc, year=years[i])
         if i == 200:
             lex.commit()  # two segments: statistics are summed over them
     lex.commit()
@@ -81,6 +83,8 @@ def test_top10_is_exhaustive_bm25(lex):
         assert tied == 1.0, (query, strict)
         for chunk_id, score in got:
             assert score == pytest.approx(float(scores[ids[chunk_id]]), rel=1e-5)
+        masked = np.where(np.array(years) >= 2017, scores, 0).astype(np.float32)  # 3 documents in 20
+        assert overlap(_ids(lex.search(query, 10, since=2017)), masked, ids)[1] == 1.0, query
 
 
 def test_reference_counts_term_frequencies():
