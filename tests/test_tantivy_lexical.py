@@ -224,3 +224,19 @@ def test_changed_paper_keeps_its_chunk_ids(lex):
     lex.reload()
     assert _ids(lex.search("stale", 10)) == [] and _ids(lex.search("fresh", 10)) == ["a:0"]
     assert lex.doc_count() == 2
+
+
+def test_create_replaces_only_a_half_made_index(tmp_path):
+    folder = tmp_path / "lexical"
+    index = TantivyLexical(folder, create=True, writer_heap=20_000_000)
+    index.add("a:0", "a", "alpha")
+    index.commit()
+    index.close()
+    (folder / "rag_lexical.json").unlink()  # as if the process died before writing its marker
+    assert TantivyLexical(folder, create=True).doc_count() == 0
+    other = tmp_path / "papers"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(IndexCorruptError, match="not a lexical index"):
+        TantivyLexical(other, create=True)
+    assert (other / "notes.txt").is_file()

@@ -89,7 +89,10 @@ class TantivyLexical:
         t = _tantivy()
         marker = self.folder / MARKER
         if create and not marker.is_file():
-            if self.folder.exists():
+            if self.folder.exists() and any(self.folder.iterdir()):
+                if not (self.folder / ".managed.json").is_file():  # not tantivy's: never delete someone's folder
+                    raise IndexCorruptError(f"{self.folder} holds files that are not a lexical index: move them "
+                                            "away or choose another folder")
                 shutil.rmtree(self.folder)  # a half-made index (no marker): nothing in it was published
             self.folder.mkdir(parents=True)
             self._index = t.Index(_schema(), path=str(self.folder), reuse=False)
