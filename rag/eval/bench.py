@@ -1,6 +1,7 @@
 """Benchmarks: ingest throughput, warm latency, embedding speed, and scaling of the store and BM25.
 
-    rag bench [--parts ingest,latency,evidence,embedding,ui,scale,reingest,scale-ingest] [--sizes 1000,10000,100000]
+    rag bench [--parts ingest,latency,evidence,embedding,ui,scale,reingest,scale-ingest,lexical-scale]
+              [--sizes 1000,10000,100000]
               [--reingest-n 100000] [--workdir DIR] [--no-server] [--report] [--out DIR]
 
 Each part prints a table and writes DIR/<part>.json; a PNG plot goes with the scale part.
@@ -730,7 +731,7 @@ def report_scale_ingest(out: Path) -> dict:
     return data
 
 
-PARTS = ("ingest", "latency", "embedding", "evidence", "ui", "reingest", "scale-ingest", "scale", "cli")
+PARTS = ("ingest", "latency", "embedding", "evidence", "ui", "reingest", "scale-ingest", "scale", "cli", "lexical-scale")
 
 
 def main(argv=None) -> int:
@@ -740,6 +741,7 @@ def main(argv=None) -> int:
     p.add_argument("--reingest-n", type=int, default=100000, help="papers for the reingest part")
     p.add_argument("--workdir", type=Path, help="scale-ingest: keep each size's JSONL and index here and reuse them")
     p.add_argument("--no-server", action="store_true", help="scale-ingest: skip the Chroma server queries")
+    p.add_argument("--no-fts5", action="store_true", help="lexical-scale: skip the FTS5 comparison")
     p.add_argument("--report", action="store_true", help="scale-ingest: print and refit the saved results, measure nothing")
     p.add_argument("--backend", default="auto", help="embedding backend for the ingest part (auto = torch, bf16 where native)")
     p.add_argument("--out", type=Path, default=Path("eval/bench"))
@@ -770,6 +772,11 @@ def main(argv=None) -> int:
         bench_scale(args.out, [int(s) for s in args.sizes.split(",")])
     if "cli" in parts:
         bench_cli(args.out)
+    if "lexical-scale" in parts:
+        from rag.eval.bench_lexical import bench_lexical_scale
+
+        bench_lexical_scale(args.out, [int(s) for s in args.sizes.split(",")], fts5=not args.no_fts5,
+                            workdir=args.workdir)
     return 0
 
 
