@@ -165,3 +165,130 @@ def test_a_search_leaves_the_store_verified_so_the_next_process_skips_the_probe(
 
     monkeypatch.setattr(subprocess, "run", no_probe)
     assert probe_embedded(data_dir, "papers") is None
+
+
+# ------------------------------------------------------------------------------ the damage matrix
+
+GENERATED = 1050  # one-chunk papers: above Chroma's sync threshold (1,000), so its native files are authoritative
+QUERIES = 8
+
+
+def _generated_corpus(path):
+    import random
+
+    rng = random.Random(26)
+    words = [f"{a}{b}" for a in ("neur", "diffus", "token", "graph", "spars", "robust", "causal", "vision")
+             for b in ("al", "ion", "er", "ity", "ing", "ed", "ous", "ic")]
+    with open(path, "w") as fh:
+        for i in range(GENERATED):
+            title = " ".join(rng.choice(words) for _ in range(5)).title() + f" {i}"
+            abstract = " ".join(rng.choice(words) for _ in range(30)) + "."
+            fh.write(json.dumps({"title": title, "abstract": abstract}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A hash-embedded index of GENERATED papers, its corpus, and the results of a few searches on it."""
+    from rag.settings import load_settings
+
+    root = tmp_path_factory.mktemp("matrix")
+    corpus = _generated_corpus(root / "corpus.jsonl")
+    settings = load_settings(data_dir=root / "index", corpus=str(corpus), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    titles = [json.loads(line)["title"] for line in corpus.read_text().splitlines()]
+    queries = titles[:: len(titles) // QUERIES][:QUERIES]
+    baseline = _search(settings, queries)
+    assert not isinstance(baseline, str), baseline
+    return root / "index", corpus, queries, baseline
+
+
+def _search(settings, queries):
+    """Top-10 paper ids per query (dense, with paper-vector feedback, and hybrid), or the error's message."""
+    from rag.errors import RagError
+    from rag.retrieve.hybrid import Retriever
+
+    try:
+        retriever = Retriever.from_settings(settings, embedder=HashEmbedder(), check_stale=False)
+    except RagError as exc:
+        return str(exc)
+    try:
+        return [[h.paper_id for h in retriever.search(q, 10, mode=mode)] for q in queries for mode in ("dense", "hybrid")]
+    except RagError as exc:
+        return str(exc)
+    finally:
+        retriever.index.close()
+
+
+def _damage(path, how):
+    import random
+
+    if how == "delete":
+        path.unlink()
+    elif how == "truncate":  # as a partial copy leaves it
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size // 2)
+    else:  # garbage in one page (4 KiB, past the first) or, in a small file, its second half
+        size = path.stat().st_size
+        start, length = ((size // 2) // 4096 * 4096, 4096) if size >= 3 * 4096 else (size // 2, size - size // 2)
+        with open(path, "r+b") as fh:
+            fh.seek(start)
+            fh.write(random.Random(7).randbytes(length))
+
+
+MATRIX = [  # (file, damage): every one is refused with the fix or served correctly, and healed by `rag ingest`
+    *((f, d) for f in ("index.sqlite", "chroma/chroma.sqlite3", "chunks/data_level0.bin", "embed_cache.sqlite")
+      for d in ("truncate", "garble", "delete")),
+    *((f, d) for f in ("papers/data_level0.bin", "chunks/header.bin", "chunks/link_lists.bin", "chunks/length.bin",
+                       "chunks/index_metadata.pickle") for d in ("truncate", "garble", "delete")),
+    ("index.seal", "garble"), ("index.seal", "delete"),
+]
+
+
+def _file(data_dir, name):
+    """`chunks/<file>` and `papers/<file>`: a native file of the chunk or paper vectors' segment (Chroma keeps
+    one folder per vector segment, named by its id in chroma.sqlite3)."""
+    import sqlite3
+
+    if not name.startswith(("chunks/", "papers/")):
+        return data_dir / name
+    kind, fname = name.split("/")
+    db = sqlite3.connect(data_dir / "chroma" / "chroma.sqlite3")
+    try:
+        collection = "papers" + ("-papers" if kind == "papers" else "")
+        (segment,) = db.execute("SELECT s.id FROM segments s JOIN collections c ON c.id = s.collection "
+                                "WHERE c.name = ? AND s.scope = 'VECTOR'", (collection,)).fetchone()
+    finally:
+        db.close()
+    return data_dir / "chroma" / segment / fname
+
+
+@pytest.mark.parametrize("name,how", MATRIX, ids=[f"{n}-{d}" for n, d in MATRIX])
+def test_damage_matrix(generated, tmp_path, name, how):
+    """Each index file truncated, garbled or deleted: the damage is refused with the fix or the results are the
+    published ones (never different results); `rag doctor` agrees; one `rag ingest` heals it."""
+    from rag.apps.doctor import run_checks
+    from rag.settings import load_settings
+
+    built, corpus, queries, baseline = generated
+    data_dir = tmp_path / "index"
+    shutil.copytree(built, data_dir)
+    settings = load_settings(data_dir=data_dir, corpus=str(corpus), embed_backend="hash")
+    path = _file(data_dir, name)
+    assert path.is_file(), path
+    _damage(path, how)
+
+    got = _search(settings, queries)
+    if isinstance(got, str):
+        assert "rag ingest" in got, got
+    else:
+        assert got == baseline, "served different results"
+    doctor = run_checks(settings)
+    if isinstance(got, str):
+        assert not all(c.ok for c in doctor), "refused, yet rag doctor passed"
+
+    report = ingest(settings, embedder=HashEmbedder(), progress=False)
+    assert report.papers == GENERATED
+    bad = [c for c in run_checks(settings) if not c.ok]
+    assert not bad, bad
+    assert _search(settings, queries) == baseline

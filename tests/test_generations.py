@@ -96,3 +96,119 @@ def test_reingest_while_four_clients_query_the_ui(tmp_path, corpus_papers):
     new_hits = [reply for started, _, q, reply in after if q.startswith("zymurgical") and
                 any(t.startswith("Zymurgical Transformer") for t in reply["citations"] + reply["possibly_related"])]
     assert new_hits, "papers added by the ingest are found without a restart"
+
+
+# ------------------------------------------------------------------------------ copy-on-write updates
+
+class _FailingEmbedder(HashEmbedder):
+    """The hash embedder, failing when asked to embed (as a full disk or a dead embedding server fails)."""
+
+    def embed(self, texts):
+        raise OSError(28, "No space left on device")
+
+
+def _searches(settings, queries, store=None):
+    from rag.retrieve.hybrid import Retriever
+
+    retriever = Retriever.from_settings(settings, embedder=HashEmbedder(), store=store, check_stale=False)
+    try:
+        return [[h.paper_id for h in retriever.search(q, 8, mode=m)] for q in queries for m in ("dense", "hybrid")]
+    finally:
+        if store is None:
+            retriever.index.close()
+
+
+def test_a_failed_update_leaves_the_published_index_serving_and_the_next_ingest_finishes_it(tmp_path, small_papers):
+    """An update (5 papers removed, 5 changed, 5 added) fails while embedding: a reader opened before and a
+    reader opened after it both get the published generation's results (nothing was deleted or overwritten),
+    `rag doctor` finds the store sound; the next ingest resumes and leaves no stale vector behind."""
+    from dataclasses import replace
+
+    from rag.apps.doctor import run_checks
+    from rag.index.chroma_store import ChromaStore
+    from rag.index.reader import Index
+
+    corpus = tmp_path / "corpus.jsonl"
+    base = small_papers[:15]
+    _write(corpus, base)
+    settings = load_settings(data_dir=tmp_path / "index", corpus=str(corpus), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    queries = [p.title for p in small_papers[:15:2]]
+    before = _searches(settings, queries)
+    running = Index.open(settings, check_stale=False)
+
+    changed = [replace(p, abstract=p.abstract + " We also release a zymurgical benchmark.") for p in base[5:10]]
+    after = base[:5] + changed + list(small_papers[15:20])
+    _write(corpus, after)
+    from rag.errors import RagError
+
+    with pytest.raises(RagError, match=r"no space left .* needs about [\d,]+ MB more.*run `rag ingest` again"):
+        ingest(settings, embedder=_FailingEmbedder(), progress=False)
+
+    assert _searches(settings, queries) == before  # a new reader: the published generation, whole
+    from rag.retrieve.hybrid import Retriever
+
+    old = Retriever(settings, running, HashEmbedder())
+    assert [[h.paper_id for h in old.search(q, 8, mode=m)] for q in queries for m in ("dense", "hybrid")] == before
+    checks = {c.name: c for c in run_checks(settings)}
+    assert checks["vector store"].ok and checks["parts agree"].ok, checks
+    running.close()
+
+    report = ingest(settings, embedder=HashEmbedder(), progress=False)
+    assert (report.removed, report.changed, report.added) == (5, 5, 5)
+    assert all(c.ok for c in run_checks(settings)), run_checks(settings)
+    store = ChromaStore(settings.data_dir, None, settings.collection)
+    try:
+        assert store.paper_ids() == {p.paper_id for p in after}
+        assert store.count() == report.chunks and store.count_paper_vectors() == len(after)
+    finally:
+        store.close()
+    index = Index.open(settings)
+    try:
+        assert "zymurgical" in index.paper(changed[0].paper_id).abstract
+        assert base[10].paper_id not in index
+    finally:
+        index.close()
+
+
+def test_readers_opening_during_publications_are_never_told_the_index_is_inconsistent(tmp_path, small_papers):
+    """Readers open the index again and again while real `rag ingest` processes publish three updates: each
+    open sees one generation (metadata and counts read together, once more across a publication), never an
+    "inconsistent" index."""
+    from rag.errors import RagError
+    from rag.index.chroma_store import ChromaStore
+    from rag.index.reader import Index
+
+    corpus = tmp_path / "corpus.jsonl"
+    _write(corpus, small_papers[:12])
+    settings = load_settings(data_dir=tmp_path / "index", corpus=str(corpus), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    store = ChromaStore(settings.data_dir, None, settings.collection)
+    errors, opened = [], []
+    stop = threading.Event()
+
+    def open_loop():
+        while not stop.is_set():
+            try:
+                index = Index.open(settings, store=store, check_stale=False)
+                opened.append(index.generation)
+                index._catalog.close()
+            except RagError as exc:
+                errors.append(str(exc))
+
+    thread = threading.Thread(target=open_loop, daemon=True)
+    thread.start()
+    env = {"RAG_DATA_DIR": str(settings.data_dir), "RAG_CORPUS": str(corpus), "RAG_EMBED_BACKEND": "hash",
+           "PATH": str(VENV_BIN), "HOME": str(tmp_path)}
+    try:
+        for papers in (small_papers[:20], small_papers[4:16], small_papers[:20]):
+            _write(corpus, papers)
+            proc = subprocess.run([str(VENV_BIN / "rag"), "ingest", "--json"], capture_output=True, text=True,
+                                  env=env, timeout=600)
+            assert proc.returncode == 0, proc.stderr
+    finally:
+        stop.set()
+        thread.join(60)
+        store.close()
+    assert len(set(opened)) >= 2 and len(opened) > 20, (len(opened), set(opened))
+    assert not errors, errors[:3]
