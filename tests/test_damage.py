@@ -148,6 +148,20 @@ def test_doctor_json_lists_each_check(index):
     assert not out["ok"] and any(c["name"] == "ingest" and "resumes" in c["repair"] for c in out["checks"])
 
 
+@pytest.mark.parametrize("state", [{"params": {"embedding_model": "another"}, "stored": {}}, "not json"])
+def test_ingest_repairs_what_doctor_reports_when_the_corpus_is_unchanged(index, state):
+    """A stale or unreadable resume state: `rag doctor` reports it, and the `rag ingest` it recommends clears it
+    (the "corpus unchanged" shortcut no longer skips repairs), after which doctor passes."""
+    data_dir, env = index
+    (data_dir / "ingest.json").write_text(state if isinstance(state, str) else json.dumps(state))
+    assert run_cli("doctor", env=env).returncode == 1
+    r = run_cli("ingest", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert any("ingest state" in x for x in json.loads(r.stdout)["repaired"])
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout
+
+
 def test_a_search_leaves_the_store_verified_so_the_next_process_skips_the_probe(index, monkeypatch):
     """Chroma rewrites the paper vectors' native files when a reader first queries them (fewer than its sync
     threshold): the search must record them as verified again, or every later command pays the probe's
@@ -279,6 +293,7 @@ def test_damage_matrix(generated, tmp_path, name, how):
     _damage(path, how)
 
     got = _search(settings, queries)
+    print(f"MATRIX {name} {how}: " + (f"refused: {got}" if isinstance(got, str) else "served, same results"))
     if isinstance(got, str):
         assert "rag ingest" in got, got
     else:
@@ -288,6 +303,7 @@ def test_damage_matrix(generated, tmp_path, name, how):
         assert not all(c.ok for c in doctor), "refused, yet rag doctor passed"
 
     report = ingest(settings, embedder=HashEmbedder(), progress=False)
+    print(f"MATRIX-HEAL {name} {how}: {report.reason}; {report.repaired}")
     assert report.papers == GENERATED
     bad = [c for c in run_checks(settings) if not c.ok]
     assert not bad, bad

@@ -328,7 +328,7 @@ def _ingest_locked(settings, data_dir: Path, report: IngestReport, started: floa
 
                     if done:
                         remember_counts(data_dir, report.chunks, report.papers)
-                        seal(data_dir, queries, embedded=True)
+                        seal(data_dir, queries, embedded=True, generation=report.generation)
             if done:
                 for path in set_aside_old:  # the rebuild succeeded: the files it replaced go
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

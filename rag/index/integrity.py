@@ -23,6 +23,8 @@ import sys
 import zlib
 from pathlib import Path
 
+from rag.errors import RagError
+
 log = logging.getLogger(__name__)
 
 SEAL = "index.seal"
@@ -114,13 +116,14 @@ def canaries(store, chunk_ids: list[str], paper_ids: list[str]) -> dict:
     return out
 
 
-def seal(data_dir: Path, canary_queries: dict | None, embedded: bool) -> None:
-    """Record the published files (sizes, mtimes, CRC-32) and the canaries; after the store is closed."""
+def seal(data_dir: Path, canary_queries: dict | None, embedded: bool, generation: str | None = None) -> None:
+    """Record the published files (sizes, mtimes, CRC-32) and the canaries of `generation`; after the store
+    is closed."""
     data_dir = Path(data_dir)
     files = {name: _record(p) for name, p in _store_files(data_dir).items()} if embedded else {}
     catalog = data_dir / CATALOG_FILE
     _write_seal(data_dir, {"files": files, "catalog": _record(catalog) if catalog.is_file() else None,
-                           "canaries": canary_queries or {}})
+                           "canaries": canary_queries or {}, "generation": generation})
 
 
 def remember_store_files(data_dir: Path) -> None:
@@ -240,21 +243,35 @@ def store_unchanged(data_dir: Path) -> bool:
         _stat(files[n]) == [r["size"], r["mtime"]] for n, r in recorded.items())
 
 
-def published_filter(catalog):
-    """ids -> those in the published generation of `catalog` (a rag.index.catalog.Catalog), for comparing
-    canaries while an update has written vectors it has not published; None without a readable catalog."""
-    if catalog is None:
-        return None
+class Published:
+    """The published generation of a catalog, as the store check needs it: its id, and `published(ids)`, the
+    subset of `ids` that are its chunk or paper ids (vectors an update wrote before publishing it, or left
+    for deletion after it, are left out before canaries are compared)."""
 
-    def published(ids):
-        from rag.errors import IndexCorruptError
-
+    def __init__(self, catalog):
+        self._catalog = catalog
         try:
-            return catalog.published_ids(ids)
-        except IndexCorruptError:
+            self.generation = catalog.generation()
+        except RagError:
+            self.generation = None
+
+    def unchanged(self) -> bool:
+        """No other generation was published since this one was read."""
+        try:
+            return self._catalog.generation() == self.generation
+        except RagError:
+            return False
+
+    def __call__(self, ids) -> set[str]:
+        try:
+            return self._catalog.published_ids(ids)
+        except RagError:
             return set(ids)
 
-    return published
+
+def published_filter(catalog) -> Published | None:
+    """See Published; None without a readable catalog."""
+    return None if catalog is None else Published(catalog)
 
 
 def check_store(data_dir: Path, collection: str, thorough: bool = False, published=None,
@@ -286,10 +303,15 @@ def check_store(data_dir: Path, collection: str, thorough: bool = False, publish
         return problem
     if got.get("sqlite") != "ok":
         return f"the vector store's database is damaged ({got.get('sqlite')})"
-    if queries:
+    # The canaries describe the generation that was sealed: after another one is published (and before its
+    # ingest seals it, or if that ingest was killed), only the probe's own checks apply.
+    sealed = current.get("generation") if current else None
+    if queries and (published is None or published.generation in (None, sealed)):
         problem = _canaries_match(queries, got, published or (lambda ids: ids))
-        if problem:
+        if problem and (published is None or published.unchanged()):
             return f"the vector store is damaged: {problem}"
+        if problem:  # a generation was published while the probe ran: its results are of the new one
+            return None
     if record and current is not None:
         current["files"] = {n: _record(p) for n, p in files.items()}
         _write_seal(data_dir, current)
