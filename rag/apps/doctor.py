@@ -67,20 +67,20 @@ def run_checks(settings) -> list[Check]:
     store = None
     store_dir, scratch = data_dir, None
     if settings.chroma_url is None and (data_dir / "chroma").exists() and read_only_fs(data_dir):
-        from rag.index.reader import _private_copy
+        from rag.index.reader import private_store_copy
 
         try:  # Chroma's embedded client writes to its files even to read them: check a copy
-            scratch = store_dir = _private_copy(data_dir)
+            scratch = store_dir = private_store_copy(data_dir)
         except RagError as exc:
             checks.append(Check("vector store", False, f"not checked: {exc}", "free space in the temp dir"))
     if settings.chroma_url is None and (not checks or checks[-1].name != "vector store"):
         problem = probe_embedded(store_dir, settings.collection, thorough=True, published=published_filter(catalog)) \
             if (data_dir / "chroma").exists() else "missing"
         if problem and disk_full(problem) and scratch is None:  # not damage: check a copy where there is space
-            from rag.index.reader import _private_copy
+            from rag.index.reader import private_store_copy
 
             try:
-                scratch = store_dir = _private_copy(data_dir)
+                scratch = store_dir = private_store_copy(data_dir)
                 problem = probe_embedded(store_dir, settings.collection, thorough=True,
                                          published=published_filter(catalog))
             except RagError as exc:

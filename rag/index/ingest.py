@@ -279,7 +279,7 @@ def _ingest_locked(settings, data_dir: Path, report: IngestReport, started: floa
         set_aside_old = _set_aside_derived(data_dir, embedded) if rebuild else []
         if not rebuild:
             _check_damage(settings, data_dir, report, embedded)
-        cache_problem = _check_cache(settings, report)
+        _check_cache(settings, report)
         catalog = _open_catalog(data_dir, report)
         own_store = store is None
         recorded = None
@@ -297,7 +297,9 @@ def _ingest_locked(settings, data_dir: Path, report: IngestReport, started: floa
                 recorded = None
             plan = plan_ingest(settings, catalog, store, corpus_paths, strict=strict, rebuild=rebuild,
                                model_name=embedder.name if embedder is not None else embedder_name(settings),
-                               repaired=bool(report.repaired) and not cache_problem, recorded=recorded)
+                               # a cache set aside needs no rewrite of the index; a part set aside does
+                               repaired=any(not r.startswith("embedding cache") for r in report.repaired),
+                               recorded=recorded)
             if plan.up_to_date:
                 _report_unchanged(report, plan)
                 if (data_dir / STATE).exists():  # unusable (another model, a generation since): nothing to resume
@@ -388,17 +390,14 @@ def _set_aside_catalog(data_dir: Path, why: str) -> None:
         Path(str(path) + extra).unlink(missing_ok=True)
 
 
-def _check_cache(settings, report: IngestReport) -> bool:
-    """A damaged embedding cache is set aside now, even when nothing else is to be done. True if it was."""
+def _check_cache(settings, report: IngestReport) -> None:
+    """A damaged embedding cache is set aside now, even when nothing else is to be done."""
     path = settings.embed_cache_file()
-    if not path.exists():
-        return False
-    before = len(report.repaired)
-    open_embedding_cache(path, report.repaired).close()
-    if len(report.repaired) > before:
-        return True
-    remember_cache_verified(path)
-    return False
+    if path.exists():
+        before = len(report.repaired)
+        open_embedding_cache(path, report.repaired).close()
+        if len(report.repaired) == before:
+            remember_cache_verified(path)
 
 
 @dataclass

@@ -155,7 +155,7 @@ db = sqlite3.connect(f"file:{path}/chroma.sqlite3?mode=ro", uri=True)
 ok = db.execute("PRAGMA quick_check").fetchall()
 db.close()
 if [r[0] for r in ok] != ["ok"]:
-    print(json.dumps({"sqlite": "; ".join(r[0] for r in ok)[:200]}))
+    print(json.dumps({"sqlite": " ".join("; ".join(r[0] for r in ok).split())[:200]}))
     sys.exit(0)
 import base64
 import numpy as np
@@ -340,5 +340,5 @@ def check_catalog(data_dir: Path, thorough: bool = False) -> str | None:
     except sqlite3.DatabaseError as exc:
         return f"the catalog is damaged ({exc})"
     if rows != ["ok"]:
-        return f"the catalog is damaged ({'; '.join(rows)[:160]})"
+        return f"the catalog is damaged ({' '.join('; '.join(rows).split())[:160]})"
     return None

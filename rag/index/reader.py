@@ -91,6 +91,7 @@ def update_pending(data_dir: Path) -> bool:
 
 def check_parts(catalog: Catalog, store, meta: dict | None, data_dir: Path) -> list[str]:
     """What disagrees between the published counts, the catalog and the vector store ([] when all agree).
+    (`meta` is not used: the counts are compared with the metadata read together with them.)
 
     The catalog's metadata and counts are read in one transaction (one generation, even while an ingest
     publishes); the store may hold more vectors than published while an update is pending (copy-on-write)."""
@@ -108,11 +109,11 @@ def check_parts(catalog: Catalog, store, meta: dict | None, data_dir: Path) -> l
             "lexical documents": counts.get("chunks"), "chunk vectors": counts.get("chunks"),
             "paper vectors": counts.get("papers")}
     at_least = {"chunk vectors", "paper vectors"} if pending else set()
-    return [f"{name}: {found[name]:,} of {want[name]:,}" for name in found
+    return [f"{name}: {found[name]:,} of {'?' if want[name] is None else format(want[name], ',')}" for name in found
             if want[name] is None or (found[name] < want[name] if name in at_least else found[name] != want[name])]
 
 
-def _private_copy(data_dir: Path) -> Path:
+def private_store_copy(data_dir: Path) -> Path:
     """A copy of a read-only data dir's embedded store (and its seal) in a private temp dir: Chroma's embedded
     client writes to its files even to read them. Removed when the index is closed."""
     import tempfile
@@ -171,11 +172,11 @@ class Index:
                     raise IndexCorruptError(f"the vector store {data_dir / 'chroma'} is missing: run `rag ingest` to "
                                             "rebuild it (cached vectors are reused)")
                 if read_only_fs(data_dir):
-                    scratch = store_dir = _private_copy(data_dir)
+                    scratch = store_dir = private_store_copy(data_dir)
                 problem = probe_embedded(store_dir, settings.collection, published=published_filter(catalog))
                 if problem and disk_full(problem) and scratch is None:
                     # Chroma's embedded client writes even to read: on a full disk, serve from a copy elsewhere
-                    scratch = store_dir = _private_copy(data_dir)
+                    scratch = store_dir = private_store_copy(data_dir)
                     problem = probe_embedded(store_dir, settings.collection, published=published_filter(catalog))
                 if problem and disk_full(problem):
                     raise ConfigError(f"no space left on the device holding {data_dir} ({problem}): free some space "
