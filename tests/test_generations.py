@@ -9,6 +9,7 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import VENV_BIN, free_port
@@ -220,3 +221,48 @@ def test_readers_opening_during_publications_are_never_told_the_index_is_inconsi
     errors = [r["error"] for r in results if "error" in r]
     assert len(set(opened)) >= 2 and len(opened) > 10, (len(opened), set(opened))
     assert not errors, (len(errors), len(opened), errors[:3])
+
+
+def test_an_update_killed_with_sigkill_leaves_the_published_index_serving(tmp_path):
+    """`kill -9` of a real `rag ingest` after it stored its first batch of a large update (papers added and
+    changed): a new reader opens the index without complaint and gets the published results; the next ingest
+    resumes and publishes."""
+    import random
+    import signal
+    import sys
+
+    from rag.apps.doctor import run_checks
+
+    rng = random.Random(3)
+    words = [f"{a}{b}" for a in ("neur", "token", "graph", "spars", "causal") for b in ("al", "ion", "ity", "ous")]
+    papers = [{"title": " ".join(rng.choice(words) for _ in range(5)).title() + f" {i}",
+               "abstract": " ".join(rng.choice(words) for _ in range(30)) + "."} for i in range(900)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in papers[:200]))
+    settings = load_settings(data_dir=tmp_path / "index", corpus=str(corpus), embed_backend="hash")
+    ingest(settings, embedder=HashEmbedder(), progress=False)
+    queries = [p["title"] for p in papers[:200:25]]
+    before = _searches(settings, queries)
+
+    changed = [dict(p, abstract=p["abstract"] + " A zymurgical twist.") for p in papers[:20]]
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in changed + papers[20:]))
+    env = os.environ | {"RAG_DATA_DIR": str(settings.data_dir), "RAG_CORPUS": str(corpus), "RAG_EMBED_BACKEND": "hash",
+                        "HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "rag.apps.cli", "ingest"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = Path(settings.data_dir) / "ingest.json"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if state.is_file() and len(state.read_bytes().splitlines()) >= 2:  # a batch stored, nothing published
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "the ingest finished before a batch was seen: nothing tested"
+
+    assert _searches(settings, queries) == before  # a new reader: the published generation, whole
+    checks = {c.name: c for c in run_checks(settings)}
+    assert checks["vector store"].ok and checks["parts agree"].ok, checks
+    report = ingest(settings, embedder=HashEmbedder(), progress=False)
+    assert report.papers == 900 and report.changed == 20
+    assert all(c.ok for c in run_checks(settings)), run_checks(settings)
