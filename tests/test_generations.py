@@ -73,7 +73,7 @@ def test_reingest_while_four_clients_query_the_ui(tmp_path, corpus_papers):
         _write(corpus, kept + added)  # the changed corpus: 40 removed, 10 added
         ingest_started = time.monotonic()
         env = {"RAG_DATA_DIR": str(settings.data_dir), "RAG_CORPUS": str(corpus), "RAG_EMBED_BACKEND": "hash",
-               "PATH": str(VENV_BIN)}
+               "PATH": str(VENV_BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # a worktree under test
         proc = subprocess.run([str(VENV_BIN / "rag"), "ingest", "--json"], capture_output=True, text=True,
                               env=env | {"HOME": str(tmp_path)}, timeout=600)
         published = time.monotonic()
