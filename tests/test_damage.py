@@ -319,3 +319,20 @@ def test_damage_matrix(generated, tmp_path, name, how):
     bad = [c for c in run_checks(settings) if not c.ok]
     assert not bad, bad
     assert _search(settings, queries) == baseline
+
+
+def test_rebuild_succeeds_from_garbage_in_a_page_of_each_sqlite_file(index):
+    """Garbage in one page in use of the catalog, of Chroma's database and of the embedding cache:
+    `rag ingest --rebuild` sets every derived file aside and rebuilds (it failed with "unexpected
+    DatabaseError"); doctor passes and search works."""
+    data_dir, env = index
+    for name in ("index.sqlite", "chroma/chroma.sqlite3", "embed_cache.sqlite"):
+        _damage(data_dir / name, "garble")
+    r = run_cli("ingest", "--rebuild", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["papers"] == 701
+    assert run_cli("doctor", env=env).returncode == 0
+    r = run_cli("search", "Erasing Concepts from Diffusion Models", "--json", "--top-k", "3", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["title"] == "Erasing Concepts from Diffusion Models"
+    assert not list(data_dir.glob("*.old-*")), "the files set aside by --rebuild are deleted once it is published"
