@@ -8,8 +8,13 @@ An ingest is incremental, resumable and published atomically:
 - paper records, term statistics and the lexical index change inside one transaction of the catalog
   (rag.index.catalog) that commits together with a new generation id: readers see the old index until then,
   the new one after, never a mix;
-- damaged or missing parts (catalog, Chroma store, embedding cache) are detected and rebuilt, the damaged
-  file set aside with a warning.
+- copy-on-write: nothing published is deleted or overwritten before that commit (chunk ids name the paper's
+  content hash, so a changed paper's new vectors go beside the old ones); the vectors it leaves unused are
+  deleted after it (_AfterPublication), so a killed, failed or disk-full update leaves the published index
+  serving;
+- damaged or missing parts (catalog, Chroma store, embedding cache: the checks `rag doctor` makes, see
+  rag.index.integrity) are detected and rebuilt, the damaged file set aside with a warning; a finished
+  ingest seals what it published.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 An index in `DATA_DIR` is the catalog (`index.sqlite`: paper records, term statistics, the lexical
 FTS5 index and the published generation's metadata, rag.index.catalog) and the Chroma collections (chunk
 vectors and paper vectors; embedded under `chroma/`, or on a server). `rag.index.ingest` writes it;
-`Index.open` reads it, checks that its parts agree, and `Index.refresh()` (called per request) switches
-to a newly published generation. Everything else (retriever, answerer, UI, eval, MCP) goes through
+`Index.open` reads it, checks its files against the seal of the last publication (rag.index.integrity) and
+that its parts agree, and `Index.refresh()` (called per request) switches to a newly published generation.
+Searches keep to the published generation's chunk and paper ids (an update writes its vectors beside them
+before it publishes). Everything else (retriever, answerer, UI, eval, MCP) goes through
 `Index` methods.
 """
 
