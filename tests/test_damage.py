@@ -336,3 +336,40 @@ def test_rebuild_succeeds_from_garbage_in_a_page_of_each_sqlite_file(index):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["title"] == "Erasing Concepts from Diffusion Models"
     assert not list(data_dir.glob("*.old-*")), "the files set aside by --rebuild are deleted once it is published"
+
+
+def test_a_damaged_store_during_an_interrupted_update_is_rebuilt_whole(index, tmp_path):
+    """An update interrupted after its first batch, then the store's native files damaged: `rag ingest` sets the
+    store aside and rebuilds it from cached vectors; the resume log, which described the old store, is not
+    trusted (the index would otherwise lack the published papers' vectors)."""
+    from rag.settings import load_settings
+
+    class FailsSecondTime(HashEmbedder):
+        calls = 0
+
+        def embed(self, texts):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt("simulated Ctrl-C after the first batch")
+            return super().embed(texts)
+
+    data_dir, env = index
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps({"title": f"Zymurgical Transformer {i}", "abstract": f"We brew model {i} "
+                                        "with yeast schedules; the attention anneals like a fermenting culture."})
+                            + "\n" for i in range(300)))
+    settings = load_settings(data_dir=data_dir, embed_backend="hash")
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings, [CORPUS, more], embedder=FailsSecondTime(), progress=False)
+    assert (data_dir / "ingest.json").is_file()
+    for path in (data_dir / "chroma").glob("*/header.bin"):
+        path.write_bytes(b"\xff" * 100)
+    report = ingest(settings, [CORPUS, more], embedder=HashEmbedder(), progress=False)
+    assert report.papers == 701 + 300 and any("vector store" in x for x in report.repaired)
+    env = {k: v for k, v in env.items() if k != "RAG_CORPUS"}  # the corpus it was built from
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout
+    r = run_cli("search", "zymurgical transformer yeast", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert hits[0]["title"].startswith("Zymurgical Transformer")

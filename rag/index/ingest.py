@@ -320,9 +320,11 @@ def _ingest_locked(settings, data_dir: Path, report: IngestReport, started: floa
 
                 ensure_exported(settings)
             if own_store and settings.chroma_url is None:
-                from rag.index.integrity import canaries
+                from rag.index.integrity import canaries, read_seal
 
-                queries = canaries(store, catalog.all_chunk_ids(), catalog.all_paper_ids())
+                sealed = read_seal(data_dir) or {}
+                if not plan.up_to_date or sealed.get("generation") != report.generation or not sealed.get("canaries"):
+                    queries = canaries(store, catalog.all_chunk_ids(), catalog.all_paper_ids())
             done = True
             return report
         finally:
@@ -335,7 +337,8 @@ def _ingest_locked(settings, data_dir: Path, report: IngestReport, started: floa
 
                     if done:
                         remember_counts(data_dir, report.chunks, report.papers)
-                        seal(data_dir, queries, embedded=True, generation=report.generation)
+                        seal(data_dir, queries, embedded=True, generation=report.generation,
+                             collection=settings.collection)
             if done:
                 for path in set_aside_old:  # the rebuild succeeded: the files it replaced go
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -385,6 +388,8 @@ def _check_damage(settings, data_dir: Path, report: IngestReport, embedded: bool
             set_aside(data_dir / "chroma", problem)
             forget_system(data_dir / "chroma")  # a client of this process may have opened it
             drop_seal(data_dir)
+            for name in (STATE, GARBAGE):  # they describe the store that was set aside
+                (data_dir / name).unlink(missing_ok=True)
             report.repaired.append(f"vector store ({problem}: rebuilt from cached vectors)")
 
 
