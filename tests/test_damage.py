@@ -56,7 +56,8 @@ def repaired_search_works(env) -> None:
     r = run_cli("search", "Erasing Concepts from Diffusion Models", "--json", "--top-k", "3", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["title"] == "Erasing Concepts from Diffusion Models"
-    assert run_cli("doctor", env=env).returncode == 0
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout
 
 
 def test_an_emptied_vector_store_is_refused_then_repaired(index):
@@ -134,7 +135,8 @@ def test_rebuild_succeeds_from_damage_to_every_derived_file(index):
     r = run_cli("ingest", "--rebuild", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["papers"] == 701
-    assert run_cli("doctor", env=env).returncode == 0
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout
 
 
 def test_doctor_json_lists_each_check(index):
@@ -331,7 +333,8 @@ def test_rebuild_succeeds_from_garbage_in_a_page_of_each_sqlite_file(index):
     r = run_cli("ingest", "--rebuild", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["papers"] == 701
-    assert run_cli("doctor", env=env).returncode == 0
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stdout
     r = run_cli("search", "Erasing Concepts from Diffusion Models", "--json", "--top-k", "3", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["title"] == "Erasing Concepts from Diffusion Models"
