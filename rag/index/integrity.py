@@ -227,7 +227,8 @@ def _probe(data_dir: Path, collection: str, queries: dict) -> tuple[str | None, 
 
 
 def _canaries_match(recorded: dict, got: dict, published) -> str | None:
-    """None when every canary found its own vector and the recorded nearest ids; else what differs.
+    """None when every canary's stored vector is unchanged and its query finds the recorded similarities; else
+    what differs.
     `published(ids)`: the subset of `ids` in the published generation (vectors an unfinished update wrote
     are left out before comparing)."""
     for kind in ("chunks", "papers"):
@@ -243,12 +244,18 @@ def _canaries_match(recorded: dict, got: dict, published) -> str | None:
             keep = published(set(h["near"]) | set(q["near"]))
             a = [(i, sim) for i, sim in zip(q["near"], q.get("sims") or []) if i in keep][:CANARY_TOP]
             b = [(i, sim) for i, sim in zip(h["near"], h.get("sims") or []) if i in keep][:CANARY_TOP]
-            # The canary finds itself, and the nearest vectors' similarities are the recorded ones rank by rank.
-            # Ids are not compared: HNSW search is approximate, and among near-duplicate papers a graph rebuilt
-            # when a client loads it (Chroma replays its log) may return equally near others.
-            if a and a[0][1] > 0.999 and not any(i == q["id"] for i, sim in b if sim > 0.999):
-                return f"a test query does not find the stored vector of {q['id']}"
-            if len(a) != len(b) or any(abs(x[1] - y[1]) > SIM_TOLERANCE for x, y in zip(a, b)):
+            # The nearest vectors' similarities must be the recorded ones (within SIM_TOLERANCE), all but one:
+            # HNSW search is approximate, and in a graph rebuilt when a client loads it (Chroma replays its log)
+            # a query may miss one neighbour, even itself, among near-duplicate papers, or ids may trade places.
+            # Damaged native files change many (or fail the stored-vector check above, or the query itself).
+            left = [sim for _, sim in b]
+            matched = 0
+            for _, sim in a:
+                near = [x for x in left if abs(x - sim) <= SIM_TOLERANCE]
+                if near:
+                    left.remove(near[0])
+                    matched += 1
+            if matched < len(a) - 1 or len(b) < len(a) - 1:
                 same = len({i for i, _ in a} & {i for i, _ in b})
                 return f"a test query returns other {kind} than at publication ({same} of {len(a)} the same)"
     return None
