@@ -23,8 +23,8 @@ class Check:
 def run_checks(settings) -> list[Check]:
     from rag.index.catalog import CATALOG, SCHEMA_VERSION, Catalog
     from rag.index.chroma_store import ChromaStore, probe_embedded
-    from rag.index.ingest import STATE
-    from rag.index.layout import ingest_running
+    from rag.index.integrity import published_filter
+    from rag.index.layout import GARBAGE, STATE, disk_full, ingest_running, read_only_fs
     from rag.index.reader import check_parts, stale_reason
 
     data_dir = Path(settings.data_dir)
@@ -60,21 +60,47 @@ def run_checks(settings) -> list[Check]:
             checks.append(Check("catalog", False, str(exc).split(":")[0] + " (unreadable)", "`rag ingest` sets it aside and rebuilds it"))
             catalog = None
 
+    if (data_dir / GARBAGE).exists() and not ingest_running(data_dir):
+        checks.append(Check("ingest", False, "an update published but did not finish deleting the vectors it replaced",
+                            "`rag ingest` finishes it"))
+
     store = None
-    if settings.chroma_url is None:
-        problem = probe_embedded(data_dir, settings.collection) if (data_dir / "chroma").exists() else "missing"
-        if problem:
+    store_dir, scratch = data_dir, None
+    if settings.chroma_url is None and (data_dir / "chroma").exists() and read_only_fs(data_dir):
+        from rag.index.reader import private_store_copy
+
+        try:  # Chroma's embedded client writes to its files even to read them: check a copy
+            scratch = store_dir = private_store_copy(data_dir)
+        except RagError as exc:
+            checks.append(Check("vector store", False, f"not checked: {exc}", "free space in the temp dir"))
+    if settings.chroma_url is None and (not checks or checks[-1].name != "vector store"):
+        problem = probe_embedded(store_dir, settings.collection, thorough=True, published=published_filter(catalog)) \
+            if (data_dir / "chroma").exists() else "missing"
+        if problem and disk_full(problem) and scratch is None:  # not damage: check a copy where there is space
+            from rag.index.reader import private_store_copy
+
+            try:
+                scratch = store_dir = private_store_copy(data_dir)
+                problem = probe_embedded(store_dir, settings.collection, thorough=True,
+                                         published=published_filter(catalog))
+            except RagError as exc:
+                problem = str(exc)
+        if problem and disk_full(problem):
+            checks.append(Check("vector store", False, f"not checked: no space left on the device ({problem})",
+                                "free some space on the device holding the data dir"))
+        elif problem:
             checks.append(Check("vector store", False, problem, "`rag ingest` rebuilds it from cached vectors"))
     if not checks or checks[-1].name != "vector store":
         try:
-            store = ChromaStore(data_dir, settings.chroma_url, settings.collection)
+            store = ChromaStore(store_dir, settings.chroma_url, settings.collection)
             checks.append(Check("vector store", True, f"{store.mode}: {store.count():,} chunk vectors, "
                                                       f"{store.count_paper_vectors():,} paper vectors"))
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             checks.append(Check("vector store", False, f"unreadable ({exc.__class__.__name__})",
                                 "`rag ingest` rebuilds it from cached vectors"))
 
-    if catalog is not None and store is not None and meta.get("complete") and not ingest_running(data_dir):
+    catalog_ok = any(c.name == "catalog" and c.ok for c in checks)
+    if catalog_ok and store is not None and meta.get("complete"):
         wrong = check_parts(catalog, store, meta, data_dir)
         checks.append(Check("parts agree", not wrong, "; ".join(wrong) or "papers, chunks, lexical documents and vectors match",
                             "`rag ingest` repairs the parts that disagree (cached vectors are reused)" if wrong else ""))
@@ -86,10 +112,22 @@ def run_checks(settings) -> list[Check]:
         from rag.index.embed_cache import EmbeddingCache
 
         try:
-            cache = EmbeddingCache(cache_path)
-            cache.check()
-            cache.close()
+            if read_only_fs(cache_path):
+                db = sqlite3.connect(f"file:{cache_path}?immutable=1", uri=True)
+                try:
+                    result = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                finally:
+                    db.close()
+                if result != "ok":
+                    raise sqlite3.DatabaseError(result)
+            else:
+                cache = EmbeddingCache(cache_path)
+                cache.check()
+                cache.close()
             checks.append(Check("embedding cache", True, str(cache_path)))
+        except sqlite3.OperationalError as exc:  # not damage: the file cannot be opened or written here
+            checks.append(Check("embedding cache", False, f"{cache_path} cannot be opened ({exc})",
+                                "check the data dir's permissions and free space"))
         except sqlite3.DatabaseError as exc:
             checks.append(Check("embedding cache", False, f"{cache_path} is damaged ({exc})",
                                 "`rag ingest` sets it aside and embeds again"))
@@ -105,6 +143,10 @@ def run_checks(settings) -> list[Check]:
                             "or set the embedding settings back"))
     if store is not None:
         store.close()
+    if scratch is not None:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
     if catalog is not None:
         catalog.close()
     return checks

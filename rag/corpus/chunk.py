@@ -26,9 +26,12 @@ class Chunker:
 
     def chunk(self, paper: Paper) -> list[Chunk]:
         bodies = self._splitter.split_text(paper.abstract) or [paper.abstract]
+        # The id names the paper's version (its content hash): a changed paper's new chunks are stored beside
+        # the published ones until the new generation is published (rag.index.ingest, copy-on-write).
+        version = paper.content_hash()[:8]
         return [
             Chunk(
-                chunk_id=f"{paper.paper_id}:{no}",
+                chunk_id=f"{paper.paper_id}:{version}.{no}",
                 paper_id=paper.paper_id,
                 title=paper.title,
                 chunk_no=no,

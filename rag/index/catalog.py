@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rag.corpus.parse import LineDigest
-from rag.errors import IndexCorruptError
+from rag.errors import ConfigError, IndexCorruptError, RagError
+from rag.index.layout import read_only_fs
 from rag.index.lexical import expression
 from rag.records import Chunk, Paper
 from rag.text import content_terms
@@ -36,7 +37,16 @@ CREATE TABLE IF NOT EXISTS lines (key TEXT PRIMARY KEY, digest TEXT NOT NULL) WI
 """
 
 
-def _corrupt(path: Path, exc: Exception) -> IndexCorruptError:
+def _corrupt(path: Path, exc: Exception) -> RagError:
+    """The error for a failed SQLite call: damage (rebuilt by `rag ingest`), or a full disk or a file that
+    cannot be opened here, which are not damage and are not reported as such."""
+    text = str(exc).lower()
+    if "disk is full" in text or "no space" in text:
+        return ConfigError(f"no space left on the device holding {path.parent}: free some space (the index is not "
+                           "damaged)")
+    if isinstance(exc, sqlite3.OperationalError) and ("unable to open" in text or "readonly" in text):
+        return ConfigError(f"cannot open the index catalog {path} ({exc}): check the data dir's permissions and "
+                           "free space (the index is not damaged)")
     return IndexCorruptError(
         f"the index catalog {path} is unreadable ({exc.__class__.__name__}: {exc}): run `rag ingest` to rebuild it "
         "(vectors are reused from the cache)"
@@ -69,8 +79,13 @@ class Catalog:
         if not create and not self.path.is_file():
             raise FileNotFoundError(self.path)
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            if not create and read_only_fs(self.path):
+                # a read-only file system: nobody can write the file, so no locks or WAL index are needed
+                self._db = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, timeout=30,
+                                           check_same_thread=False, isolation_level=None)
+            else:
+                self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self._db.executescript(_SCHEMA)
@@ -132,6 +147,49 @@ class Catalog:
             for pid, chunk_id in self._query(sql, part):
                 out.setdefault(pid, []).append(chunk_id)
         return out
+
+    def all_chunk_ids(self) -> list[str]:
+        """Every published chunk id, in the order they were added."""
+        return [r[0] for r in self._query("SELECT chunk_id FROM chunks ORDER BY id")]
+
+    def all_paper_ids(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT paper_id FROM papers ORDER BY rowid")]
+
+    def published_ids(self, ids: Iterable[str]) -> set[str]:
+        """The subset of `ids` that are published chunk or paper ids."""
+        ids = list(ids)
+        out: set[str] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(r[0] for r in self._query(f"SELECT chunk_id FROM chunks WHERE chunk_id IN ({marks}) "
+                                                 f"UNION SELECT paper_id FROM papers WHERE paper_id IN ({marks})",
+                                                 part + part))
+        return out
+
+    def published_chunks(self, chunk_ids: list[str]) -> set[str]:
+        """The subset of `chunk_ids` in the published generation (a reader skips vectors an update wrote
+        before publishing, or left for deletion after it)."""
+        if not chunk_ids:
+            return set()
+        marks = ",".join("?" * len(chunk_ids))
+        return {r[0] for r in self._query(f"SELECT chunk_id FROM chunks WHERE chunk_id IN ({marks})", chunk_ids)}
+
+    def snapshot(self) -> tuple[dict, dict]:
+        """(metadata, counts of papers, chunks and lexical rows) read in one transaction: the same generation."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    meta = {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+                    counts = {"papers": self._db.execute("SELECT count(*) FROM papers").fetchone()[0],
+                              "chunks": self._db.execute("SELECT count(*) FROM chunks").fetchone()[0],
+                              "lexical": self._db.execute("SELECT count(*) FROM lexical").fetchone()[0]}
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise _corrupt(self.path, exc) from None
+        return meta, counts
 
     def scanned_lines(self) -> dict[str, LineDigest]:
         """The corpus lines parsed by earlier ingests (key per rag.corpus.parse.LINE_KEYS -> digest), so that an ingest of a

@@ -133,7 +133,7 @@ class ChromaStore:
             if chroma_url and _is_connection_error(exc):
                 raise _unavailable(chroma_url, exc) from None
             if not chroma_url:
-                _forget_system(Path(data_dir) / "chroma")
+                forget_system(Path(data_dir) / "chroma")
             raise
 
     def warm_up(self) -> None:
@@ -256,6 +256,21 @@ class ChromaStore:
         for i in range(0, len(ids), 1000):
             self._call(self._papers.delete, ids=ids[i : i + 1000])
 
+    def delete_ids(self, chunk_ids: Sequence[str], paper_ids: Sequence[str]) -> None:
+        """Drop these chunk vectors and these paper vectors (by id: no scan)."""
+        for col, ids in ((self._col, list(chunk_ids)), (self._papers, list(paper_ids))):
+            for i in range(0, len(ids), 1000):
+                self._call(col.delete, ids=ids[i : i + 1000])
+
+    def chunk_ids_of(self, paper_ids: Sequence[str]) -> set[str]:
+        """The ids of every chunk vector of these papers (a metadata filter: a scan)."""
+        out: set[str] = set()
+        ids = list(paper_ids)
+        for i in range(0, len(ids), 500):
+            got = self._call(self._col.get, where={"paper_id": {"$in": ids[i : i + 500]}}, include=[])
+            out.update(got["ids"])
+        return out
+
     def upsert_paper_vectors(self, paper_ids: Sequence[str], vectors: np.ndarray) -> None:
         step = self.max_batch()
         for i in range(0, len(paper_ids), step):
@@ -357,7 +372,7 @@ class ChromaStore:
         self._col, self._papers = self._call(self._collections)
 
 
-def _forget_system(path: Path) -> None:
+def forget_system(path: Path) -> None:
     """Drop chromadb's process-wide cache entry for an embedded path whose client failed to open.
 
     chromadb keeps one System per path for the life of the process, even a half-started one, so after the
@@ -383,43 +398,18 @@ def _is_connection_error(exc: Exception) -> bool:
 
 # ------------------------------------------------------------------------------ damaged files
 
-_PROBE = r"""
-import sys
-import chromadb
-from chromadb.config import Settings
-client = chromadb.PersistentClient(path=sys.argv[1], settings=Settings(anonymized_telemetry=False))
-for name in (sys.argv[2], sys.argv[2] + "-papers"):
-    try:
-        col = client.get_collection(name, embedding_function=None)
-    except Exception:
-        continue
-    got = col.get(limit=1, include=["embeddings"])
-    if got["ids"]:
-        col.query(query_embeddings=[got["embeddings"][0]], n_results=min(10, col.count()))
-"""
-
-
-def _segment_signature(chroma_dir: Path) -> str:
-    """The native (HNSW) index files, the ones a damaged copy can crash on."""
-    return files_signature((p for p in sorted(chroma_dir.rglob("*")) if p.is_file() and p.suffix in (".bin", ".pickle")),
-                           chroma_dir)
-
-
 def _is_verified(data_dir: Path) -> bool:
-    try:
-        return (Path(data_dir) / "chroma.verified").read_text() == _segment_signature(Path(data_dir) / "chroma")
-    except OSError:
-        return False
+    """The native files are as the seal records them (a stat of each: no file is read)."""
+    from rag.index.integrity import store_unchanged
+
+    return store_unchanged(data_dir)
 
 
 def remember_verified(data_dir: Path) -> None:
-    """Record the native index files as good (after this process wrote them and closed its client)."""
-    chroma_dir = Path(data_dir) / "chroma"
-    if chroma_dir.is_dir():
-        try:
-            (Path(data_dir) / "chroma.verified").write_text(_segment_signature(chroma_dir))
-        except OSError:
-            pass
+    """Record the store's files as good after this process checked them and its client rewrote some."""
+    from rag.index.integrity import remember_store_files
+
+    remember_store_files(data_dir)
 
 
 COUNTS = "chroma.counts"
@@ -452,44 +442,12 @@ def recorded_counts(data_dir: Path) -> tuple[int, int] | None:
     return None
 
 
-def probe_embedded(data_dir: Path, collection: str) -> str | None:
-    """None when the embedded store's native index files load and answer a query; else what went wrong.
+def probe_embedded(data_dir: Path, collection: str, thorough: bool = False, published=None) -> str | None:
+    """None when the embedded store is as published, or answers its canary queries as it did then; else what
+    went wrong (see rag.index.integrity: a child process runs the test queries, so a damaged file that
+    crashes the native library is reported instead of killing this process)."""
+    from rag.index.integrity import check_store
 
-    The check runs in a separate process, so a damaged file that crashes the native library (a segfault)
-    is reported instead of killing this process. Files that passed are remembered (size and mtime), so an
-    unchanged store is not probed again.
-    """
-    import subprocess
-    import sys
-
-    chroma_dir = Path(data_dir) / "chroma"
-    if not chroma_dir.is_dir():
+    if not (Path(data_dir) / "chroma").is_dir():
         return None
-    marker = Path(data_dir) / "chroma.verified"
-    signature = _segment_signature(chroma_dir)
-    try:
-        if marker.read_text() == signature:
-            return None
-    except OSError:
-        pass
-    try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE, str(chroma_dir), collection], capture_output=True,
-                              text=True, timeout=300, env=_probe_env())
-    except subprocess.TimeoutExpired:
-        return "the vector store did not answer a test query within 300 s"
-    if proc.returncode < 0:
-        return f"the vector store's index files crashed a test query (signal {-proc.returncode})"
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        return f"the vector store cannot be read ({last[:200]})"
-    try:
-        marker.write_text(_segment_signature(chroma_dir))
-    except OSError:
-        pass
-    return None
-
-
-def _probe_env() -> dict:
-    import os
-
-    return os.environ | {"ANONYMIZED_TELEMETRY": "False"}
+    return check_store(data_dir, collection, thorough=thorough, published=published)

@@ -8,8 +8,13 @@ An ingest is incremental, resumable and published atomically:
 - paper records, term statistics and the lexical index change inside one transaction of the catalog
   (rag.index.catalog) that commits together with a new generation id: readers see the old index until then,
   the new one after, never a mix;
-- damaged or missing parts (catalog, Chroma store, embedding cache) are detected and rebuilt, the damaged
-  file set aside with a warning.
+- copy-on-write: nothing published is deleted or overwritten before that commit (chunk ids name the paper's
+  content hash, so a changed paper's new vectors go beside the old ones); the vectors it leaves unused are
+  deleted after it (_AfterPublication), so a killed, failed or disk-full update leaves the published index
+  serving;
+- damaged or missing parts (catalog, Chroma store, embedding cache: the checks `rag doctor` makes, see
+  rag.index.integrity) are detected and rebuilt, the damaged file set aside with a warning; a finished
+  ingest seals what it published.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from rag.corpus.parse import (
     iter_unique,
     scan_corpus,
 )
-from rag.errors import IndexCorruptError, StoreUnavailableError
+from rag.errors import ConfigError, IndexCorruptError, StoreUnavailableError
 from rag.index.catalog import CATALOG, SCHEMA_VERSION, Catalog
 from rag.index.embed_cache import (
     embed_with_cache,
@@ -41,7 +46,8 @@ from rag.index.embed_cache import (
     remember_cache_verified,
 )
 from rag.index.embedders import embedder_name, make_embedder
-from rag.index.layout import atomic_write, ensure_writable, ingest_lock, set_aside
+from rag.index.integrity import published_filter
+from rag.index.layout import GARBAGE, STATE, atomic_write, disk_full, ensure_writable, ingest_lock, set_aside
 from rag.index.reader import indexed_corpus
 from rag.index.vectors import paper_vectors
 from rag.records import Paper
@@ -49,7 +55,6 @@ from rag.text import TERMS_VERSION
 
 log = logging.getLogger(__name__)
 PARSER_VERSION = 6  # bump when parsing, cleaning or the stopword list changes what is derived from a paper
-STATE = "ingest.json"
 LEGACY = ("manifest.json", "papers.jsonl", "term_df.json", "bm25")
 
 
@@ -71,9 +76,12 @@ class IngestReport:
     chroma_mode: str = "embedded"
     generation: str | None = None
     repaired: list[str] = field(default_factory=list)
+    space_needed: int = 0  # bytes this update is expected to add (reported if the disk fills up)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("space_needed")
+        return out
 
 
 def index_params(settings, model_name: str) -> dict:
@@ -87,6 +95,7 @@ def index_params(settings, model_name: str) -> dict:
         "tokenizer": settings.tokenizer,
         "collection": settings.collection,
         "chroma_url": settings.chroma_url,
+        "chunk_ids": "versioned",  # "<paper>:<content hash>.<n>" (copy-on-write updates): older indexes are rebuilt
     }
 
 
@@ -178,22 +187,15 @@ def _open_catalog(data_dir: Path, report: IngestReport) -> Catalog:
     try:
         return Catalog(path, create=True)
     except IndexCorruptError as exc:
-        set_aside(path, str(exc))
-        for extra in ("-wal", "-shm"):
-            Path(str(path) + extra).unlink(missing_ok=True)
+        _set_aside_catalog(data_dir, str(exc))
         report.repaired.append("catalog (damaged: rebuilt)")
         return Catalog(path, create=True)
 
 
 def _open_store(settings, data_dir: Path, report: IngestReport):
     """The Chroma store; a damaged embedded store is set aside and started afresh."""
-    from rag.index.chroma_store import ChromaStore, probe_embedded
+    from rag.index.chroma_store import ChromaStore
 
-    if settings.chroma_url is None and (data_dir / "chroma").exists():
-        problem = probe_embedded(data_dir, settings.collection)
-        if problem:
-            set_aside(data_dir / "chroma", problem)
-            report.repaired.append(f"vector store ({problem}: rebuilt from cached vectors)")
     try:
         return ChromaStore(data_dir, settings.chroma_url, settings.collection)
     except StoreUnavailableError:
@@ -242,7 +244,46 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
     data_dir = Path(settings.data_dir)
     ensure_writable(data_dir)
     report = IngestReport(chroma_mode="server" if settings.chroma_url else "embedded")
+    try:
+        return _ingest_locked(settings, data_dir, report, started, corpus_paths, strict, rebuild, embedder, store,
+                              progress, chunking)
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        raise ConfigError(_disk_full_message(data_dir, report)) from None
+
+
+def _disk_full_message(data_dir: Path, report: IngestReport) -> str:
+    free = shutil.disk_usage(data_dir).free
+    need = report.space_needed or 64 * 2**20
+    return (f"no space left on the device holding {data_dir} ({free / 2**20:,.0f} MB free; this update needs about "
+            f"{need / 2**20:,.0f} MB more): free some space and run `rag ingest` again (it resumes where it stopped; "
+            "the published index keeps serving)")
+
+
+def _space_needed(data_dir: Path, plan: "IngestPlan") -> int:
+    """Roughly what an update adds on disk: the index's bytes per chunk (16 KiB for a new one) times the chunks
+    to write, plus a margin for Chroma's compaction and the catalog's write-ahead log."""
+    counts = plan.published.get("counts", {})
+    chunks, papers = counts.get("chunks") or 0, counts.get("papers") or 0
+    try:
+        size = sum(p.stat().st_size for name in ("chroma", CATALOG) for p in [data_dir / name, *(data_dir / name).rglob("*")]
+                   if p.is_file())
+    except OSError:
+        size = 0
+    per_chunk = size / chunks if chunks and size else 16 * 1024
+    per_paper = chunks / papers if papers else 3
+    return int(per_chunk * per_paper * plan.to_embed) + 64 * 2**20
+
+
+def _ingest_locked(settings, data_dir: Path, report: IngestReport, started: float, corpus_paths, strict: bool,
+                   rebuild: bool, embedder, store, progress: bool, chunking) -> IngestReport:
     with ingest_lock(data_dir):
+        embedded = settings.chroma_url is None and store is None
+        set_aside_old = _set_aside_derived(data_dir, embedded) if rebuild else []
+        if not rebuild:
+            _check_damage(settings, data_dir, report, embedded)
+        _check_cache(settings, report)
         catalog = _open_catalog(data_dir, report)
         own_store = store is None
         recorded = None
@@ -253,12 +294,23 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
         if own_store:
             store = _open_store(settings, data_dir, report)
         done = False
+        queries = None
         try:
+            if (data_dir / GARBAGE).is_file():
+                collect_leftover_garbage(data_dir, catalog, store, report)
+                recorded = None
             plan = plan_ingest(settings, catalog, store, corpus_paths, strict=strict, rebuild=rebuild,
                                model_name=embedder.name if embedder is not None else embedder_name(settings),
-                               repaired=bool(report.repaired), recorded=recorded)
+                               # a cache set aside needs no rewrite of the index; a part set aside does
+                               repaired=any(not r.startswith("embedding cache") for r in report.repaired),
+                               recorded=recorded)
             if plan.up_to_date:
                 _report_unchanged(report, plan)
+                if (data_dir / STATE).exists():  # unusable (another model, a generation since): nothing to resume
+                    (data_dir / STATE).unlink()
+                    report.repaired.append("stale ingest state (removed)")
+                if report.repaired:
+                    report.reason = "repaired"
             else:
                 _update(settings, plan, catalog, store, report, embedder, progress, chunking)
             report.seconds = time.perf_counter() - started
@@ -266,6 +318,12 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
                 from rag.index.query_model import ensure_exported
 
                 ensure_exported(settings)
+            if own_store and settings.chroma_url is None:
+                from rag.index.integrity import canaries, read_seal
+
+                sealed = read_seal(data_dir) or {}
+                if not plan.up_to_date or sealed.get("generation") != report.generation or not sealed.get("canaries"):
+                    queries = canaries(store, catalog.all_chunk_ids(), catalog.all_paper_ids())
             done = True
             return report
         finally:
@@ -273,14 +331,82 @@ def ingest(settings, corpus_paths: list[Path] | None = None, strict: bool = Fals
             if own_store:
                 store.close()  # flushes the embedded store's files, so they can be recorded as good
                 if settings.chroma_url is None:
-                    from rag.index.chroma_store import (
-                        remember_counts,
-                        remember_verified,
-                    )
+                    from rag.index.chroma_store import remember_counts
+                    from rag.index.integrity import seal
 
-                    remember_verified(data_dir)
                     if done:
                         remember_counts(data_dir, report.chunks, report.papers)
+                        seal(data_dir, queries, embedded=True, generation=report.generation,
+                             collection=settings.collection)
+            if done:
+                for path in set_aside_old:  # the rebuild succeeded: the files it replaced go
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+DERIVED = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "chroma.counts", "chroma.verified", STATE)
+
+
+def _set_aside_derived(data_dir: Path, embedded: bool) -> list[Path]:
+    """--rebuild: every derived file (catalog, embedded store, seal, resume state) is moved aside before
+    anything opens it, whatever state it is in; they are deleted once the rebuild has published."""
+    from rag.index.integrity import drop_seal
+
+    moved = []
+    for name in DERIVED + (("chroma",) if embedded else ()):
+        target = set_aside(data_dir / name, "replaced by --rebuild", label="old", quiet=True)
+        if target is not None:
+            moved.append(target)
+    drop_seal(data_dir)
+    return moved
+
+
+def _check_damage(settings, data_dir: Path, report: IngestReport, embedded: bool) -> None:
+    """The checks `rag doctor` makes (rag.index.integrity): a damaged catalog or embedded store is set aside,
+    to be rebuilt (the store from cached vectors, the catalog from the corpus)."""
+    from rag.index.integrity import check_catalog, check_store
+
+    if (data_dir / CATALOG).is_file():
+        problem = check_catalog(data_dir, thorough=True)
+        if problem:
+            _set_aside_catalog(data_dir, problem)
+            report.repaired.append(f"catalog ({problem}: rebuilt)")
+    if embedded and (data_dir / "chroma").exists():
+        try:
+            catalog = Catalog(data_dir / CATALOG)
+        except (OSError, IndexCorruptError):
+            catalog = None
+        try:
+            problem = check_store(data_dir, settings.collection, thorough=True, published=published_filter(catalog))
+        finally:
+            if catalog is not None:
+                catalog.close()
+        if problem:
+            from rag.index.chroma_store import forget_system
+            from rag.index.integrity import drop_seal
+
+            set_aside(data_dir / "chroma", problem)
+            forget_system(data_dir / "chroma")  # a client of this process may have opened it
+            drop_seal(data_dir)
+            for name in (STATE, GARBAGE):  # they describe the store that was set aside
+                (data_dir / name).unlink(missing_ok=True)
+            report.repaired.append(f"vector store ({problem}: rebuilt from cached vectors)")
+
+
+def _set_aside_catalog(data_dir: Path, why: str) -> None:
+    path = data_dir / CATALOG
+    set_aside(path, why)
+    for extra in ("-wal", "-shm"):
+        Path(str(path) + extra).unlink(missing_ok=True)
+
+
+def _check_cache(settings, report: IngestReport) -> None:
+    """A damaged embedding cache is set aside now, even when nothing else is to be done."""
+    path = settings.embed_cache_file()
+    if path.exists():
+        before = len(report.repaired)
+        open_embedding_cache(path, report.repaired).close()
+        if len(report.repaired) == before:
+            remember_cache_verified(path)
 
 
 @dataclass
@@ -313,6 +439,9 @@ class IngestPlan:
     delete: list[str] = field(default_factory=list)  # removed and changed papers
     kept: dict[str, str] = field(default_factory=dict)  # `stored` less `delete`: the vectors that stay
     to_embed: int = 0  # papers whose vectors are to be made (from the cache, or by the model)
+    # Published papers whose content changed: their new chunk vectors are stored beside the published ones
+    # (new ids), their paper vectors replaced after publication (same id; see _AfterPublication).
+    replaced: set[str] = field(default_factory=set)
     # The catalog: its papers' hashes (empty when it starts afresh), which records go or stay, and the papers
     # to read again and chunk (new, changed, vectors missing, or their line or list of files changed).
     in_catalog: dict[str, str] = field(default_factory=dict)
@@ -401,6 +530,7 @@ def plan_ingest(settings, catalog: Catalog, store, corpus_paths: list[Path] | No
     dropped = set(plan.delete)
     plan.kept = kept = {pid: h for pid, h in stored.items() if pid not in dropped}
     plan.to_embed = len(hashes.keys() - kept.keys())
+    plan.replaced = {pid for pid, h in in_catalog.items() if pid in hashes and hashes[pid] != h}
     base = previously if previously else (in_catalog if in_catalog else stored)
     base_differ = hashes.items() - base.items()
     plan.changed = sum(1 for pid, _ in base_differ if pid in base)
@@ -446,31 +576,91 @@ def _update(settings, plan: IngestPlan, catalog: Catalog, store, report: IngestR
     report.added, report.changed, report.removed, report.unchanged = plan.added, plan.changed, plan.removed, plan.unchanged
 
     data_dir = Path(settings.data_dir)
-    _prepare_store(plan, store, catalog, data_dir / STATE)
+    report.space_needed = _space_needed(data_dir, plan)
+    _prepare_store(plan, store, data_dir / STATE)
+    # Copy-on-write: the vectors of removed and changed papers stay until the new generation is published
+    # (readers keep the published one whole); their ids are recorded before the commit and deleted after.
+    garbage = _AfterPublication(data_dir, catalog, plan)
     model = _ModelLoader(settings, embedder)
     if plan.to_embed and embedder is None and not cache.has_model(plan.model_name):
         # Nothing of this model is cached (a new index): it will be needed, and loading it (torch, the
         # weights: seconds) overlaps the chunking child's start and the first batch.
         model.preload()
-    vectors = _Vectors(plan, store, cache, cache_path, model, data_dir / STATE, progress, settings.ingest_batch_papers)
+    vectors = _Vectors(plan, store, cache, cache_path, model, data_dir / STATE, progress, catalog.published_ids,
+                       settings.ingest_batch_papers)
     if chunking is None:
         chunking = LocalChunking(settings.chunk_size, settings.chunk_overlap, settings.tokenizer)
     report.generation = _publish(plan, catalog, chunking, vectors, model, report)
     _clean_up(data_dir)
+    garbage.collect(store)
 
 
-def _prepare_store(plan: IngestPlan, store, catalog: Catalog, state_path: Path) -> None:
-    """The store writes before any embedding: start it afresh or finish an interrupted ingest's deletes, begin
-    the resume log, then delete the vectors of removed and changed papers."""
+
+class _AfterPublication:
+    """What the next publication leaves to do in the store, written to `DATA_DIR/ingest.garbage` before the
+    commit: delete the vectors no longer published (the chunks of removed and changed papers, the paper vectors
+    of removed ones) and replace the paper vectors of changed papers (kept as published until then). A kill in
+    between leaves the file, and the next ingest finishes it (collect_leftover_garbage). Until then the store
+    holds more vectors than the catalog: readers skip them."""
+
+    def __init__(self, data_dir: Path, catalog: Catalog, plan: IngestPlan):
+        self._path = data_dir / GARBAGE
+        self._catalog = catalog
+        old = set(plan.delete) | plan.replaced
+        chunks = catalog.chunk_ids(old) if old else {}
+        self.ids = {"chunks": [c for ids in chunks.values() for c in ids], "papers": sorted(old),
+                    "replaced": sorted(plan.replaced)}
+        if old:
+            atomic_write(self._path, json.dumps(self.ids))
+
+    def collect(self, store) -> None:
+        if not self.ids["papers"]:
+            return
+        _collect(store, self._catalog, self.ids)
+        self._path.unlink(missing_ok=True)
+
+
+def _collect(store, catalog: Catalog, ids: dict) -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    replaced = list(ids.get("replaced") or [])
+    if replaced:  # their paper vectors, from their published chunks' vectors
+        chunk_ids = catalog.chunk_ids(replaced)
+        found = store.chunks([c for cs in chunk_ids.values() for c in cs], with_vectors=True)
+        chunks = [SimpleNamespace(paper_id=pid) for pid, cs in chunk_ids.items() for c in cs if c in found]
+        vecs = [found[c][1] for cs in chunk_ids.values() for c in cs if c in found]
+        if chunks:
+            store.upsert_paper_vectors(*paper_vectors(chunks, np.stack(vecs)))
+    published = catalog.published_ids(ids["chunks"] + ids["papers"])
+    store.delete_ids([c for c in ids["chunks"] if c not in published], [p for p in ids["papers"] if p not in published])
+
+
+def collect_leftover_garbage(data_dir: Path, catalog: Catalog, store, report: IngestReport) -> None:
+    """Finish the deletes of an ingest stopped after it published (see _AfterPublication)."""
+    path = data_dir / GARBAGE
+    if not path.is_file():
+        return
+    try:
+        ids = json.loads(path.read_text())
+        _collect(store, catalog, {"chunks": list(ids["chunks"]), "papers": list(ids["papers"]),
+                                  "replaced": list(ids.get("replaced") or [])})
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s is unreadable (%s): the index parts are compared instead", path, exc)
+    path.unlink(missing_ok=True)
+    report.repaired.append("unused vectors of the previous generation (deleted)")
+
+
+def _prepare_store(plan: IngestPlan, store, state_path: Path) -> None:
+    """The store writes before any embedding: start it afresh or finish an earlier version's interrupted
+    deletes, then begin the resume log. Nothing published is deleted before the publication (see _AfterPublication):
+    the log records no deletes, and a changed paper's vectors are overwritten when its new ones are stored."""
     if plan.drop_store:
         store.drop()
     if plan.redo_deletes:
         store.delete_papers(plan.redo_deletes)
-    _start_state(state_path, plan.params, plan.base_generation, plan.stored, plan.delete)
-    if plan.delete:
-        # the catalog knows their chunk ids unless an interrupted ingest wrote vectors it never published
-        known = {} if plan.leftovers_possible else catalog.chunk_ids(plan.delete)
-        store.delete_papers(plan.delete, known)
+    _start_state(state_path, plan.params, plan.base_generation, plan.stored, [])
 
 
 class _ModelLoader:
@@ -514,7 +704,7 @@ class _Vectors:
     so an interrupted ingest continues after its last logged batch."""
 
     def __init__(self, plan: IngestPlan, store, cache, cache_path: Path, model: _ModelLoader, state_path: Path,
-                 progress: bool, batch_papers: int):
+                 progress: bool, published, batch_papers: int):
         from tqdm import tqdm
 
         self.stored = dict(plan.kept)  # papers whose vectors are in the store, growing batch by batch
@@ -524,6 +714,8 @@ class _Vectors:
         self._leftovers_possible = plan.leftovers_possible
         self._store, self._cache, self._cache_path = store, cache, cache_path
         self._model, self._state_path = model, state_path
+        self._published = published
+        self._deferred = plan.replaced
         self._batch: list = []
         self._batch_papers = batch_papers
         self._bar = tqdm(total=plan.to_embed, desc="embedding papers", unit="paper",
@@ -539,10 +731,18 @@ class _Vectors:
         chunks = [c for _, paper_chunks in batch for c in paper_chunks]
         vectors, n = embed_with_cache(None, self._cache, [c.text for c in chunks], self._model_name, self._model.get)
         self.embedded += n
-        if self._leftovers_possible:  # partial leftovers of a killed run (a metadata-filtered delete: not free)
-            self._store.delete_papers([p.paper_id for p, _ in batch])
+        if self._leftovers_possible:  # partial leftovers of a killed run (a metadata-filtered get: not free)
+            new = {c.chunk_id for c in chunks}
+            found = self._store.chunk_ids_of([p.paper_id for p, _ in batch])
+            extra = [c for c in found if c not in new]
+            if extra:
+                published = self._published(extra)
+                self._store.delete_ids([c for c in extra if c not in published], [])
         self._store.upsert(chunks, vectors)
-        self._store.upsert_paper_vectors(*paper_vectors(chunks, vectors))
+        ids, means = paper_vectors(chunks, vectors)
+        rows = [i for i, pid in enumerate(ids) if pid not in self._deferred]  # published: replaced after publication
+        if rows:
+            self._store.upsert_paper_vectors([ids[i] for i in rows], means[rows])
         done = {p.paper_id: self._hashes[p.paper_id] for p, _ in batch}
         self.stored.update(done)
         _add_state(self._state_path, done)

@@ -14,6 +14,8 @@ from pathlib import Path
 from rag.errors import ConfigError, IndexLockedError
 
 log = logging.getLogger(__name__)
+STATE = "ingest.json"  # an unfinished ingest's resume log (rag.index.ingest)
+GARBAGE = "ingest.garbage"  # vector ids a publication left for deletion (rag.index.ingest._AfterPublication)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -26,15 +28,36 @@ def atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def set_aside(path: Path, why: str) -> Path | None:
-    """Move a damaged file or folder out of the way (renamed `<name>.damaged-<time>`), with a warning."""
+def set_aside(path: Path, why: str, label: str = "damaged", quiet: bool = False) -> Path | None:
+    """Move a damaged file or folder out of the way (renamed `<name>.<label>-<time>`), with a warning."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return None
-    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    target = path.with_name(f"{path.name}.{label}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{label}-{stamp}-{n}")
     path.rename(target)
-    log.warning("%s: %s; moved it to %s and rebuilding", path, why, target.name)
+    (log.info if quiet else log.warning)("%s: %s; moved it to %s and rebuilding", path, why, target.name)
     return target
+
+
+def disk_full(exc: BaseException | str) -> bool:
+    """The error (or its text) is a full disk, whoever raised it: the OS, SQLite, or Chroma's native code."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("no space left", "disk is full", "os error 28"))
+
+
+def read_only_fs(path: Path) -> bool:
+    """True when `path` is on a file system mounted read-only (nobody can change its files)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def ensure_writable(data_dir: Path) -> None:
@@ -83,7 +106,11 @@ def ingest_running(data_dir: Path) -> bool:
     path = Path(data_dir) / "ingest.lock"
     if not path.is_file():
         return False
-    with open(path, "a+") as fh:
+    try:
+        fh = open(path)  # read-only: a reader must not need a writable data dir
+    except OSError:
+        return False
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

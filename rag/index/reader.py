@@ -3,8 +3,10 @@
 An index in `DATA_DIR` is the catalog (`index.sqlite`: paper records, term statistics, the lexical
 FTS5 index and the published generation's metadata, rag.index.catalog) and the Chroma collections (chunk
 vectors and paper vectors; embedded under `chroma/`, or on a server). `rag.index.ingest` writes it;
-`Index.open` reads it, checks that its parts agree, and `Index.refresh()` (called per request) switches
-to a newly published generation. Everything else (retriever, answerer, UI, eval, MCP) goes through
+`Index.open` reads it, checks its files against the seal of the last publication (rag.index.integrity) and
+that its parts agree, and `Index.refresh()` (called per request) switches to a newly published generation.
+Searches keep to the published generation's chunk and paper ids (an update writes its vectors beside them
+before it publishes). Everything else (retriever, answerer, UI, eval, MCP) goes through
 `Index` methods.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -79,20 +82,57 @@ def open_catalog(data_dir: Path) -> Catalog:
     return Catalog(path)
 
 
-def check_parts(catalog: Catalog, store, meta: dict, data_dir: Path) -> list[str]:
-    """What disagrees between the published counts, the catalog and the vector store ([] when all agree)."""
+def update_pending(data_dir: Path) -> bool:
+    """An ingest is running, or one stopped before finishing: the store may hold vectors beyond the published
+    generation (written before its publication, or not yet deleted after it), which readers skip."""
+    from rag.index.layout import GARBAGE, STATE, ingest_running
+
+    data_dir = Path(data_dir)
+    return (data_dir / STATE).exists() or (data_dir / GARBAGE).exists() or ingest_running(data_dir)
+
+
+def check_parts(catalog: Catalog, store, meta: dict | None, data_dir: Path) -> list[str]:
+    """What disagrees between the published counts, the catalog and the vector store ([] when all agree).
+    (`meta` is not used: the counts are compared with the metadata read together with them.)
+
+    The catalog's metadata and counts are read in one transaction (one generation, even while an ingest
+    publishes); the store may hold more vectors than published while an update is pending (copy-on-write)."""
+    meta, rows = catalog.snapshot()
     counts = meta.get("counts", {})
+    pending = update_pending(data_dir)
     found = {
-        "paper records": catalog.count_papers(),
-        "chunk records": catalog.count_chunks(),
-        "lexical documents": catalog.count_lexical(),
+        "paper records": rows["papers"],
+        "chunk records": rows["chunks"],
+        "lexical documents": rows["lexical"],
         "chunk vectors": store.count(),
         "paper vectors": store.count_paper_vectors(),
     }
     want = {"paper records": counts.get("papers"), "chunk records": counts.get("chunks"),
             "lexical documents": counts.get("chunks"), "chunk vectors": counts.get("chunks"),
             "paper vectors": counts.get("papers")}
-    return [f"{name}: {found[name]:,} of {want[name]:,}" for name in found if found[name] != want[name]]
+    at_least = {"chunk vectors", "paper vectors"} if pending else set()
+    return [f"{name}: {found[name]:,} of {'?' if want[name] is None else format(want[name], ',')}" for name in found
+            if want[name] is None or (found[name] < want[name] if name in at_least else found[name] != want[name])]
+
+
+def private_store_copy(data_dir: Path) -> Path:
+    """A copy of a read-only data dir's embedded store (and its seal) in a private temp dir: Chroma's embedded
+    client writes to its files even to read them. Removed when the index is closed."""
+    import tempfile
+
+    from rag.index.integrity import SEAL
+
+    scratch = Path(tempfile.mkdtemp(prefix="rag-read-only-"))
+    try:
+        shutil.copytree(data_dir / "chroma", scratch / "chroma")
+        if (data_dir / SEAL).is_file():
+            shutil.copy2(data_dir / SEAL, scratch / SEAL)
+    except OSError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise IndexCorruptError(f"the data dir {data_dir} is read-only and its vector store cannot be copied to "
+                                f"{scratch.parent} ({exc.strerror}): free space there or set TMPDIR") from None
+    log.info("the data dir %s is read-only: serving from a copy of its vector store in %s", data_dir, scratch)
+    return scratch
 
 
 class Index:
@@ -116,35 +156,70 @@ class Index:
         """Open the index in `settings.data_dir`; one clear error if it is missing, partial, damaged or
         inconsistent (the error names the fix)."""
         from rag.index.chroma_store import ChromaStore, probe_embedded
-        from rag.index.layout import ingest_running
+        from rag.index.integrity import check_catalog, published_filter
+        from rag.index.layout import disk_full, ingest_running, read_only_fs
 
         data_dir = Path(settings.data_dir)
         catalog = open_catalog(data_dir)
-        meta = check_meta(settings, catalog.meta())
-        if settings.chroma_url is None and store is None:
-            problem = probe_embedded(data_dir, settings.collection)
-            if problem:
-                raise IndexCorruptError(f"{problem}: run `rag ingest` to repair it (cached vectors are reused)")
-        if store is None:
-            try:
-                store = ChromaStore(data_dir, settings.chroma_url, settings.collection)
-            except RagError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a damaged embedded store: chromadb raises many kinds
-                raise IndexCorruptError(
-                    f"the vector store in {data_dir / 'chroma'} cannot be read ({exc.__class__.__name__}: "
-                    f"{str(exc)[:160]}): run `rag ingest` to repair it (cached vectors are reused)"
-                ) from None
-        if not ingest_running(data_dir):
-            wrong = check_parts(catalog, store, meta, data_dir)
-            if wrong:
-                raise IndexCorruptError(
-                    f"the index in {data_dir} is inconsistent ({'; '.join(wrong)}): run `rag ingest` to repair it"
-                )
+        scratch = None
+        try:
+            if not ingest_running(data_dir):  # an ingest changes the file: it checks and records it itself
+                problem = check_catalog(data_dir)
+                if problem:
+                    raise IndexCorruptError(f"{problem}: run `rag ingest` to repair it (cached vectors are reused)")
+            meta = check_meta(settings, catalog.meta())
+            store_dir = data_dir
+            if settings.chroma_url is None and store is None:
+                if not (data_dir / "chroma").is_dir():
+                    raise IndexCorruptError(f"the vector store {data_dir / 'chroma'} is missing: run `rag ingest` to "
+                                            "rebuild it (cached vectors are reused)")
+                if read_only_fs(data_dir):
+                    scratch = store_dir = private_store_copy(data_dir)
+                problem = probe_embedded(store_dir, settings.collection, published=published_filter(catalog))
+                if problem and disk_full(problem) and scratch is None:
+                    # Chroma's embedded client writes even to read: on a full disk, serve from a copy elsewhere
+                    scratch = store_dir = private_store_copy(data_dir)
+                    problem = probe_embedded(store_dir, settings.collection, published=published_filter(catalog))
+                if problem and disk_full(problem):
+                    raise ConfigError(f"no space left on the device holding {data_dir} ({problem}): free some space "
+                                      "(the index is not damaged)")
+                if problem:
+                    raise IndexCorruptError(f"{problem}: run `rag ingest` to repair it (cached vectors are reused)")
+            if store is None:
+                try:
+                    store = ChromaStore(store_dir, settings.chroma_url, settings.collection)
+                except RagError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a damaged embedded store: chromadb raises many kinds
+                    raise IndexCorruptError(
+                        f"the vector store in {data_dir / 'chroma'} cannot be read ({exc.__class__.__name__}: "
+                        f"{str(exc)[:160]}): run `rag ingest` to repair it (cached vectors are reused)"
+                    ) from None
+            for attempt in (1, 2):  # once more if a generation was published while the parts were counted
+                meta = check_meta(settings, catalog.meta())
+                wrong = check_parts(catalog, store, meta, data_dir)
+                if not wrong and catalog.generation() == meta.get("generation"):
+                    break
+                if catalog.generation() != meta.get("generation") and attempt == 1:
+                    continue
+                if wrong:
+                    raise IndexCorruptError(
+                        f"the index in {data_dir} is inconsistent ({'; '.join(wrong)}): run `rag ingest` to repair it"
+                    )
+        except BaseException:
+            catalog.close()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
         stale = stale_reason(settings, meta) if check_stale else None
         if stale:
             log.warning("%s", stale)
-        return cls(settings, catalog, store, meta, stale)
+        index = cls(settings, catalog, store, meta, stale)
+        if scratch is not None:  # removed at close, or when the process ends
+            import weakref
+
+            index._scratch = weakref.finalize(index, shutil.rmtree, scratch, True)
+        return index
 
     # -- generations -----------------------------------------------------------------------
 
@@ -219,8 +294,15 @@ class Index:
     def dense(self, vector, n: int) -> list[tuple[str, float]]:
         """(chunk_id, cosine similarity) of the `n` chunks nearest to `vector`, best first. Only ids and
         scores: fetch what is shown with `chunks`."""
-        with self._lock:
-            return self._store.nearest(vector, n)
+        k = n
+        while True:  # vectors an update wrote but did not publish (or left for deletion) are skipped
+            with self._lock:
+                got = self._store.nearest(vector, k)
+            published = self._catalog.published_chunks([cid for cid, _ in got])
+            keep = [(cid, sim) for cid, sim in got if cid in published]
+            if len(keep) >= n or len(got) < k or k >= 8 * n:
+                return keep[:n]
+            k *= 2
 
     def chunks(self, chunk_ids, with_vectors: bool = False) -> dict:
         """{chunk_id: (body, vector or None)} for the chunks still in the store (one round trip)."""
@@ -238,9 +320,20 @@ class Index:
 
         with self._lock:
             if len(self) > PAPER_VECTORS_IN_MEMORY:
-                return self._store.nearest_papers(vector, n)
+                k = n
+                while True:
+                    got = self._store.nearest_papers(vector, k)
+                    published = self._catalog.published_ids([p.paper_id for p in got])
+                    keep = [p for p in got if p.paper_id in published]
+                    if len(keep) >= n or len(got) < k or k >= 8 * n:
+                        return keep[:n]
+                    k *= 2
             if self._paper_matrix is None:
                 ids, matrix = self._store.all_paper_vectors()
+                published = self._catalog.published_ids(ids)
+                if len(published) < len(ids):  # an update's vectors not (or no longer) published
+                    rows = [i for i, pid in enumerate(ids) if pid in published]
+                    ids, matrix = [ids[i] for i in rows], matrix[rows]
                 matrix.setflags(write=False)  # rows are handed out as PaperVector.vector
                 self._paper_matrix = ids, matrix
             ids, matrix = self._paper_matrix
@@ -301,3 +394,5 @@ class Index:
     def close(self) -> None:
         self._store.close()
         self._catalog.close()
+        if getattr(self, "_scratch", None) is not None:
+            self._scratch()
