@@ -47,7 +47,15 @@ from rag.index.embed_cache import (
 )
 from rag.index.embedders import embedder_name, make_embedder
 from rag.index.integrity import published_filter
-from rag.index.layout import GARBAGE, STATE, atomic_write, disk_full, ensure_writable, ingest_lock, set_aside
+from rag.index.layout import (
+    GARBAGE,
+    STATE,
+    atomic_write,
+    disk_full,
+    ensure_writable,
+    ingest_lock,
+    set_aside,
+)
 from rag.index.reader import indexed_corpus
 from rag.index.vectors import paper_vectors
 from rag.records import Paper
