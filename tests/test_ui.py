@@ -438,7 +438,8 @@ def test_browser_hostile_title_is_escaped_everywhere(tiny_settings, page):
         assert EVIL in page.locator("#rag-sources .rag-src-title").first.inner_text()
         page.click("#turn-1 [data-action='copy']")
         page.wait_for_function("window.ragLastCopy !== undefined")
-        assert EVIL.replace("<", "\\<") in page.evaluate("window.ragLastCopy")  # Markdown that forms no tag
+        copied = page.evaluate("window.ragLastCopy")  # the export: HTML-escaped Markdown that forms no tag
+        assert EVIL.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in copied and "<" not in copied
         assert page.evaluate("typeof window.__pwned") == "undefined"
         assert page.locator("#rag-conv img[src=x], #rag-sources img[src=x]").count() == 0
 
