@@ -191,3 +191,21 @@ def test_server_going_away_mid_session_gives_store_unavailable(make_settings, sm
     assert time.monotonic() - start < 30
     # BM25 lives in the data dir and keeps working without the server
     assert retriever.search("diffusion", top_k=3, mode="bm25")
+
+
+def test_a_reader_that_only_counts_leaves_the_store_verified_for_the_next_one(tmp_path):
+    """Chroma rewrites a collection's HNSW files when a client loads it (the paper vectors sit below its sync
+    threshold); a reader whose question needs no paper-vector read (no Rocchio) only counts them. The files it
+    rewrote must be recorded as verified, or every next one-shot command pays the probe subprocess."""
+    from conftest import hash_index
+
+    from rag.index.integrity import store_unchanged
+    from rag.retrieve.hybrid import Retriever
+
+    papers = [(f"Concept erasure method {i}", f"We erase concept {i} from diffusion models with method {i}.")
+              for i in range(40)]
+    settings = hash_index(tmp_path, papers)
+    retriever = Retriever.from_settings(settings)
+    assert retriever.search("which papers erase concepts in diffusion models?", 3)
+    retriever.index.close()
+    assert store_unchanged(settings.data_dir)

@@ -214,7 +214,9 @@ class ChromaStore:
             raise
 
     def count(self) -> int:
-        return self._call(self._col.count)
+        n = self._call(self._col.count)
+        self._after_first_query("chunks")  # counting loads the collection (and may rewrite its files)
+        return n
 
     def max_batch(self) -> int:
         self._wait_warm()
@@ -307,7 +309,9 @@ class ChromaStore:
         return {pid: np.asarray(v, dtype=np.float32) for pid, v in zip(got["ids"], got["embeddings"])}
 
     def count_paper_vectors(self) -> int:
-        return self._call(self._papers.count)
+        n = self._call(self._papers.count)
+        self._after_first_query("papers")  # counting loads the collection (and may rewrite its files)
+        return n
 
     def paper_ids(self) -> set[str]:
         """Every paper with at least one chunk in the store (for integrity checks of the index)."""
