@@ -172,3 +172,33 @@ def test_a_full_disk_fails_an_update_with_the_space_needed_and_the_index_keeps_s
         assert all(c.ok for c in run_checks(settings)), run_checks(settings)
     finally:
         _umount(disk)
+
+
+def test_a_store_that_cannot_open_on_a_full_disk_is_served_from_a_copy(tmp_path, small_corpus, monkeypatch):
+    """Chroma's embedded client writes when it opens a store (it rewrites HNSW files it loads): on a full disk
+    the open itself can fail after the files were checked sound. The reader serves from a private copy instead
+    of calling the index damaged; with no room anywhere it says the disk is full, not "run rag ingest"."""
+    import rag.index.chroma_store as chroma_store
+    from rag.errors import ConfigError
+
+    settings = _small_index(tmp_path, small_corpus, tmp_path / "index")
+    expected = _titles(settings)
+    real = chroma_store.ChromaStore.__init__
+    opened = []
+
+    def full_here(self, data_dir, *args, **kwargs):
+        opened.append(str(data_dir))
+        if str(data_dir) == str(settings.data_dir):
+            raise RuntimeError("InternalError: error returned from database: (code: 13) database or disk is full")
+        return real(self, data_dir, *args, **kwargs)
+
+    monkeypatch.setattr(chroma_store.ChromaStore, "__init__", full_here)
+    assert _titles(settings) == expected
+    assert opened[0] == str(settings.data_dir) and opened[1] != str(settings.data_dir)  # the copy served
+
+    def full_everywhere(self, data_dir, *args, **kwargs):
+        raise RuntimeError("InternalError: error returned from database: (code: 13) database or disk is full")
+
+    monkeypatch.setattr(chroma_store.ChromaStore, "__init__", full_everywhere)
+    with pytest.raises(ConfigError, match="no space left on the device"):
+        _titles(settings)

@@ -187,10 +187,21 @@ class Index:
                     raise IndexCorruptError(f"{problem}: run `rag ingest` to repair it (cached vectors are reused)")
             if store is None:
                 try:
-                    store = ChromaStore(store_dir, settings.chroma_url, settings.collection)
+                    try:
+                        store = ChromaStore(store_dir, settings.chroma_url, settings.collection)
+                    except Exception as exc:  # noqa: BLE001 - chromadb raises many kinds
+                        if settings.chroma_url is not None or scratch is not None or not disk_full(str(exc)):
+                            raise
+                        # the files were sound (checked above), but Chroma writes when it opens them: on a full
+                        # disk, serve from a copy elsewhere, as for a full disk found by the probe
+                        scratch = store_dir = private_store_copy(data_dir)
+                        store = ChromaStore(store_dir, settings.chroma_url, settings.collection)
                 except RagError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a damaged embedded store: chromadb raises many kinds
+                    if disk_full(str(exc)):
+                        raise ConfigError(f"no space left on the device holding {data_dir} ({str(exc)[:160]}): free "
+                                          "some space (the index is not damaged)") from None
                     raise IndexCorruptError(
                         f"the vector store in {data_dir / 'chroma'} cannot be read ({exc.__class__.__name__}: "
                         f"{str(exc)[:160]}): run `rag ingest` to repair it (cached vectors are reused)"
