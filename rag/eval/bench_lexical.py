@@ -242,17 +242,8 @@ def _fts5(folder: Path, chunks, papers: dict[str, tuple[str, str]], queries: lis
             w.add_paper(paper, "", objs, [r[2] for r in rows])
     build_s = time.perf_counter() - t
 
-    def bounded(q: str, n: int = 10) -> list[str]:  # rag.index.reader.Index.lexical, on a bare catalog
-        terms = lexical.query_terms(q)
-        rows = {term: catalog.term_rows(term) for term in terms}
-        present = [term for term in terms if rows[term]]
-        kept = lexical.within_budget(present, rows)
-        if not kept:
-            return []
-        if len(kept) == len(present):
-            return [c for c, _ in catalog.lexical(lexical.expression(kept), n)]
-        candidates = catalog.lexical_candidates(kept, max(n, lexical.RESCORE_POOL))
-        return [c for c, _ in lexical.bm25_scores(candidates, present, rows, catalog.lexical_totals())[:n]]
+    def bounded(q: str, n: int = 10) -> list[str]:  # what rag.index.reader.Index.lexical runs, on a bare catalog
+        return [c for c, _ in lexical.bounded_search(catalog, q, n)]
 
     for q in queries[:20]:
         bounded(q)

@@ -64,8 +64,9 @@ def import_chromadb():
     """`import chromadb` (and its Rust client module) without the `overrides` package's signature checks.
 
     Hand-written because it measurably serves the one-shot CLI: chromadb decorates ~200 methods with
-    `overrides.override`, which disassembles the caller's frame and compares signatures at import time,
-    ~0.35 s of a 1.5 s `rag search` on this machine (`rag bench --parts cli`). The checks only guard
+    `overrides.override`, which disassembles the caller's frame and compares signatures at import time
+    (about a third of chromadb's import under cProfile; `rag bench --parts cli` prints what the imports cost
+    now). The checks only guard
     chromadb's own development; the marker they set (`__override__`, read by EnforceOverrides) is kept.
     The library's functions are restored afterwards, so nobody else's imports are affected."""
     import sys

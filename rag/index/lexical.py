@@ -83,3 +83,20 @@ def bm25_scores(candidates: list[tuple[str, float, str, int, set[str]]], terms: 
         scored.append((chunk_id, score))
     scored.sort(key=lambda cs: cs[1], reverse=True)
     return scored
+
+
+def bounded_search(catalog, query: str, n: int, term_rows=None) -> list[tuple[str, float]]:
+    """(chunk_id, BM25 score) best first over the catalog's FTS5 index: exhaustive while the query's terms fit
+    `ROW_BUDGET`, else the rarest terms' best candidates ranked by BM25 over all the terms. `term_rows`: the
+    catalog's row counts per term (a reader passes its cached lookup)."""
+    term_rows = term_rows or catalog.term_rows
+    terms = query_terms(query)
+    rows = {t: term_rows(t) for t in terms}
+    present = [t for t in terms if rows[t]]
+    kept = within_budget(present, rows)
+    if not kept:
+        return []
+    if len(kept) == len(present):  # within the budget: exhaustive BM25
+        return catalog.lexical(expression(kept), n)
+    candidates = catalog.lexical_candidates(kept, max(n, RESCORE_POOL))
+    return bm25_scores(candidates, present, rows, catalog.lexical_totals())[:n]

@@ -11,10 +11,9 @@ serves them unchanged (the embedder keeps the index's model name).
 Measured on this project's 2-core machine: the session loads in 0.05-0.14 s with the weights in an
 external-data file (mmapped), against 1.0-1.4 s for a single protobuf file; the graph is fused offline, so
 nothing is re-optimised at load. A query is one short text, so the session runs on one intra-op thread
-with its weights prepacked: one query takes 3.3 ms against 15.7 ms with the default thread pool and no
-prepacking (median of 250, load average 5 from other work: a second thread only spins against it), and
-prepacking then costs 0.06-0.08 s at load (0.23-0.31 s with the default pool). `rag bench --parts
-latency` shows the effect on a whole search. The ONNX Runtime export
+with its weights prepacked: a second thread only spins against other work on two cores, and prepacking costs
+~0.07 s at load on one thread. Its effect on a whole warm search is what `rag bench --parts latency` prints
+(hybrid p50 11.2 ms in the previous round's README, 4.0 ms with this setting). The ONNX Runtime export
 is hand-rolled on the library's own calls (torch.onnx + onnxruntime.transformers) rather than pulling
 in `optimum`, which would add a dependency for ~20 lines.
 """

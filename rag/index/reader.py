@@ -361,20 +361,10 @@ class Index:
             return self._store.paper_vectors(paper_ids)
 
     def lexical(self, query: str, n: int) -> list[tuple[str, float]]:
-        """(chunk_id, BM25 score) best first."""
-        from rag.index import lexical
+        """(chunk_id, BM25 score) best first (rag.index.lexical.bounded_search)."""
+        from rag.index.lexical import bounded_search
 
-        terms = lexical.query_terms(query)
-        rows = {t: self._term_rows(t) for t in terms}
-        present = [t for t in terms if rows[t]]
-        kept = lexical.within_budget(present, rows)
-        if not kept:
-            return []
-        if len(kept) == len(present):  # within the budget: exhaustive BM25
-            return self._catalog.lexical(lexical.expression(kept), n)
-        # over it: the rarest terms' best candidates, ranked by BM25 over all the terms (see rag.index.lexical)
-        candidates = self._catalog.lexical_candidates(kept, max(n, lexical.RESCORE_POOL))
-        return lexical.bm25_scores(candidates, present, rows, self._catalog.lexical_totals())[:n]
+        return bounded_search(self._catalog, query, n, self._term_rows)
 
     # -- about -----------------------------------------------------------------------------
 

@@ -36,7 +36,9 @@ _ACRONYM = re.compile(r"^[A-Z][A-Z0-9-]*[A-Z0-9]s?$")  # MACE, RLHF, LLMs, GPT-4
 
 # A name given as an example or a manner, not a subject: "word2vec-style embeddings", "Kolmogorov-Arnold
 # style networks", "BERT-like encoders", "models such as GPT-4". Papers on the subject need not mention it.
-_EXAMPLE_AFTER = re.compile(r"^(?:-|\s+)(?:style|like|esque|inspired|type|alike)\b", re.I)
+_MANNER = r"(?:style|like|esque|inspired|type|alike)"
+_EXAMPLE_AFTER = re.compile(rf"^(?:-|\s+){_MANNER}\b", re.I)  # "word2vec style", after the token
+_EXAMPLE_SUFFIX = re.compile(rf"-{_MANNER}$", re.I)  # "word2vec-style", inside the token
 _EXAMPLE_BEFORE = re.compile(r"\b(?:like|such as|e\.g\.,?|similar to|including|for example|for instance|resembling)\s*$",
                              re.I)
 
@@ -88,7 +90,7 @@ def named_things(question: str) -> list[Name]:
     for m in _TOKEN.finditer(unquoted):
         token = m.group(0).strip(".-/")
         example = bool(_EXAMPLE_AFTER.match(unquoted[m.end():]) or _EXAMPLE_BEFORE.search(unquoted[:m.start()])
-                       or re.search(r"-(?:style|like|esque|inspired|type)$", token, re.I))
+                       or _EXAMPLE_SUFFIX.search(token))
         if "-" in token and any(p in STOPWORDS for p in token.lower().split("-")[1:-1]):
             # a hyphenated phrase ("LLM-as-a-judge", "mixture-of-experts"): a concept, not a name; its own
             # names ("LLM") still count
