@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 
 
@@ -32,6 +33,108 @@ class Paper:
     def from_dict(cls, d: dict) -> "Paper":
         tup = ("sources", "code_urls", "authors", "categories")
         return cls(**{k: (tuple(v) if k in tup else v) for k, v in d.items()})
+
+
+_YEAR = re.compile(r"(?<!\d)(1[89]\d\d|2\d\d\d)(?!\d)")
+FILTER_FIELDS = ("year", "category", "author")  # what a Filters can ask of an index (Index.filter_fields)
+
+
+def paper_year(paper: Paper) -> int | None:
+    """The publication year of a paper: the first four-digit year in its `date` (JSONL `date`/`update_date`,
+    e.g. "2023-05-01" or "Mon, 1 May 2023"); None when it has none."""
+    m = _YEAR.search(paper.date or "")
+    return int(m.group(1)) if m else None
+
+
+def author_words(name: str) -> tuple[str, ...]:
+    """The folded words of an author name ("Yann  LeCun" -> ("yann", "lecun")); how names are indexed and
+    matched."""
+    from rag.text import fold
+
+    return tuple(w for w in re.split(r"[\s.,;]+", fold(name)) if w)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Metadata filters (issue 24): a paper passes when its year is within `since`..`until` (inclusive; a
+    paper without a year fails any year filter), it has any of `categories` (exact, case-insensitive), and
+    one of its authors holds every word of any of `authors` ("Hinton" and "Geoffrey Hinton" both match
+    "Geoffrey E. Hinton"). Empty filters pass everything. Applied inside the engines (Chroma `where`, the
+    lexical query), never as a post-filter of a fixed top k."""
+
+    since: int | None = None
+    until: int | None = None
+    categories: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        from rag.errors import ConfigError
+
+        object.__setattr__(self, "categories", tuple(dict.fromkeys(c.strip() for c in self.categories if c.strip())))
+        object.__setattr__(self, "authors", tuple(dict.fromkeys(" ".join(a.split()) for a in self.authors
+                                                                if author_words(a))))
+        for name in ("since", "until"):
+            year = getattr(self, name)
+            if year is not None and (isinstance(year, bool) or not isinstance(year, int) or not 1000 <= year <= 9999):
+                raise ConfigError(f"--{name} must be a four-digit year, got {year!r}")
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ConfigError(f"--since {self.since} is after --until {self.until}: swap them")
+
+    def __bool__(self) -> bool:
+        return bool(self.fields())
+
+    def fields(self) -> set[str]:
+        """The metadata fields these filters need (a subset of FILTER_FIELDS)."""
+        out = set()
+        if self.since is not None or self.until is not None:
+            out.add("year")
+        if self.categories:
+            out.add("category")
+        if self.authors:
+            out.add("author")
+        return out
+
+    def matches(self, paper: Paper) -> bool:
+        """Whether `paper` passes (the reference semantics the engines implement; also for in-memory sets)."""
+        if self.since is not None or self.until is not None:
+            year = paper_year(paper)
+            if year is None or (self.since is not None and year < self.since) or \
+                    (self.until is not None and year > self.until):
+                return False
+        if self.categories:
+            wanted = {c.casefold() for c in self.categories}
+            if not any(c.casefold() in wanted for c in paper.categories):
+                return False
+        if self.authors:
+            names = [set(author_words(a)) for a in paper.authors]
+            if not any(set(author_words(q)) <= words for q in self.authors for words in names):
+                return False
+        return True
+
+    def describe(self) -> str:
+        """A short human phrase: "2023–2024, category cs.CV, author Hinton" ('' when empty)."""
+        parts = []
+        if self.since is not None and self.until is not None:
+            parts.append(str(self.since) if self.since == self.until else f"{self.since}–{self.until}")
+        elif self.since is not None:
+            parts.append(f"since {self.since}")
+        elif self.until is not None:
+            parts.append(f"until {self.until}")
+        if self.categories:
+            parts.append(("category " if len(self.categories) == 1 else "categories ") + " or ".join(self.categories))
+        if self.authors:
+            parts.append(("author " if len(self.authors) == 1 else "authors ") + " or ".join(self.authors))
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"since": self.since, "until": self.until, "categories": list(self.categories),
+                "authors": list(self.authors)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Filters:
+        d = d or {}
+        return cls(since=d.get("since"), until=d.get("until"), categories=tuple(d.get("categories") or ()),
+                   authors=tuple(d.get("authors") or ()))
 
 
 @dataclass(frozen=True)
