@@ -261,3 +261,68 @@ def test_a_list_bullet_may_prefer_the_sentence_naming_the_method_but_cites_the_s
     assert "AdvUnlearn" not in plain.text and "TRCE" not in plain.text
     assert "AdvUnlearn" in naming.text and "TRCE" in naming.text
     assert all(q.text in abstracts[q.n - 1] for q in naming.quotes)  # still verbatim
+
+
+# ---------------------------------------------------------------- quoted-sentence support (rag.judge.support)
+
+
+def test_support_is_judged_on_the_whole_sentence_of_a_quote_and_weights_rare_terms():
+    import numpy as np
+
+    from rag.index.sentence_vectors import PaperSentences
+    from rag.judge.support import quote_support
+    from rag.records import Quote
+
+    abstract = "Courts matter. We predict the judgment of German courts, which is hard."
+    start = abstract.index("We predict")
+    cut = abstract.index("which")
+    ps = PaperSentences(("Title", "Courts matter.", abstract[start:]), (None, (0, 14), (start, len(abstract))),
+                        np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+    qv = np.array([0.6, 0.8])
+    # the quote is a clause of the second sentence: its whole sentence is judged (cosine 1, "german" counted)
+    clause = Quote(1, "p2", start, cut, abstract[start:cut])
+    got = quote_support("german court judgment", [clause], {"p2": ps}, qv, _Stats())
+    assert got.cosine == pytest.approx(1.0)
+    assert got.coverage == pytest.approx(1.0)
+    first = Quote(1, "p2", 0, 14, "Courts matter.")
+    only_court = quote_support("german court judgment", [first], {"p2": ps}, qv, _Stats())
+    # "court" is in both papers, "german" and "judgment" in one: the common term carries the least weight
+    assert only_court.coverage < 1 / 3 and only_court.cosine == pytest.approx(0.8)
+
+
+def test_support_thresholds_demote_the_unanswerable_within_the_allowed_answerable():
+    from rag.judge.support import Support, SupportCheck, fit_thresholds
+
+    rows = [{"answerable": True, "cosine": 0.5 + i / 100, "coverage": 0.3 + i / 50} for i in range(20)]
+    rows += [{"answerable": False, "cosine": 0.45, "coverage": 0.2}, {"answerable": False, "cosine": 0.48, "coverage": 0.3},
+             {"answerable": False, "cosine": 0.9, "coverage": 0.9}]
+    cuts, info = fit_thresholds(rows, max_demoted=0.05)  # 1 of 20 answerable may be demoted
+    check = SupportCheck(**cuts)
+    assert info["demoted"] <= 1 and info["caught"] == 2
+    assert not check.supported(Support(0.45, 0.2)) and check.supported(Support(0.9, 0.9))
+    assert sum(not check.supported(Support(r["cosine"], r["coverage"])) for r in rows if r["answerable"]) <= 1
+    none, _ = fit_thresholds(rows, max_demoted=0.0)
+    assert all(SupportCheck(**none).supported(Support(r["cosine"], r["coverage"])) for r in rows if r["answerable"])
+    assert SupportCheck.from_fitted({}) is None  # an older parameter file checks nothing
+
+
+def test_shipped_parameters_carry_the_support_cuts():
+    from rag.judge.support import SupportCheck
+
+    params = load_params()
+    check = SupportCheck.from_fitted(params.fitted)
+    assert check is not None and 0 < check.min_cosine < 1 and 0 < check.min_coverage <= 1
+    assert params.fitted["support_tune"]["demoted"] <= params.fitted["support_max_demoted"] * params.fitted["support_tune"]["answerable"]
+
+
+@pytest.mark.slow
+def test_a_topic_word_met_only_incidentally_is_not_answered_with_confidence(real_assistant):
+    """A tune question: no paper is about watermarking LLM text; a diffusion abstract names a watermark as a
+    concept to remove. Answered, at low confidence, as the closest papers; the flagship list stays confident."""
+    from rag.answer.assistant import UNSUPPORTED
+
+    near = real_assistant.ask("Which papers propose watermarking schemes for LLM-generated text?")
+    assert not near.abstained and near.confidence()["level"] == LOW
+    assert near.answer.startswith(UNSUPPORTED) and "key terms" in near.confidence()["reason"]
+    flagship = real_assistant.ask(ERASE_Q)
+    assert flagship.confidence()["level"] == ANSWER and flagship.judgement["support"]["coverage"] == 1.0

@@ -33,6 +33,7 @@ from rag.clients.reasoning import strip_reasoning
 from rag.errors import LLMError, QuestionError
 from rag.index.sentence_vectors import shared_sentence_vectors
 from rag.judge.abstention import (
+    ANSWER,
     LOW,
     TOP_PAPERS,
     Abstention,
@@ -41,6 +42,7 @@ from rag.judge.abstention import (
 )
 from rag.judge.list_relevance import ListRelevance, list_pool, paper_features
 from rag.judge.params import params_for
+from rag.judge.support import SupportCheck, quote_support
 from rag.prompts import NOT_IN_CORPUS, answer_messages, load_prompts
 from rag.records import Answer, Hit, Paper, Source, Stage, StreamEvent
 from rag.retrieve.hybrid import PaperSearch
@@ -60,6 +62,7 @@ _LIST_QUESTION = re.compile(
 )
 LIST_MAX_WORDS = KEYWORD_MAX_WORDS  # a keyword query ("sparse autoencoders interpretability") asks for papers, unless it asks a fact
 LOW_CONFIDENCE = "Low confidence: these papers may not answer this question; the closest passages are quoted."
+UNSUPPORTED = "No quoted sentence carries the question's key terms or meaning; the closest papers:"
 EXTRACTIVE = "Extractive answer: sentences quoted from the abstracts"
 EVIDENCE_SHARE = 0.6  # of the answer's LLM deadline left when the evidence step starts
 ALSO_RELEVANT = "Also possibly relevant:"
@@ -111,6 +114,7 @@ class Assistant:
         params = params or params_for(settings)
         self._abstention = abstention or Abstention.from_settings(settings, params)
         self._relevance = ListRelevance(params)
+        self._support = SupportCheck.from_fitted(params.fitted)
         self._extractor = extractor or Extractor(Weights(**params.fitted.get("extractive_weights", {})))
         self._sentences = (shared_sentence_vectors(retriever.embedder, _embed_cache_path(settings))
                            if retriever.index is not None else None)
@@ -523,7 +527,16 @@ class Assistant:
         extract = self._extractor.answer(question, sources, listing, sentences, found.query_vector)
         if extract is None:
             return self._abstain(base, found.hits, plan, t_retrieve, started, t1, mode="extractive")
-        text, also = extract.text, []
+        text, also, lead = extract.text, [], None
+        if found.verdict is not None and found.verdict.level == ANSWER:
+            # judged answerable from the papers, but does any quoted sentence carry what is asked?
+            support = quote_support(question, extract.quotes, {s.paper_id: ps for s, ps in zip(sources, sentences)},
+                                    found.query_vector, self._index)
+            base = dict(base, judgement=dict(base["judgement"] or {}, support=support.to_dict()))
+            if self._support is not None and not self._support.supported(support):
+                base["judgement"].update(level=LOW, reason=self._support.reason(support))
+                plan = _Plan(plan.use_llm, _join(LOW_CONFIDENCE, plan.notice))
+                lead = UNSUPPORTED
         if listing and found.second_tier:
             # one bullet per source in order: the last `second_tier` are "also possibly relevant"
             first_n = {s.n for s in sources[: len(sources) - found.second_tier]}
@@ -536,6 +549,8 @@ class Assistant:
         also_ids = {a["n"] for a in also}
         citations = [{"n": s.n, "paper_id": s.paper_id, "title": s.title} for s in sources
                      if s.n in extract.cited and s.n not in also_ids]
+        if lead:
+            text = f"{lead}\n\n{text}"
         return Answer(answer=text, mode="extractive", abstained=False, citations=citations, also_relevant=also,
                       shape="list" if listing else "specific",
                       notice=_join(plan.notice, more_note(found.more) if listing else None),

@@ -102,7 +102,9 @@ def run_absent_names(ask: Callable, rows: list[dict]) -> dict:
                     "names_absent": (answer.names or {}).get("absent", []),
                     # caught: refused, or the answer says the named thing is in no paper (a comparison's other side
                     # may still be answered)
-                    "caught": answer.abstained or said})
+                    "caught": answer.abstained or said,
+                    # the level the answer is given at: a topic met only incidentally must not be "answer"
+                    "level": answer.confidence()["level"]})
     return {"rows": per}
 
 
@@ -132,6 +134,9 @@ def summarise(results: dict, split: str | None = None) -> dict:
         "comparison_absent_said": _ratio(sum(i["said_absent"] for i in absent_items), len(absent_items)),
         "absent_names_caught": _ratio(sum(r.get("caught", r["abstained"]) for r in absent), len(absent)),
         "absent_names": len(absent),
+        # answered with confidence (level "answer", neither refused nor said absent nor low): lower is better
+        "absent_names_confident": _ratio(sum(r.get("level", "answer") == "answer" and not r.get("caught", r["abstained"])
+                                             for r in absent), len(absent)),
         "named_controls_refused": _ratio(sum(r["abstained"] for r in controls), len(controls)),
         "named_controls": len(controls),
     }
@@ -160,7 +165,7 @@ def run_behaviour(assistant, folder: Path, extractive: bool = True) -> dict | No
 
 def behaviour_table(results: dict) -> str:
     keys = ["followup_containment", "ordinal_accuracy", "comparison_coverage", "comparison_absent_said",
-            "absent_names_caught", "named_controls_refused"]
+            "absent_names_caught", "absent_names_confident", "named_controls_refused"]
     lines = ["behaviour (extractive)        tune      test", "-" * 44]
     for key in keys:
         vals = [results["summary"][s].get(key) for s in ("tune", "test")]

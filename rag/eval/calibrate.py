@@ -12,7 +12,9 @@ Three things are fitted, each on tune only (the test split is never read here):
   list questions' candidates (acceptable extras left out), kept at the threshold that maximises the
   cross-validated F1 of list precision and recall;
 - extractive sentence weights (rag.answer.extractive.Weights), by grid search for key-fact recall of the answers the
-  pipeline gives with the two models above (as `rag eval` scores them).
+  pipeline gives with the two models above (as `rag eval` scores them);
+- the quoted-sentence support check (rag.judge.support): the cosine and key-term coverage below which an answer
+  judged answerable is given at low confidence, on the answers the pipeline gives with all of the above.
 """
 
 from __future__ import annotations
@@ -209,6 +211,37 @@ def fit_extractive(settings, dataset, split, collected, params):
     return best[1], {"key_fact_recall": round(best[0], 4), "questions": total, "refused": refused}
 
 
+def fit_support(settings, dataset, split, collected, params, max_demoted: float, extra: list[dict] | None = None):
+    """The quoted-sentence support thresholds (rag.judge.support): over the split's questions the pipeline answers
+    with confidence (`params`, without a support check), the cuts that turn the most unanswerable ones into
+    low-confidence answers while demoting at most `max_demoted` of the answerable ones. `extra`: more
+    (question, answerable) pairs of the split, e.g. the absent-name set's topic near misses and named controls."""
+    from rag.answer.assistant import Assistant
+    from rag.judge.support import fit_thresholds
+
+    assistant = Assistant(settings, collected["retriever"], None, params=params)
+    asked = [(q.question, q.answerable) for q in dataset.questions if q.split == split] + list(extra or [])
+    rows = []
+    for question, answerable in asked:
+        answer = assistant.ask(question, mode="hybrid", extractive=True)
+        support = (answer.judgement or {}).get("support")
+        if not answer.abstained and support is not None and answer.judgement.get("level") == "answer":
+            rows.append({"answerable": answerable, **support})
+    return fit_thresholds(rows, max_demoted)
+
+
+def behaviour_questions(dataset_path: Path, split: str) -> list[tuple[str, bool]]:
+    """The split's rows of the absent-name set beside the dataset (rag.eval.behaviour): an absent name or topic
+    near miss is unanswerable, a named control answerable."""
+    from rag.eval.behaviour import load_set
+
+    path = dataset_path.parent / "absent_names.jsonl"
+    if not path.exists():
+        return []
+    return [(r["question"], r["type"] == "named_control") for r in load_set(path)
+            if r.get("split") == split and r.get("type") in ("absent_name", "named_control")]
+
+
 def main(argv=None) -> int:
     from rag.env import configure_process
 
@@ -231,6 +264,9 @@ def main(argv=None) -> int:
     p.add_argument("--list-recall", type=float, default=0.87,
                    help="lists: the recall of both tiers together the second tier's floor must reach on tune "
                         "(cross-validated; default 0.87, the 0.85 target plus a margin)")
+    p.add_argument("--support-max-demoted", type=float, default=0.05,
+                   help="share of the answerable tune questions answered with confidence that the quoted-sentence "
+                        "support check may turn into low-confidence answers (default 0.05)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -245,6 +281,10 @@ def main(argv=None) -> int:
     weights, e_info = fit_extractive(settings, dataset, args.split, collected,
                                      JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at,
                                                      {"list_floor": list_floor}))
+    support, s_info = fit_support(settings, dataset, args.split, collected,
+                                  JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at,
+                                                  {"list_floor": list_floor, "extractive_weights": weights}),
+                                  args.support_max_demoted, behaviour_questions(args.dataset, args.split))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
     fitted = {
@@ -255,6 +295,7 @@ def main(argv=None) -> int:
         "extractive_weights": weights, "max_false_refusals": args.max_false_refusals, "low_share": args.low_share,
         "min_list_precision": args.min_list_precision,
         "list_floor": list_floor, "list_floor_cv": floor_info, "list_recall_target": args.list_recall,
+        "support": support, "support_tune": s_info, "support_max_demoted": args.support_max_demoted,
     }
     params = JudgementParams(model_a, abstain_below, low_below, model_r, relevant_at, fitted)
     args.out.parent.mkdir(parents=True, exist_ok=True)
