@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from rag.judge.abstention import TermStats
 from rag.records import Quote
@@ -66,7 +67,7 @@ class SupportCheck:
     min_coverage: float
 
     @classmethod
-    def from_fitted(cls, fitted: Mapping) -> "SupportCheck | None":
+    def from_fitted(cls, fitted: Mapping) -> SupportCheck | None:
         got = fitted.get("support")
         if not got:
             return None
@@ -108,4 +109,4 @@ def fit_thresholds(rows: Sequence[Mapping], max_demoted: float) -> tuple[dict, d
 def _cuts(values) -> list[float]:
     """0 (check nothing) and the midpoints between consecutive distinct values: a cut never sits on a case."""
     v = sorted({round(x, 4) for x in values})
-    return [0.0] + [round((a + b) / 2, 4) for a, b in zip(v, v[1:])]
+    return [0.0] + [round((a + b) / 2, 4) for a, b in pairwise(v)]
