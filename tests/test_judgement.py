@@ -326,3 +326,17 @@ def test_a_topic_word_met_only_incidentally_is_not_answered_with_confidence(real
     assert near.answer.startswith(UNSUPPORTED) and "key terms" in near.confidence()["reason"]
     flagship = real_assistant.ask(ERASE_Q)
     assert flagship.confidence()["level"] == ANSWER and flagship.judgement["support"]["coverage"] == 1.0
+
+
+def test_the_behaviour_summary_counts_absent_names_answered_with_confidence():
+    from rag.eval.behaviour import behaviour_table, summarise
+
+    rows = [{"id": "a", "split": "test", "type": "absent_name", "abstained": True, "caught": True, "level": "abstain"},
+            {"id": "b", "split": "test", "type": "absent_name", "abstained": False, "caught": False, "level": "low"},
+            {"id": "c", "split": "test", "type": "absent_name", "abstained": False, "caught": False, "level": "answer"},
+            {"id": "d", "split": "test", "type": "named_control", "abstained": False, "caught": False, "level": "answer"}]
+    got = summarise({"absent_names": {"rows": rows}}, "test")
+    assert got["absent_names_caught"] == pytest.approx(1 / 3, abs=1e-3)
+    assert got["absent_names_confident"] == pytest.approx(1 / 3, abs=1e-3)  # only "c": low is not confident, controls don't count
+    table = behaviour_table({"summary": {"tune": {}, "test": got}})
+    assert "absent_names_confident" in table and "0.333" in table
